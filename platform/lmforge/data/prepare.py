@@ -1,0 +1,177 @@
+"""``lmforge prepare``: corpus files -> documents ledger -> tokenizer -> packed train/val shards.
+
+Run: ``lmforge prepare jobs/prepare.yaml inputs=[data/*.jsonl] output=runs/data``.
+
+Ray Data glue. Each file is read by a Ray task (sharded across the cluster); records are normalised
+and accounted in a ledger (kept / dropped with a reason / quarantined); the tokenizer trains on a
+bounded sample streamed to the driver; tokenization and packing run in ``map_batches`` on the
+workers. Output layout (DESIGN.md): documents/, rejected/, tokenizer/, train/, val/, manifest.json.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from lmforge import stage, storage
+from lmforge.cluster.session import ray_session
+from lmforge.data import packing, sources, text
+from lmforge.data.config import PrepareConfig
+from lmforge.data.tokenizer import EOS, PAD, to_hf, train_bpe
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: PrepareConfig) -> Path:
+    """Run the prepare stage; returns the output dir. A finished identical run is skipped."""
+    stage.require_local(cfg.output, "output")
+    if not cfg.force and stage.is_finished(cfg, cfg.output):
+        log.info("prepare: %s already holds this run; skipping (force=true to redo)", cfg.output)
+        return Path(cfg.output)
+    files = list_inputs(cfg.inputs)
+    log.info("prepare: %d input files", len(files))
+    partial = stage.begin(cfg, cfg.output)
+    with ray_session(cfg.ray):
+        manifest = _run_pipeline(cfg, files, partial)
+    (partial / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    out = stage.publish(partial, cfg.output)
+    log.info("prepare: %s", json.dumps(manifest["documents"]))
+    return out
+
+
+def list_inputs(inputs: list[str]) -> list[str]:
+    """Expand every input (path, dir, glob, pkg://) into files, deduplicated, in a stable order."""
+    files: list[str] = []
+    for uri in inputs:
+        if storage.is_remote(uri):
+            raise NotImplementedError(f"{uri}: object-store inputs are not supported yet")
+        files.extend(f for f in storage.expand_local(uri, sources.SUFFIXES) if f not in files)
+    return files
+
+
+def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path) -> dict:
+    import ray
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # deterministic
+    ledger = _read_ledger(cfg, files).materialize()
+    counts = _reason_counts(ledger)
+    kept = ledger.filter(lambda r: r["reason"] == "").select_columns(["id", "source", "text"])
+    kept = kept.materialize()
+    kept.write_parquet(str(out / "documents"))
+    _write_rejected(ledger, out / "rejected")
+
+    tok = train_bpe(_sample_texts(kept, cfg.tokenizer.sample_chars), cfg.tokenizer.vocab_size,
+                    cfg.tokenizer.min_frequency)
+    to_hf(tok, cfg.pack.seq_len).save_pretrained(str(out / "tokenizer"))
+    tokens = {}
+    for split in ("train", "val"):
+        tokens[split] = _pack_split(kept, tok.to_str(), split, cfg, out / split)
+    return _manifest(cfg, files, counts, tokens, tok)
+
+
+def _read_ledger(cfg: PrepareConfig, files: list[str]):
+    import ray
+
+    read = functools.partial(_read_file, text_field=cfg.text_field, id_field=cfg.id_field,
+                             max_doc_bytes=cfg.max_doc_bytes)
+    return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).flat_map(read)
+
+
+def _read_file(row: dict, text_field: str, id_field: str, max_doc_bytes: int) -> list[dict]:
+    """Ray task body: one file -> ledger records, text normalised, empty documents marked."""
+    out = []
+    for rec in sources.read_records(row["path"], text_field, id_field, max_doc_bytes):
+        if not rec["reason"]:
+            rec["text"] = text.normalize(rec["text"])
+            rec["reason"] = "" if rec["text"] else "empty"
+        out.append(rec)
+    return out
+
+
+def _reason_counts(ledger) -> dict[str, int]:
+    rows = ledger.groupby("reason").count().take_all()
+    return {r["reason"]: int(r["count()"]) for r in rows}
+
+
+def _write_rejected(ledger, path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    rejected = ledger.filter(lambda r: r["reason"] != "")
+    rejected = rejected.map_batches(_add_duplicate_of, batch_format="pyarrow")
+    rejected.select_columns(["id", "reason", "duplicate_of", "source", "raw"]).write_parquet(str(path))
+
+
+def _add_duplicate_of(batch: pa.Table) -> pa.Table:
+    if "duplicate_of" in batch.column_names:
+        return batch
+    return batch.append_column("duplicate_of", pa.array([""] * batch.num_rows, pa.string()))
+
+
+def _sample_texts(kept, max_chars: int):
+    """Stream kept texts to the driver until ``max_chars``: the tokenizer's bounded sample."""
+    seen = 0
+    for batch in kept.select_columns(["text"]).iter_batches(batch_size=1024, batch_format="numpy"):
+        for t in batch["text"]:
+            if seen >= max_chars:
+                return
+            seen += len(t)
+            yield str(t)
+
+
+def _pack_split(kept, tokenizer_json: str, split: str, cfg: PrepareConfig, path: Path) -> dict:
+    path.mkdir(parents=True, exist_ok=True)
+    fn_kwargs = dict(tokenizer_json=tokenizer_json, split=split, seq_len=cfg.pack.seq_len,
+                     val_fraction=cfg.pack.val_fraction)
+    rows = kept.map_batches(tokenize_and_pack, batch_size=cfg.pack.batch_size,
+                            batch_format="numpy", fn_kwargs=fn_kwargs).materialize()
+    rows.write_parquet(str(path))
+    n_rows = rows.count()
+    return {"rows": n_rows, "tokens": int(rows.sum("n_tokens") or 0) if n_rows else 0}
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(tokenizer_json: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tokenizer_json)
+
+
+def tokenize_and_pack(batch: dict, tokenizer_json: str, split: str, seq_len: int,
+                      val_fraction: float) -> pa.Table:
+    """Ray Data batch fn: documents of one split -> packed ``input_ids`` rows (pyarrow lists)."""
+    tok = _tokenizer(tokenizer_json)
+    texts = [str(t) for i, t in zip(batch["id"], batch["text"])
+             if packing.split_of(str(i), val_fraction) == split]
+    encodings = tok.encode_batch(texts) if texts else []
+    eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
+    packed = packing.pack([e.ids for e in encodings], seq_len, eos, pad)
+    flat = pa.array(packed["input_ids"].reshape(-1), pa.int32())
+    offsets = pa.array(np.arange(0, len(flat) + 1, seq_len, dtype=np.int32))
+    return pa.table({"input_ids": pa.ListArray.from_arrays(offsets, flat),
+                     "n_tokens": pa.array(packed["n_tokens"], pa.int32())})
+
+
+def _manifest(cfg: PrepareConfig, files: list[str], counts: dict[str, int], tokens: dict, tok) -> dict:
+    total = sum(counts.values())
+    quarantined = sum(n for r, n in counts.items() if r.startswith("quarantine:"))
+    dropped = {r: n for r, n in sorted(counts.items()) if r and not r.startswith("quarantine:")}
+    return {
+        "documents": {"input": total, "kept": counts.get("", 0), "dropped": dropped,
+                      "quarantined": quarantined,
+                      "quarantine_reasons": {r: n for r, n in sorted(counts.items())
+                                             if r.startswith("quarantine:")}},
+        "pii": {},
+        "tokens": {s: tokens[s]["tokens"] for s in tokens},
+        "rows": {s: tokens[s]["rows"] for s in tokens},
+        "seq_len": cfg.pack.seq_len,
+        "vocab_size": tok.get_vocab_size(),
+        "special_tokens": {"pad": tok.token_to_id(PAD), "bos": tok.token_to_id("<bos>"),
+                           "eos": tok.token_to_id(EOS)},
+        "inputs": files,
+        "tokenizer_sha256": hashlib.sha256(tok.to_str().encode()).hexdigest(),
+    }

@@ -1,0 +1,1 @@
+"""Export stage (``lmforge export``): HF model -> ONNX, parity-checked against PyTorch."""

@@ -1,0 +1,1 @@
+"""Text generation on onnxruntime, with no Ray in it (serving and evaluation both use it)."""

@@ -1,0 +1,1 @@
+"""Model definitions: Llama-style presets as Hugging Face configs, and loading/importing checkpoints."""

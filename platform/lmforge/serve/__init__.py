@@ -1,0 +1,1 @@
+"""Serving stage (``lmforge serve``): an OpenAI-compatible API on Ray Serve + onnxruntime."""

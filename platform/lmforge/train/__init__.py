@@ -1,0 +1,1 @@
+"""Training stage (``lmforge pretrain``): a plain PyTorch loop, run on Ray Train workers."""

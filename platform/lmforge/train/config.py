@@ -1,0 +1,60 @@
+"""Config of the ``pretrain`` stage (keys named in DESIGN.md are part of the contract)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lmforge.cluster.session import RayConfig
+from lmforge.config import check
+from lmforge.model.presets import PRESETS
+
+
+@dataclasses.dataclass(kw_only=True)
+class ModelConfig:
+    preset: str = "tiny"
+    init_from: str | None = None  # an HF model dir to continue from instead of a fresh preset
+
+    def __post_init__(self):
+        check(self.preset in PRESETS, "preset", f"unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainConfig:
+    max_steps: int = 200
+    micro_batch_size: int = 16  # rows per worker per forward pass
+    grad_accum_steps: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    num_workers: int = 1  # Ray Train workers; 0 runs the same loop in this process without Ray
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None  # default: an equal share of the cluster, at most 1
+    eval_every: int = 50
+    eval_batches: int = 20
+    log_every: int = 10
+
+    def __post_init__(self):
+        for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "eval_every", "log_every",
+                    "eval_batches"):
+            check(getattr(self, key) >= 1, key, "must be >= 1")
+        check(self.lr > 0, "lr", "must be > 0")
+        check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]")
+        check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
+        check(self.cpus_per_worker is None or self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+
+
+@dataclasses.dataclass(kw_only=True)
+class PretrainConfig:
+    data: str  # a prepare output dir
+    output: str
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    force: bool = False

@@ -1,0 +1,131 @@
+"""The training loop: plain PyTorch, one device, no Ray. Ray Train (or a bare process) calls it.
+
+``fit`` runs ``max_steps`` optimizer steps of AdamW with weight-decay groups, linear warmup then cosine
+decay, gradient accumulation and clipping, evaluates every ``eval_every`` steps and hands metrics to a
+callback. Under DDP the model passed in is already wrapped; the loop does not care.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from lmforge.train.config import TrainConfig
+
+IGNORE_INDEX = -100  # labels the loss skips (HF convention)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine to min_lr."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    return min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on norms and biases), as in GPT-2/Llama recipes."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             fused=torch.cuda.is_available() and next(model.parameters()).is_cuda)
+
+
+def labels_for(input_ids: torch.Tensor, pad_id: int | None) -> torch.Tensor:
+    """Next-token labels: the inputs themselves (HF shifts them), pads masked out of the loss."""
+    labels = input_ids.clone()
+    if pad_id is not None:
+        labels[input_ids == pad_id] = IGNORE_INDEX
+    return labels
+
+
+def loss_on(model: torch.nn.Module, input_ids: torch.Tensor, pad_id: int | None) -> torch.Tensor:
+    return model(input_ids=input_ids, labels=labels_for(input_ids, pad_id)).loss
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    tokens: int  # real (non-pad) tokens this worker trained on in the step
+
+
+def train_step(model, optimizer, micro_batches: list[torch.Tensor], cfg: TrainConfig,
+               pad_id: int | None, autocast: contextlib.AbstractContextManager) -> StepResult:
+    """One optimizer step over ``len(micro_batches)`` accumulated micro-batches."""
+    optimizer.zero_grad(set_to_none=True)
+    total, tokens = 0.0, 0
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync, autocast:
+            loss = loss_on(model, batch, pad_id) / len(micro_batches)
+        with sync:
+            loss.backward()
+        total += loss.item()
+        tokens += int((batch != pad_id).sum()) if pad_id is not None else batch.numel()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+    optimizer.step()
+    return StepResult(loss=total, grad_norm=float(norm), tokens=tokens)
+
+
+@torch.no_grad()
+def evaluate(model, rows: torch.Tensor, batch_size: int, max_batches: int, pad_id: int | None,
+             device: torch.device, autocast: contextlib.AbstractContextManager) -> float | None:
+    """Mean loss over up to ``max_batches`` validation batches (in order), averaged over workers."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for i in range(0, min(len(rows), batch_size * max_batches), batch_size):
+        with autocast:
+            losses.append(loss_on(model, rows[i : i + batch_size].to(device), pad_id).float())
+    model.train(was_training)
+    stats = torch.tensor([sum(x.item() for x in losses), len(losses)], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(stats)
+    return float(stats[0] / stats[1]) if stats[1] > 0 else None
+
+
+def fit(model, batches: Iterator[torch.Tensor], val_rows: torch.Tensor, cfg: TrainConfig, *,
+        pad_id: int | None, device: torch.device, world_size: int = 1,
+        on_metrics: Callable[[dict], None] = lambda m: None,
+        autocast: contextlib.AbstractContextManager | None = None) -> list[dict]:
+    """Train for ``cfg.max_steps`` steps; returns every metrics row it emitted."""
+    autocast = autocast or contextlib.nullcontext()
+    optimizer = make_optimizer(model, cfg)
+    model.train()
+    history: list[dict] = []
+    window_tokens, window_start = 0, time.perf_counter()
+    for step in range(cfg.max_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        micro = [next(batches).to(device, non_blocking=True) for _ in range(cfg.grad_accum_steps)]
+        result = train_step(model, optimizer, micro, cfg, pad_id, autocast)
+        window_tokens += result.tokens * world_size
+        done = step + 1
+        row = None
+        if done % cfg.log_every == 0 or done == cfg.max_steps:
+            elapsed = time.perf_counter() - window_start
+            row = {"step": done, "loss": result.loss, "lr": lr_at(step, cfg),
+                   "grad_norm": result.grad_norm, "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+            window_tokens, window_start = 0, time.perf_counter()
+        if done % cfg.eval_every == 0 or done == cfg.max_steps:
+            val = evaluate(model, val_rows, cfg.micro_batch_size, cfg.eval_batches, pad_id, device, autocast)
+            if val is not None:
+                row = row or {"step": done, "loss": result.loss, "lr": lr_at(step, cfg)}
+                row.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)))
+        if row is not None:
+            history.append(row)
+            on_metrics(row)
+    return history

