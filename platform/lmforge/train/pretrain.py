@@ -43,7 +43,7 @@ def run(cfg: PretrainConfig) -> Path:
     start = time.perf_counter()
     if cfg.train.num_workers == 0:
         with tempfile.TemporaryDirectory() as tmp:
-            train_worker(cfgmod.to_dict(cfg), local_dir=tmp)
+            train_worker(worker_config(cfg), local_dir=tmp)
             shutil.copytree(tmp, partial / "model")
     else:
         with ray_session(cfg.ray):
@@ -61,7 +61,7 @@ def _fit_on_ray(cfg: PretrainConfig, partial: Path) -> None:
     cpus = t.cpus_per_worker or min(1.0, round(0.95 * cluster_cpus() / t.num_workers, 2))
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=cfgmod.to_dict(cfg),
+        train_loop_config=worker_config(cfg),
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": cpus}),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
@@ -73,6 +73,15 @@ def _fit_on_ray(cfg: PretrainConfig, partial: Path) -> None:
         raise RuntimeError("pretrain: training finished without a model checkpoint")
     result.checkpoint.to_directory(str(partial / "model"))
     shutil.rmtree(partial / "ray", ignore_errors=True)  # per-run scratch, the model is copied out
+
+
+def worker_config(cfg: PretrainConfig) -> dict:
+    """The config as workers get it: local paths made absolute (workers run in another directory)."""
+    conf = cfgmod.to_dict(cfg)
+    conf["data"] = str(Path(cfg.data).resolve())
+    if cfg.model.init_from and "://" not in cfg.model.init_from:
+        conf["model"]["init_from"] = str(Path(cfg.model.init_from).resolve())
+    return conf
 
 
 def _finish(partial: Path, seconds: float) -> None:

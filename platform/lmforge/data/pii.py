@@ -1,0 +1,116 @@
+"""PII redaction: typed placeholders (``<EMAIL>``, ``<PHONE>``, ...) with per-type counts. Pure Python.
+
+Each detector is a regex for the candidate shape plus, where the shape alone would hit ordinary
+text, a validator: Luhn for card numbers, real dates for Korean resident registration numbers, the
+SSA's never-issued ranges for US SSNs, ``ipaddress`` for IPs. Dates (2024-01-15), versions (1.2.3),
+years and plain numbers do not match any shape. Detectors run in a fixed order, so a longer, more
+specific match (a card number) is replaced before a shorter one (a phone number) could claim its
+digits.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import re
+from typing import Callable
+
+_NOT_DIGIT_BEFORE = r"(?<![\w.+-])"
+_NOT_DIGIT_AFTER = r"(?![\w-]|\.\d)"
+
+
+def _luhn_ok(candidate: str) -> bool:
+    digits = [int(c) for c in candidate if c.isdigit()]
+    if not 13 <= len(digits) <= 19 or len(set(digits)) == 1:
+        return False
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _rrn_ok(candidate: str) -> bool:
+    """YYMMDD must be a real date; the 7th digit encodes century and sex (1-8)."""
+    digits = candidate.replace("-", "")
+    yy, mm, dd, code = int(digits[0:2]), int(digits[2:4]), int(digits[4:6]), int(digits[6])
+    if code not in range(1, 9):
+        return False
+    century = {1: 1900, 2: 1900, 5: 1900, 6: 1900, 3: 2000, 4: 2000, 7: 2000, 8: 2000}[code]
+    try:
+        datetime.date(century + yy, mm, dd)
+    except ValueError:
+        return False
+    return True
+
+
+def _ssn_ok(candidate: str) -> bool:
+    area, group, serial = candidate.split("-")
+    return area not in ("000", "666") and not area.startswith("9") and group != "00" and serial != "0000"
+
+
+def _ip_ok(candidate: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(candidate)
+    except ValueError:
+        return False
+    if ip.version == 6:
+        return candidate.count(":") >= 2 and any(c.isalpha() for c in candidate) or "::" in candidate
+    return True
+
+
+def _phone_ok(candidate: str) -> bool:
+    return 8 <= sum(c.isdigit() for c in candidate) <= 15
+
+
+# (type, pattern, validator). Order: most specific first.
+DETECTORS: list[tuple[str, re.Pattern, Callable[[str], bool] | None]] = [
+    ("SECRET", re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b"), None),
+    ("SECRET", re.compile(r"(?i)(aws_secret_access_key\s*[:=]\s*[\"']?)[A-Za-z0-9/+=]{40}\b"), None),
+    ("SECRET", re.compile(r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}\b|\bxox[abpr]-[A-Za-z0-9-]{10,}\b"), None),
+    ("SECRET", re.compile(r"-----BEGIN (?:[A-Z ]+ )?PRIVATE KEY-----[\s\S]+?-----END (?:[A-Z ]+ )?PRIVATE KEY-----"),
+     None),
+    ("EMAIL", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None),
+    ("CREDIT_CARD", re.compile(_NOT_DIGIT_BEFORE + r"(?:\d[ -]?){12,18}\d" + _NOT_DIGIT_AFTER), _luhn_ok),
+    ("KR_RRN", re.compile(_NOT_DIGIT_BEFORE + r"\d{6}-?[1-8]\d{6}" + _NOT_DIGIT_AFTER), _rrn_ok),
+    ("US_SSN", re.compile(_NOT_DIGIT_BEFORE + r"\d{3}-\d{2}-\d{4}" + _NOT_DIGIT_AFTER), _ssn_ok),
+    ("IP_ADDRESS", re.compile(r"(?<![\w.:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w.:])"), _ip_ok),
+    ("IP_ADDRESS", re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
+                              r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)"), _ip_ok),
+    # Phones: international (+CC ...), Korean mobile/landline, North American (NNN) NNN-NNNN.
+    ("PHONE", re.compile(r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,3}(?![\w-])"),
+     _phone_ok),
+    ("PHONE", re.compile(_NOT_DIGIT_BEFORE + r"01[016789][ .-]?\d{3,4}[ .-]?\d{4}" + _NOT_DIGIT_AFTER), _phone_ok),
+    ("PHONE", re.compile(_NOT_DIGIT_BEFORE + r"\(?0(?:2|[3-6][1-5]|70)\)?[ .-]\d{3,4}[ .-]\d{4}" + _NOT_DIGIT_AFTER),
+     _phone_ok),
+    ("PHONE", re.compile(r"(?<![\w-])(?:\(\d{3}\) ?|\d{3}[.-])\d{3}[.-]\d{4}" + _NOT_DIGIT_AFTER), _phone_ok),
+]
+
+PII_TYPES = sorted({name for name, _, _ in DETECTORS})
+
+
+def redact(text: str) -> tuple[str, dict[str, int]]:
+    """Replace every detected PII span with ``<TYPE>``; returns the new text and counts per type."""
+    counts: dict[str, int] = {}
+    for name, pattern, valid in DETECTORS:
+        def replace(m: re.Match, name=name, valid=valid) -> str:
+            if valid is not None and not valid(m.group(0)):
+                return m.group(0)
+            counts[name] = counts.get(name, 0) + 1
+            keep = m.group(1) if m.re.groups else ""  # a key name kept before its secret value
+            return f"{keep}<{name}>"
+
+        if _may_contain(name, text):
+            text = pattern.sub(replace, text)
+    return text, counts
+
+
+def _may_contain(name: str, text: str) -> bool:
+    """Cheap pre-checks so clean prose skips most regexes."""
+    if name == "EMAIL":
+        return "@" in text
+    if name == "SECRET":
+        return any(k in text for k in ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA",
+                                       "secret", "SECRET", "gh", "xox", "PRIVATE KEY"))
+    return any(c.isdigit() for c in text)

@@ -1,0 +1,121 @@
+"""Quality filters in the spirit of Gopher (Rae et al. 2021, appendix A) and C4. Pure Python.
+
+Each rule has a name; a rejected document gets reason ``quality:<rule>`` and rejections are counted
+per rule in the manifest. Words are whitespace-separated tokens, which works for Korean too (its
+words, eojeol, are space-separated); "alphabetic" is ``str.isalpha``, true for Hangul and Latin
+alike, so Korean prose passes the same rules as English. Thresholds live in :class:`QualityConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+from lmforge.config import check
+
+TERMINAL_PUNCT = tuple(".!?…。！？\"'”’)」』")
+BULLETS = tuple("•●○■□▪▫◦‣-*–—·")
+
+
+@dataclasses.dataclass(kw_only=True)
+class QualityConfig:
+    enabled: bool = True
+    min_words: int = 5
+    max_words: int = 100_000
+    min_mean_word_length: float = 2.0  # Gopher uses 3 for English; Korean eojeol average ~3.5
+    max_mean_word_length: float = 12.0
+    max_symbol_ratio: float = 0.1  # '#' and ellipses per word
+    min_alpha_word_fraction: float = 0.7  # words with at least one letter (Gopher: 0.8)
+    max_bullet_line_fraction: float = 0.9
+    max_ellipsis_line_fraction: float = 0.3
+    max_duplicate_line_fraction: float = 0.3
+    max_duplicate_line_char_fraction: float = 0.2
+    max_top_2gram_fraction: float = 0.2
+    max_top_3gram_fraction: float = 0.18
+    max_top_4gram_fraction: float = 0.16
+    max_dup_5gram_char_fraction: float = 0.15
+    max_dup_10gram_char_fraction: float = 0.10
+    min_punct_line_fraction: float = 0.0  # C4-style: share of lines ending in terminal punctuation
+
+    def __post_init__(self):
+        check(self.min_words >= 0 and self.max_words > self.min_words, "min_words", "need 0 <= min < max_words")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if "fraction" in f.name or "ratio" in f.name:
+                check(0.0 <= value <= 1.0, f.name, "must be in [0, 1]")
+
+
+def failed_rule(text: str, cfg: QualityConfig) -> str | None:
+    """The name of the first rule ``text`` fails, or None when it passes them all."""
+    if not cfg.enabled:
+        return None
+    words = text.split()
+    n = len(words)
+    if n < cfg.min_words:
+        return "min_words"
+    if n > cfg.max_words:
+        return "max_words"
+    mean_len = sum(len(w) for w in words) / n
+    if not cfg.min_mean_word_length <= mean_len <= cfg.max_mean_word_length:
+        return "mean_word_length"
+    symbols = sum(w.count("#") + w.count("...") + w.count("…") for w in words)
+    if symbols / n > cfg.max_symbol_ratio:
+        return "symbol_ratio"
+    if sum(any(c.isalpha() for c in w) for w in words) / n < cfg.min_alpha_word_fraction:
+        return "alpha_words"
+    return _line_rule(text, cfg) or _repetition_rule(words, cfg)
+
+
+def _line_rule(text: str, cfg: QualityConfig) -> str | None:
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    if not lines:
+        return None
+    n = len(lines)
+    if sum(line.startswith(BULLETS) for line in lines) / n > cfg.max_bullet_line_fraction:
+        return "bullet_lines"
+    if sum(line.endswith(("...", "…")) for line in lines) / n > cfg.max_ellipsis_line_fraction:
+        return "ellipsis_lines"
+    if sum(line.endswith(TERMINAL_PUNCT) for line in lines) / n < cfg.min_punct_line_fraction:
+        return "punct_lines"
+    counts = Counter(lines)
+    dup_lines = sum(c for c in counts.values() if c > 1)
+    if dup_lines / n > cfg.max_duplicate_line_fraction:
+        return "duplicate_lines"
+    dup_chars = sum(len(line) * c for line, c in counts.items() if c > 1)
+    if dup_chars / max(1, sum(len(line) for line in lines)) > cfg.max_duplicate_line_char_fraction:
+        return "duplicate_line_chars"
+    return None
+
+
+def _repetition_rule(words: list[str], cfg: QualityConfig) -> str | None:
+    """Gopher's n-gram repetition: top n-gram share (n=2..4), duplicated n-gram share (n=5, 10)."""
+    total_chars = sum(len(w) for w in words)
+    if total_chars == 0:
+        return None
+    for n, limit in ((2, cfg.max_top_2gram_fraction), (3, cfg.max_top_3gram_fraction),
+                     (4, cfg.max_top_4gram_fraction)):
+        if len(words) < n + 1:
+            break
+        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        gram, count = grams.most_common(1)[0]
+        if count > 1 and sum(len(w) for w in gram) * count / total_chars > limit:
+            return f"top_{n}gram"
+    for n, limit in ((5, cfg.max_dup_5gram_char_fraction), (10, cfg.max_dup_10gram_char_fraction)):
+        if len(words) < 2 * n:
+            break
+        if _duplicated_ngram_char_fraction(words, n) > limit:
+            return f"dup_{n}gram"
+    return None
+
+
+def _duplicated_ngram_char_fraction(words: list[str], n: int) -> float:
+    """Share of characters covered by n-grams that occur more than once (each word counted once)."""
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    counts = Counter(grams)
+    covered = [False] * len(words)
+    for i, g in enumerate(grams):
+        if counts[g] > 1:
+            for j in range(i, i + n):
+                covered[j] = True
+    total = sum(len(w) for w in words)
+    return sum(len(w) for w, c in zip(words, covered) if c) / total
