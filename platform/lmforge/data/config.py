@@ -6,6 +6,7 @@ import dataclasses
 
 from lmforge.cluster.session import RayConfig
 from lmforge.config import check
+from lmforge.data.quality import QualityConfig
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -33,12 +34,36 @@ class PackConfig:
 
 
 @dataclasses.dataclass(kw_only=True)
+class DedupConfig:
+    exact: bool = True  # drop documents whose canonical text (case-folded, spaces collapsed) repeats
+    near: bool = True  # MinHash + LSH near-duplicate removal
+    near_threshold: float = 0.8  # estimated Jaccard of character shingles to count as a copy
+    ngram: int = 5  # character shingle length
+    bands: int = 20  # LSH bands x rows = MinHash permutations; 20 x 6 pairs J=0.8 with p=0.998
+    rows: int = 6
+    seed: int = 1
+
+    def __post_init__(self):
+        check(0.0 < self.near_threshold <= 1.0, "near_threshold", "must be in (0, 1]")
+        check(self.ngram >= 1, "ngram", "must be >= 1")
+        check(self.bands >= 1 and self.rows >= 1, "bands", "bands and rows must be >= 1")
+
+
+@dataclasses.dataclass(kw_only=True)
+class PiiConfig:
+    enabled: bool = True  # replace emails, phones, cards, IPs, RRNs, SSNs, secrets with <TYPE>
+
+
+@dataclasses.dataclass(kw_only=True)
 class PrepareConfig:
-    inputs: list[str]  # local paths, directories, globs, pkg://package/path
+    inputs: list[str]  # local paths, directories, globs, s3://bucket/prefix (or glob), pkg://package/path
     output: str
     text_field: str = "text"
     id_field: str = "id"
     max_doc_bytes: int = 1_000_000  # larger records are quarantined, not tokenized
+    quality: QualityConfig = dataclasses.field(default_factory=QualityConfig)
+    dedup: DedupConfig = dataclasses.field(default_factory=DedupConfig)
+    pii: PiiConfig = dataclasses.field(default_factory=PiiConfig)
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     pack: PackConfig = dataclasses.field(default_factory=PackConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)

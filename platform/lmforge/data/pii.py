@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import re
-from typing import Callable
+from collections.abc import Callable
 
 _NOT_DIGIT_BEFORE = r"(?<![\w.+-])"
 _NOT_DIGIT_AFTER = r"(?![\w-]|\.\d)"

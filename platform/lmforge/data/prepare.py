@@ -2,10 +2,12 @@
 
 Run: ``lmforge prepare jobs/prepare.yaml inputs=[data/*.jsonl] output=runs/data``.
 
-Ray Data glue. Each file is read by a Ray task (sharded across the cluster); records are normalised
-and accounted in a ledger (kept / dropped with a reason / quarantined); the tokenizer trains on a
-bounded sample streamed to the driver; tokenization and packing run in ``map_batches`` on the
-workers. Output layout (DESIGN.md): documents/, rejected/, tokenizer/, train/, val/, manifest.json.
+Ray Data glue. Each file is read by a Ray task (sharded across the cluster) and every record is
+curated there (:mod:`lmforge.data.curate`: clean, quality rules, PII, dedup keys) into a ledger row:
+kept, dropped with a reason, or quarantined. Exact and near duplicates are found globally
+(:mod:`lmforge.data.dedup_ray`); the tokenizer trains on a bounded sample streamed to the driver;
+tokenization and packing run in ``map_batches`` on the workers, split train/val by document.
+Output layout (DESIGN.md): documents/, rejected/, tokenizer/, train/, val/, manifest.json, report.md.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import pyarrow as pa
 
 from lmforge import stage, storage
 from lmforge.cluster.session import ray_session
-from lmforge.data import packing, sources, text
+from lmforge.data import dedup_ray, packing, report, sources
 from lmforge.data.config import PrepareConfig
+from lmforge.data.curate import PII_COLUMNS, curate
 from lmforge.data.tokenizer import EOS, PAD, to_hf, train_bpe
 
 log = logging.getLogger(__name__)
@@ -49,9 +52,9 @@ def list_inputs(inputs: list[str]) -> list[str]:
     """Expand every input (path, dir, glob, pkg://) into files, deduplicated, in a stable order."""
     files: list[str] = []
     for uri in inputs:
-        if storage.is_remote(uri):
-            raise NotImplementedError(f"{uri}: object-store inputs are not supported yet")
-        files.extend(f for f in storage.expand_local(uri, sources.SUFFIXES) if f not in files)
+        if storage.is_remote(uri) and not uri.startswith("s3://"):
+            raise FileNotFoundError(f"input {uri!r}: only local paths, pkg:// and s3:// are supported")
+        files.extend(f for f in storage.expand(uri, sources.SUFFIXES) if f not in files)
     return files
 
 
@@ -60,11 +63,15 @@ def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path) -> dict:
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # deterministic
     ledger = _read_ledger(cfg, files).materialize()
+    marks = dedup_ray.find_duplicates(ledger.filter(expr="reason == ''"), cfg.dedup)
+    marks_ref = ray.put(marks)
+    ledger = ledger.map_batches(_apply_marks, batch_format="pyarrow", fn_kwargs={"marks": marks_ref})
+    ledger = ledger.drop_columns(["exact_key", "minhash"]).materialize()
     counts = _reason_counts(ledger)
-    kept = ledger.filter(lambda r: r["reason"] == "").select_columns(["id", "source", "text"])
-    kept = kept.materialize()
-    kept.write_parquet(str(out / "documents"))
+    kept = ledger.filter(expr="reason == ''").materialize()
+    kept.select_columns(["id", "source", "text"]).write_parquet(str(out / "documents"))
     _write_rejected(ledger, out / "rejected")
+    pii_counts = _pii_counts(kept)
 
     tok = train_bpe(_sample_texts(kept, cfg.tokenizer.sample_chars), cfg.tokenizer.vocab_size,
                     cfg.tokenizer.min_frequency)
@@ -72,26 +79,49 @@ def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path) -> dict:
     tokens = {}
     for split in ("train", "val"):
         tokens[split] = _pack_split(kept, tok.to_str(), split, cfg, out / split)
-    return _manifest(cfg, files, counts, tokens, tok)
+    manifest = _manifest(cfg, files, counts, pii_counts, tokens, tok)
+    report.plot_lengths(_length_histogram(kept), out / "doc_lengths.png")
+    (out / "report.md").write_text(report.render(manifest))
+    return manifest
 
 
 def _read_ledger(cfg: PrepareConfig, files: list[str]):
     import ray
 
-    read = functools.partial(_read_file, text_field=cfg.text_field, id_field=cfg.id_field,
-                             max_doc_bytes=cfg.max_doc_bytes)
-    return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).flat_map(read)
+    items = [{"path": f, "file_index": i} for i, f in enumerate(files)]
+    remote_args = {}
+    if any(f.startswith("s3://") for f in files):
+        remote_args["runtime_env"] = {"env_vars": storage.aws_env()}
+    ds = ray.data.from_items(items, override_num_blocks=len(files))
+    return ds.flat_map(_read_file, fn_kwargs={"cfg": cfg}, **remote_args)
 
 
-def _read_file(row: dict, text_field: str, id_field: str, max_doc_bytes: int) -> list[dict]:
-    """Ray task body: one file -> ledger records, text normalised, empty documents marked."""
-    out = []
-    for rec in sources.read_records(row["path"], text_field, id_field, max_doc_bytes):
-        if not rec["reason"]:
-            rec["text"] = text.normalize(rec["text"])
-            rec["reason"] = "" if rec["text"] else "empty"
-        out.append(rec)
-    return out
+def _read_file(row: dict, cfg: PrepareConfig) -> list[dict]:
+    """Ray task body: one file -> curated ledger records (kept, dropped with a reason, quarantined)."""
+    records = sources.read_records(row["path"], row["file_index"], cfg.text_field, cfg.id_field,
+                                   cfg.max_doc_bytes)
+    return [curate(rec, cfg) for rec in records]
+
+
+def _apply_marks(batch: pa.Table, marks) -> pa.Table:
+    """Set reason/duplicate_of of the documents dedup chose to drop."""
+    import ray
+
+    marks = _marks(marks) if isinstance(marks, ray.ObjectRef) else marks
+    reasons = batch.column("reason").to_pylist()
+    dup_of = [""] * batch.num_rows
+    for i, order in enumerate(batch.column("order").to_pylist()):
+        if order in marks:
+            reasons[i], dup_of[i] = marks[order]
+    batch = batch.set_column(batch.column_names.index("reason"), "reason", pa.array(reasons, pa.string()))
+    return batch.append_column("duplicate_of", pa.array(dup_of, pa.string()))
+
+
+@functools.lru_cache(maxsize=2)
+def _marks(ref):
+    import ray
+
+    return ray.get(ref)
 
 
 def _reason_counts(ledger) -> dict[str, int]:
@@ -99,17 +129,26 @@ def _reason_counts(ledger) -> dict[str, int]:
     return {r["reason"]: int(r["count()"]) for r in rows}
 
 
+def _pii_counts(kept) -> dict[str, int]:
+    if kept.count() == 0:
+        return {}
+    sums = kept.sum(PII_COLUMNS)
+    sums = sums if isinstance(sums, dict) else {PII_COLUMNS[0]: sums}
+    return {c.removeprefix("pii_"): int(v) for c, v in sorted(sums.items()) if v}
+
+
 def _write_rejected(ledger, path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    rejected = ledger.filter(lambda r: r["reason"] != "")
-    rejected = rejected.map_batches(_add_duplicate_of, batch_format="pyarrow")
+    rejected = ledger.filter(expr="reason != ''")
     rejected.select_columns(["id", "reason", "duplicate_of", "source", "raw"]).write_parquet(str(path))
 
 
-def _add_duplicate_of(batch: pa.Table) -> pa.Table:
-    if "duplicate_of" in batch.column_names:
-        return batch
-    return batch.append_column("duplicate_of", pa.array([""] * batch.num_rows, pa.string()))
+def _length_histogram(kept) -> np.ndarray:
+    """Streamed, per-batch histogram of kept documents' word counts (nothing held in the driver)."""
+    total = np.zeros(len(report.LENGTH_BINS) - 1, dtype=np.int64)
+    for batch in kept.select_columns(["text"]).iter_batches(batch_size=4096, batch_format="numpy"):
+        total += report.length_histogram(np.array([len(str(t).split()) for t in batch["text"]]))
+    return total
 
 
 def _sample_texts(kept, max_chars: int):
@@ -156,7 +195,8 @@ def tokenize_and_pack(batch: dict, tokenizer_json: str, split: str, seq_len: int
                      "n_tokens": pa.array(packed["n_tokens"], pa.int32())})
 
 
-def _manifest(cfg: PrepareConfig, files: list[str], counts: dict[str, int], tokens: dict, tok) -> dict:
+def _manifest(cfg: PrepareConfig, files: list[str], counts: dict[str, int], pii_counts: dict[str, int],
+              tokens: dict, tok) -> dict:
     total = sum(counts.values())
     quarantined = sum(n for r, n in counts.items() if r.startswith("quarantine:"))
     dropped = {r: n for r, n in sorted(counts.items()) if r and not r.startswith("quarantine:")}
@@ -165,7 +205,7 @@ def _manifest(cfg: PrepareConfig, files: list[str], counts: dict[str, int], toke
                       "quarantined": quarantined,
                       "quarantine_reasons": {r: n for r, n in sorted(counts.items())
                                              if r.startswith("quarantine:")}},
-        "pii": {},
+        "pii": pii_counts,
         "tokens": {s: tokens[s]["tokens"] for s in tokens},
         "rows": {s: tokens[s]["rows"] for s in tokens},
         "seq_len": cfg.pack.seq_len,

@@ -36,6 +36,9 @@ class QualityConfig:
     max_dup_5gram_char_fraction: float = 0.15
     max_dup_10gram_char_fraction: float = 0.10
     min_punct_line_fraction: float = 0.0  # C4-style: share of lines ending in terminal punctuation
+    # Repetition and line statistics are noise on short texts (Gopher scored documents of 50+ words):
+    repetition_min_words: int = 100
+    line_rules_min_lines: int = 3
 
     def __post_init__(self):
         check(self.min_words >= 0 and self.max_words > self.min_words, "min_words", "need 0 <= min < max_words")
@@ -63,12 +66,14 @@ def failed_rule(text: str, cfg: QualityConfig) -> str | None:
         return "symbol_ratio"
     if sum(any(c.isalpha() for c in w) for w in words) / n < cfg.min_alpha_word_fraction:
         return "alpha_words"
-    return _line_rule(text, cfg) or _repetition_rule(words, cfg)
+    if n >= cfg.repetition_min_words and (rule := _repetition_rule(words, cfg)):
+        return rule
+    return _line_rule(text, cfg)
 
 
 def _line_rule(text: str, cfg: QualityConfig) -> str | None:
     lines = [line.strip() for line in text.split("\n") if line.strip()]
-    if not lines:
+    if len(lines) < max(1, cfg.line_rules_min_lines):
         return None
     n = len(lines)
     if sum(line.startswith(BULLETS) for line in lines) / n > cfg.max_bullet_line_fraction:

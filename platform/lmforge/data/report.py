@@ -1,0 +1,48 @@
+"""``report.md`` and the document-length histogram of a prepare run. Pure Python + matplotlib."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+LENGTH_BINS = np.array([0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, np.inf])
+
+
+def length_histogram(word_counts: np.ndarray) -> np.ndarray:
+    """Counts of documents per word-count bin (fixed log2 bins, so per-shard results add up)."""
+    return np.histogram(word_counts, bins=LENGTH_BINS)[0]
+
+
+def plot_lengths(counts: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"<{int(hi)}" if np.isfinite(hi) else f">={int(lo)}" for lo, hi in zip(LENGTH_BINS, LENGTH_BINS[1:])]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(range(len(counts)), counts)
+    ax.set_xticks(range(len(counts)), labels, rotation=45, ha="right")
+    ax.set_xlabel("words per kept document")
+    ax.set_ylabel("documents")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def render(manifest: dict) -> str:
+    docs, tokens = manifest["documents"], manifest["tokens"]
+    lines = ["# prepare report", "", "## Documents", "", "| outcome | documents |", "| --- | ---: |",
+             f"| input | {docs['input']} |", f"| kept | {docs['kept']} |"]
+    lines += [f"| dropped: {r} | {n} |" for r, n in docs["dropped"].items()]
+    lines += [f"| {r} | {n} |" for r, n in docs.get("quarantine_reasons", {}).items()]
+    total = docs["kept"] + sum(docs["dropped"].values()) + docs["quarantined"]
+    lines += ["", f"input = kept + dropped + quarantined: {docs['input']} = {total}", "",
+              "## PII redacted (in kept documents)", "", "| type | spans |", "| --- | ---: |"]
+    lines += [f"| {t} | {n} |" for t, n in manifest["pii"].items()] or ["| none | 0 |"]
+    lines += ["", "## Tokens", "", "| split | rows | tokens |", "| --- | ---: | ---: |"]
+    lines += [f"| {s} | {manifest['rows'][s]} | {tokens[s]} |" for s in tokens]
+    lines += ["", f"seq_len {manifest['seq_len']}, vocab_size {manifest['vocab_size']}", "",
+              "## Document lengths", "", "![document lengths](doc_lengths.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""Cleaning (HTML, control characters, Unicode) and quality rules, which Korean prose must pass."""
+
+import json
+from pathlib import Path
+
+from lmforge.data import clean, quality
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def test_html_to_text_keeps_visible_text_only():
+    page = ("<html><head><title>T</title><style>p{color:red}</style></head><body>"
+            "<h1>Seoul</h1><p>The capital &amp; largest city.</p><script>alert(1)</script>"
+            "<ul><li>한강</li><li>남산</li></ul></body></html>")
+    assert clean.clean(page) == "Seoul\n\nThe capital & largest city.\n\n한강\n\n남산"
+
+
+def test_plain_text_with_angle_brackets_and_ampersands_is_not_parsed_as_html():
+    assert clean.clean("if a < b and c > d: R&D &amp; more") == "if a < b and c > d: R&D & more"
+
+
+def test_control_and_invisible_characters_removed():
+    assert clean.clean("ab\x00c\u200bd\x07e\tf\ufeff") == "abcde f"
+
+
+def test_korean_prose_passes_every_rule():
+    cfg = quality.QualityConfig()
+    texts = [json.loads(line)["text"] for line in (FIXTURES / "ko_help.jsonl").read_text().splitlines()]
+    failed = [t for t in texts if quality.failed_rule(clean.clean(t), cfg)]
+    assert len(failed) / len(texts) < 0.01
+
+
+def test_each_rule_rejects_what_it_names():
+    cfg = quality.QualityConfig(min_words=5, repetition_min_words=20)
+    prose = "The river flows past the old mill and into the valley below the town. " * 1
+    assert quality.failed_rule(prose, cfg) is None
+    assert quality.failed_rule("too short", cfg) == "min_words"
+    assert quality.failed_rule("a b c d e f g h", cfg) == "mean_word_length"
+    assert quality.failed_rule("#seoul #busan #jeju #daegu river mountain valley", cfg) == "symbol_ratio"
+    assert quality.failed_rule("12 34 56 78 90 11 22 33 word", cfg) == "alpha_words"
+    spam = " ".join(["buy cheap watches now"] * 10)
+    assert quality.failed_rule(spam, cfg).startswith(("top_", "dup_"))
+    lines = "\n".join(["Same line repeated here."] * 3 + ["Another distinct line of text here."])
+    assert quality.failed_rule(lines, cfg) == "duplicate_lines"
+    assert quality.failed_rule(prose, quality.QualityConfig(enabled=False)) is None
