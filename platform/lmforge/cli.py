@@ -22,6 +22,7 @@ stages:
   export     HF model dir -> ONNX, parity-checked against PyTorch
   serve      OpenAI-compatible HTTP API on Ray Serve (foreground until Ctrl-C)
   run        a recipe chaining the stages (e.g. jobs/quickstart.yaml)
+  bench      benchmarks, JSON out: `lmforge bench prepare docs=50000`
 
 Override values are parsed as YAML: pack.seq_len=256  inputs=[a.jsonl,b.jsonl]
 Ray: ray.address=... or RAY_ADDRESS; none starts a local cluster for the command.
@@ -53,6 +54,12 @@ def _stages() -> dict[str, tuple[type, Callable]]:
     }
 
 
+def _benches() -> dict[str, tuple[type, Callable]]:
+    from lmforge.bench.prepare_bench import PrepareBenchConfig, run as prepare_bench
+
+    return {"prepare": (PrepareBenchConfig, prepare_bench)}
+
+
 def split_args(args: list[str]) -> tuple[str | None, list[str], set[str]]:
     """-> (config path or None, overrides, flags)."""
     flags = {a for a in args if a.startswith("--")}
@@ -69,8 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "--version":
         print(__version__)
         return 0
+    if argv[0] == "bench":
+        benches = _benches()
+        if len(argv) < 2 or argv[1] not in benches:
+            print(f"lmforge bench: name one of {', '.join(benches)}", file=sys.stderr)
+            return 2
+        argv = [f"bench {argv[1]}", *argv[2:]]
+        stages = {argv[0]: benches[argv[0].split()[1]]}
+    else:
+        stages = _stages()
     stage_name, (path, overrides, flags) = argv[0], split_args(argv[1:])
-    stages = _stages()
     if stage_name not in stages:
         print(f"lmforge: unknown stage {stage_name!r}\n\n{USAGE}", file=sys.stderr)
         return 2

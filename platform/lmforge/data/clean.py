@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import html
 import re
-import unicodedata
 from html.parser import HTMLParser
 
 from lmforge.data.text import normalize
 
 _TAG = re.compile(r"</?(p|div|br|span|a|b|i|em|strong|li|ul|ol|h[1-6]|table|tr|td|th|html|body|head|script|"
                   r"style|title|meta|img|section|article|header|footer|nav)\b[^>]*>", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")  # Unicode category Cc, newline kept
 _ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]{2,8});")  # only well-formed entities
 _BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "table",
                "section", "article", "header", "footer", "title", "blockquote", "pre"}
@@ -64,7 +64,7 @@ def html_to_text(text: str) -> str:
 def strip_control(text: str) -> str:
     """Drop control and invisible format characters; tabs become spaces, newlines stay."""
     text = text.translate(_INVISIBLE).replace("\t", " ")
-    return "".join(ch for ch in text if ch == "\n" or unicodedata.category(ch) != "Cc")
+    return _CONTROL.sub("", text)
 
 
 def clean(text: str) -> str:

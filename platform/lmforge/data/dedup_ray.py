@@ -31,7 +31,7 @@ def find_duplicates(kept, cfg: DedupConfig) -> dict[int, tuple[str, str]]:
     if kept.count() == 0:  # Ray's shuffle cannot sort a dataset without blocks
         return marks
     if cfg.exact:
-        groups = kept.select_columns(["exact_key", "order", "id"]).groupby("exact_key")
+        groups = kept.select_columns(["exact_key", "order", "id"]).groupby("exact_key", num_partitions=partitions())
         for row in groups.map_groups(_exact_group, batch_format="pyarrow").take_all():
             marks[row["order"]] = ("exact_duplicate", row["rep_id"])
             exact_rep[row["order"]] = row["rep_order"]
@@ -44,7 +44,7 @@ def find_duplicates(kept, cfg: DedupConfig) -> dict[int, tuple[str, str]]:
 def _near(kept, cfg: DedupConfig, exact_rep: dict[int, int], marks: dict) -> dict[int, tuple[str, str]]:
     bands = kept.select_columns(["order", "minhash"]).map_batches(
         _band_rows, batch_format="pyarrow", fn_kwargs={"bands": cfg.bands, "rows": cfg.rows})
-    edges_ds = bands.groupby("band_key").map_groups(_bucket_edges, batch_format="pyarrow")
+    edges_ds = bands.groupby("band_key", num_partitions=partitions()).map_groups(_bucket_edges, batch_format="pyarrow")
     edges = set()
     for row in edges_ds.take_all():
         a, b = exact_rep.get(row["a"], row["a"]), exact_rep.get(row["b"], row["b"])
@@ -58,6 +58,13 @@ def _near(kept, cfg: DedupConfig, exact_rep: dict[int, int], marks: dict) -> dic
     ids = {r["order"]: r["id"] for r in rows}
     clusters = dedup.near_duplicates(edges, signatures, cfg.near_threshold)
     return {o: ("near_duplicate", ids[rep]) for o, rep in clusters.items() if o not in marks}
+
+
+def partitions() -> int:
+    """Shuffle partitions: a few per CPU of the cluster (Ray's default of 200 drowns a small cluster)."""
+    from lmforge.cluster.session import cluster_cpus
+
+    return max(2, 2 * int(cluster_cpus()))
 
 
 def _exact_group(group: pa.Table) -> pa.Table:

