@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import boto3
 import pytest
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """``ray.init`` once per session (start-up costs ~4 s); stages reuse it instead of starting their own."""
+def ray_cluster(s3_server):
+    """``ray.init`` once per session (start-up costs ~4 s); stages reuse it instead of starting their own.
+
+    The S3 server comes first so that every Ray process starts with the AWS settings in its environment,
+    as on a real cluster (Ray Train's controller failed to write to moto when they arrived later)."""
     import ray
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,3 +33,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-protocol server (moto_server) on loopback, started and stopped by this fixture."""
+    port = free_port()
+    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    log = open(os.environ.get("LMFORGE_MOTO_LOG", os.devnull), "w")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                boto3.client("s3").list_buckets()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -4,11 +4,6 @@ broken records), measured against the known answers; then the same run read from
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -19,7 +14,6 @@ from lmforge import config as cfgmod
 from lmforge.data import clean, prepare
 from lmforge.data.config import PrepareConfig
 from tests import curation_corpus
-from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
 OVERRIDES = ["tokenizer.vocab_size=1024", "pack.seq_len=128", "max_doc_bytes=50000"]
@@ -114,39 +108,6 @@ def test_rerun_is_deterministic(curated, corpus, tmp_path):
         (curated / "manifest.json").read_text().replace(str(curated), "")
     for sub in ("documents", "rejected", "train", "val"):
         assert pq.read_table(again / sub).to_pylist() == pq.read_table(curated / sub).to_pylist(), sub
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """A real S3-protocol server (moto_server) on loopback, started and stopped by this fixture."""
-    port = free_port()
-    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                boto3.client("s3").list_buckets()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_same_run_from_s3_gives_identical_outputs(s3_server, curated, corpus, tmp_path):

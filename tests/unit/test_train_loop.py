@@ -48,7 +48,7 @@ def test_fit_learns_a_repeating_pattern():
     with torch.no_grad():
         initial = loop.loss_on(model, rows[:8], pad_id=0).item()
     history = loop.fit(model, tdata.batches(rows, 8, seed=0), rows[:8], cfg, pad_id=0,
-                       device=torch.device("cpu"))
+                       device=torch.device("cpu")).history
     assert initial > 3.0 and history[-1]["loss"] < 0.2
     assert [h["step"] for h in history] == [10, 20, 30, 40]
     assert "val_loss" in history[1] and history[-1]["val_ppl"] == pytest.approx(math.exp(history[-1]["val_loss"]))
@@ -83,3 +83,52 @@ def test_flops_per_token_counts_matmuls():
     n = presets.matmul_params(model)
     assert n == presets.num_params(model)  # tied embeddings: the lm_head matmul uses them
     assert presets.flops_per_token(model.config, 16, n) == 6 * n + 12 * 2 * 64 * 16
+
+
+def test_resuming_from_a_checkpoint_continues_exactly():
+    """10 steps + checkpoint + 10 resumed steps == 20 uninterrupted steps (weights, data position, schedule)."""
+    import copy
+
+    rows = torch.randint(3, 64, (40, 16))
+    cfg = TrainConfig(max_steps=20, micro_batch_size=4, grad_accum_steps=2, lr=1e-2, warmup_steps=3, log_every=5,
+                      eval_every=5, checkpoint_every=10, eval_batches=1)
+    cpu = torch.device("cpu")
+    straight = tiny_model()
+    loop.fit(straight, tdata.batches(rows, 4, seed=0), rows[:4], cfg, pad_id=0, device=cpu)
+
+    saved = {}
+
+    def grab(state):
+        if state.step == 10 and not saved:
+            saved.update(model=copy.deepcopy(first.state_dict()), opt=copy.deepcopy(opt.state_dict()),
+                         state=copy.deepcopy(state))
+            raise KeyboardInterrupt  # the "crash" right after the checkpoint
+
+    first = tiny_model()
+    opt = loop.make_optimizer(first, cfg)
+    with pytest.raises(KeyboardInterrupt):
+        loop.fit(first, tdata.batches(rows, 4, seed=0), rows[:4], cfg, pad_id=0, device=cpu, optimizer=opt,
+                 on_checkpoint=grab)
+    resumed = tiny_model()
+    resumed.load_state_dict(saved["model"])
+    opt2 = loop.make_optimizer(resumed, cfg)
+    opt2.load_state_dict(saved["opt"])
+    state = loop.fit(resumed, tdata.batches(rows, 4, seed=0, start=10 * 2), rows[:4], cfg, pad_id=0, device=cpu,
+                     optimizer=opt2, state=saved["state"])
+    assert state.step == 20
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_early_stopping_after_patience_evaluations():
+    model = tiny_model()
+    rows = torch.randint(3, 64, (16, 16))
+    val = torch.randint(3, 64, (8, 16))  # unrelated data: val loss soon stops improving at lr 5e-2
+    cfg = TrainConfig(max_steps=200, micro_batch_size=4, lr=5e-2, warmup_steps=0, eval_every=5, log_every=5,
+                      patience=2, checkpoint_every=1000, eval_batches=2)
+    checkpoints = []
+    state = loop.fit(model, tdata.batches(rows, 4, seed=0), val, cfg, pad_id=0, device=torch.device("cpu"),
+                     on_checkpoint=lambda s: checkpoints.append(s.step))
+    assert state.stopped_early and state.step < 200 and state.evals_since_best == 2
+    assert checkpoints == [state.step]  # an early stop always writes a final checkpoint
+    assert state.best_step == state.step - 2 * 5

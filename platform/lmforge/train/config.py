@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from lmforge.cluster.session import RayConfig
 from lmforge.config import check
@@ -37,10 +38,17 @@ class TrainConfig:
     eval_every: int = 50
     eval_batches: int = 20
     log_every: int = 10
+    patience: int = 0  # early stop after this many evaluations without a new best val_loss; 0 = off
+    checkpoint_every: int = 100
+    checkpoint_dir: str | None = None  # local dir or s3://bucket/prefix; default <output>/checkpoints
+    keep_checkpoints: int = 3  # the best by val_loss are kept; the newest always is, for resume
+    resume: Literal["auto", "never"] = "auto"  # auto: continue from the newest checkpoint if any
+    max_failures: int = 0  # Ray Train restarts of the worker group from the last checkpoint
+    peak_tflops: float | None = None  # per device, for MFU; default from a table of known GPUs
 
     def __post_init__(self):
         for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "eval_every", "log_every",
-                    "eval_batches"):
+                    "eval_batches", "checkpoint_every", "keep_checkpoints"):
             check(getattr(self, key) >= 1, key, "must be >= 1")
         check(self.lr > 0, "lr", "must be > 0")
         check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]")
@@ -48,6 +56,7 @@ class TrainConfig:
         check(self.num_workers >= 0, "num_workers", "must be >= 0")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
         check(self.cpus_per_worker is None or self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        check(self.patience >= 0 and self.max_failures >= 0, "patience", "patience and max_failures must be >= 0")
 
 
 @dataclasses.dataclass(kw_only=True)

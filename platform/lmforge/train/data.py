@@ -33,15 +33,21 @@ def shard(rows: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     return rows[rank::world_size]
 
 
-def batches(rows: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Endless shuffled micro-batches, reshuffled each epoch with a seeded generator."""
+def batches(rows: torch.Tensor, batch_size: int, seed: int, start: int = 0) -> Iterator[torch.Tensor]:
+    """Endless shuffled micro-batches, reshuffled each epoch with a seeded generator.
+
+    ``start`` skips that many micro-batches without touching them: the data position of a resumed run,
+    which therefore neither repeats nor skips data.
+    """
     if len(rows) < batch_size:
         raise ValueError(f"only {len(rows)} training rows on this worker, fewer than one micro-batch "
                          f"of {batch_size}: lower train.micro_batch_size or add data")
-    gen, epoch = torch.Generator(), 0
+    per_epoch = len(rows) // batch_size
+    epoch, offset = divmod(start, per_epoch)
+    gen = torch.Generator()
     while True:
         gen.manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(len(rows), generator=gen)
-        for i in range(0, len(order) - batch_size + 1, batch_size):
+        for i in range(offset * batch_size, per_epoch * batch_size, batch_size):
             yield rows[order[i : i + batch_size]]
-        epoch += 1
+        epoch, offset = epoch + 1, 0

@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -97,35 +97,70 @@ def evaluate(model, rows: torch.Tensor, batch_size: int, max_batches: int, pad_i
     return float(stats[0] / stats[1]) if stats[1] > 0 else None
 
 
+@dataclass
+class TrainState:
+    """Everything besides weights and optimizer that a resumed run needs to continue exactly."""
+
+    step: int = 0  # optimizer steps done
+    best_val: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)  # every metrics row so far
+
+    def improved(self, val: float, step: int) -> bool:
+        if self.best_val is None or val < self.best_val:
+            self.best_val, self.best_step, self.evals_since_best = val, step, 0
+            return True
+        self.evals_since_best += 1
+        return False
+
+
 def fit(model, batches: Iterator[torch.Tensor], val_rows: torch.Tensor, cfg: TrainConfig, *,
         pad_id: int | None, device: torch.device, world_size: int = 1,
+        optimizer: torch.optim.Optimizer | None = None, state: TrainState | None = None,
+        flops_per_token: float | None = None, peak_flops: float | None = None,
         on_metrics: Callable[[dict], None] = lambda m: None,
-        autocast: contextlib.AbstractContextManager | None = None) -> list[dict]:
-    """Train for ``cfg.max_steps`` steps; returns every metrics row it emitted."""
+        on_checkpoint: Callable[[TrainState], None] = lambda s: None,
+        autocast: contextlib.AbstractContextManager | None = None) -> TrainState:
+    """Train from ``state.step`` to ``cfg.max_steps`` (or an early stop); returns the final state.
+
+    ``batches`` must already be positioned at ``state.step`` (see :func:`lmforge.train.data.batches`).
+    Every ``checkpoint_every`` steps, at early stop and at the end, ``on_checkpoint`` gets the state.
+    """
     autocast = autocast or contextlib.nullcontext()
-    optimizer = make_optimizer(model, cfg)
+    optimizer = optimizer or make_optimizer(model, cfg)
+    state = state or TrainState()
     model.train()
-    history: list[dict] = []
     window_tokens, window_start = 0, time.perf_counter()
-    for step in range(cfg.max_steps):
+    while state.step < cfg.max_steps and not state.stopped_early:
+        step = state.step
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         micro = [next(batches).to(device, non_blocking=True) for _ in range(cfg.grad_accum_steps)]
         result = train_step(model, optimizer, micro, cfg, pad_id, autocast)
+        state.step = done = step + 1
         window_tokens += result.tokens * world_size
-        done = step + 1
         row = None
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             elapsed = time.perf_counter() - window_start
-            row = {"step": done, "loss": result.loss, "lr": lr_at(step, cfg),
-                   "grad_norm": result.grad_norm, "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+            row = {"step": done, "loss": result.loss, "lr": lr_at(step, cfg), "grad_norm": result.grad_norm,
+                   "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+            if flops_per_token and peak_flops:
+                row["mfu"] = row["tokens_per_s"] * flops_per_token / (peak_flops * world_size)
             window_tokens, window_start = 0, time.perf_counter()
-        if done % cfg.eval_every == 0 or done == cfg.max_steps:
+        checkpoint_now = done % cfg.checkpoint_every == 0 or done == cfg.max_steps
+        if done % cfg.eval_every == 0 or checkpoint_now:
             val = evaluate(model, val_rows, cfg.micro_batch_size, cfg.eval_batches, pad_id, device, autocast)
             if val is not None:
                 row = row or {"step": done, "loss": result.loss, "lr": lr_at(step, cfg)}
                 row.update(val_loss=val, val_ppl=math.exp(min(val, 50.0)))
+                state.improved(val, done)
+                if cfg.patience and state.evals_since_best >= cfg.patience:
+                    state.stopped_early = checkpoint_now = True
         if row is not None:
-            history.append(row)
+            state.history.append(row)
             on_metrics(row)
-    return history
+        if checkpoint_now:
+            on_checkpoint(state)
+    return state

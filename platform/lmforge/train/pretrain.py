@@ -2,25 +2,32 @@
 
 Run: ``lmforge pretrain jobs/pretrain.yaml data=runs/data output=runs/model train.num_workers=2``.
 
-Each Ray Train worker reads its own slice of the packed rows, runs the plain loop in
-:mod:`lmforge.train.loop` under DDP (gloo on CPU, nccl on GPU) and rank 0 returns the trained model as
-a Ray Train checkpoint, which the driver copies to ``output/model`` (an HF dir with the tokenizer).
-``train.num_workers=0`` runs the same worker function in this process without Ray.
+Each Ray Train worker reads its own slice of the packed rows and runs the plain loop in
+:mod:`lmforge.train.loop` under DDP (gloo on CPU, nccl on GPU, bf16 autocast on GPU). Every
+``train.checkpoint_every`` steps rank 0 writes a checkpoint (HF model dir, optimizer, loop state with
+data position and metrics history, RNG) that Ray Train persists to ``train.checkpoint_dir`` (local or
+``s3://``) before registering it, so a half-written checkpoint is never the one resumed from. Ray
+restarts a failed worker group up to ``train.max_failures`` times from the newest checkpoint, and a new
+run with ``train.resume=auto`` continues from it too. ``output/model`` is the best checkpoint by
+``val_loss``. ``train.num_workers=0`` runs the same worker function in this process without Ray.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import random
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lmforge import config as cfgmod
-from lmforge import stage
+from lmforge import stage, storage
 from lmforge.cluster.session import cluster_cpus, ray_session
 from lmforge.model import presets
 from lmforge.train import data as tdata
@@ -30,110 +37,193 @@ from lmforge.train.config import PretrainConfig
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+RUN_NAME = "checkpoints"  # Ray Train run name: checkpoints land in <checkpoint root>/checkpoints/step_N
+# Dense bf16 peak FLOP/s per device, for MFU (vendor datasheets, without sparsity).
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
 
 
 def run(cfg: PretrainConfig) -> Path:
-    """Run the pretrain stage; returns the output dir. A finished identical run is skipped."""
+    """Run (or resume) the pretrain stage; returns the output dir. A finished identical run is skipped."""
     stage.require_local(cfg.output, "output")
-    if not cfg.force and stage.is_finished(cfg, cfg.output):
-        log.info("pretrain: %s already holds this run; skipping (force=true to redo)", cfg.output)
-        return Path(cfg.output)
+    out = Path(cfg.output)
+    if not cfg.force and stage.is_finished(cfg, out):
+        log.info("pretrain: %s already holds this run; skipping (force=true to redo)", out)
+        return out
     tdata.read_manifest(cfg.data)  # fail early, with a clear message, on a wrong data dir
-    partial = stage.begin(cfg, cfg.output)
+    root = checkpoint_root(cfg)
+    if cfg.train.resume == "never" or cfg.force:
+        _wipe(root)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / stage.DONE_MARKER).unlink(missing_ok=True)
+    cfgmod.write(cfg, out)
     start = time.perf_counter()
     if cfg.train.num_workers == 0:
-        with tempfile.TemporaryDirectory() as tmp:
-            train_worker(worker_config(cfg), local_dir=tmp)
-            shutil.copytree(tmp, partial / "model")
+        train_worker(worker_config(cfg))
     else:
         with ray_session(cfg.ray):
-            _fit_on_ray(cfg, partial)
-    _finish(partial, time.perf_counter() - start)
-    return stage.publish(partial, cfg.output)
+            _fit_on_ray(cfg, root)
+    _finish(cfg, out, root, time.perf_counter() - start)
+    (out / stage.DONE_MARKER).write_text("")
+    return out
 
 
-def _fit_on_ray(cfg: PretrainConfig, partial: Path) -> None:
-    from ray.train import RunConfig, ScalingConfig
+def checkpoint_root(cfg: PretrainConfig) -> str:
+    """Where checkpoints live: ``train.checkpoint_dir`` or ``<output>/checkpoints``."""
+    root = cfg.train.checkpoint_dir or str(Path(cfg.output).resolve())
+    return root if root.startswith("s3://") else str(Path(root).resolve())
+
+
+def _wipe(root: str) -> None:
+    if root.startswith("s3://"):
+        storage.s3_filesystem().delete_dir_contents(f"{root[5:]}/{RUN_NAME}", missing_dir_ok=True)
+    else:
+        shutil.rmtree(Path(root) / RUN_NAME, ignore_errors=True)
+
+
+def _fit_on_ray(cfg: PretrainConfig, root: str) -> None:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = cfg.train
     # Leave headroom for Ray Data / the controller: on 2 CPUs, 2 workers x 1 CPU starve other tasks.
     cpus = t.cpus_per_worker or min(1.0, round(0.95 * cluster_cpus() / t.num_workers, 2))
+    path, fs = (root[5:], storage.s3_filesystem()) if root.startswith("s3://") else (root, None)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=worker_config(cfg),
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": cpus}),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        run_config=RunConfig(name="pretrain", storage_path=str((partial / "ray").resolve())),
+        run_config=RunConfig(
+            name=RUN_NAME, storage_path=path, storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints, checkpoint_score_attribute="val_loss",
+                                               checkpoint_score_order="min")),
     )
-    log.info("pretrain: Ray Train, %d workers x %.2f CPU%s", t.num_workers, cpus, " + GPU" if t.use_gpu else "")
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError("pretrain: training finished without a model checkpoint")
-    result.checkpoint.to_directory(str(partial / "model"))
-    shutil.rmtree(partial / "ray", ignore_errors=True)  # per-run scratch, the model is copied out
+    log.info("pretrain: Ray Train, %d workers x %.2f CPU%s, checkpoints in %s/%s", t.num_workers, cpus,
+             " + GPU" if t.use_gpu else "", root, RUN_NAME)
+    trainer.fit()
 
 
 def worker_config(cfg: PretrainConfig) -> dict:
     """The config as workers get it: local paths made absolute (workers run in another directory)."""
     conf = cfgmod.to_dict(cfg)
     conf["data"] = str(Path(cfg.data).resolve())
+    conf["output"] = str(Path(cfg.output).resolve())
+    conf["train"]["checkpoint_dir"] = checkpoint_root(cfg)
     if cfg.model.init_from and "://" not in cfg.model.init_from:
         conf["model"]["init_from"] = str(Path(cfg.model.init_from).resolve())
     return conf
 
 
-def _finish(partial: Path, seconds: float) -> None:
-    """Move metrics next to the model, plot the loss curve, write a summary."""
-    model_dir = partial / "model"
-    if (model_dir / METRICS_FILE).exists():
-        shutil.move(str(model_dir / METRICS_FILE), partial / METRICS_FILE)
-    rows = [json.loads(line) for line in (partial / METRICS_FILE).read_text().splitlines() if line]
-    summary = json.loads((model_dir / "train_summary.json").read_text())
-    (model_dir / "train_summary.json").unlink()
-    summary.update(seconds=round(seconds, 2), final_loss=rows[-1]["loss"] if rows else None)
-    (partial / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_loss(rows, partial / "loss.png")
+# ---------------------------------------------------------------- checkpoints (driver side)
+
+def list_checkpoints(root: str) -> list[str]:
+    """Checkpoint dirs (``.../step_N``) under a root, oldest first; local or s3."""
+    from pyarrow import fs as pafs
+
+    base = f"{root}/{RUN_NAME}"
+    filesystem, path = (storage.s3_filesystem(), base[5:]) if base.startswith("s3://") else (pafs.LocalFileSystem(), base)
+    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    dirs = [i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("step_")]
+    prefix = "s3://" if base.startswith("s3://") else ""
+    return [prefix + d for d in sorted(dirs)]
+
+
+def _download(ckpt_uri: str, dest: Path) -> Path:
+    from pyarrow import fs as pafs
+
+    if ckpt_uri.startswith("s3://"):
+        pafs.copy_files(ckpt_uri[5:], str(dest), source_filesystem=storage.s3_filesystem())
+        return dest
+    return Path(ckpt_uri)
+
+
+def _best_checkpoint(ckpts: list[str], history: list[dict]) -> str:
+    """The kept checkpoint with the lowest val_loss at its step (the newest when none was evaluated)."""
+    val_at = {r["step"]: r["val_loss"] for r in history if "val_loss" in r}
+    scored = [(val_at[int(c.rsplit("_", 1)[1])], c) for c in ckpts if int(c.rsplit("_", 1)[1]) in val_at]
+    return min(scored)[1] if scored else ckpts[-1]
+
+
+def _finish(cfg: PretrainConfig, out: Path, root: str, seconds: float) -> None:
+    """Copy the best checkpoint's model to ``output/model``; metrics, loss plot and summary beside it."""
+    ckpts = list_checkpoints(root)
+    if not ckpts:
+        raise RuntimeError(f"pretrain: training finished without a checkpoint in {root}/{RUN_NAME}")
+    with tempfile.TemporaryDirectory() as tmp:
+        latest = _download(ckpts[-1], Path(tmp) / "latest")
+        state = json.loads((latest / "state.json").read_text())
+        best = _best_checkpoint(ckpts, state["history"])
+        best_dir = _download(best, Path(tmp) / "best")
+        shutil.rmtree(out / "model", ignore_errors=True)
+        shutil.copytree(best_dir / "model", out / "model")
+    rows = state["history"]
+    (out / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {**state["summary"], "steps": state["step"], "best_step": state.get("best_step"),
+               "best_val_loss": state.get("best_val"), "stopped_early": state.get("stopped_early", False),
+               "resumed_from": state.get("resumed_from", []), "model_from": Path(best).name,
+               "seconds": round(seconds, 2), "final_loss": rows[-1]["loss"] if rows else None}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_loss(rows, out / "loss.png")
     log.info("pretrain: %s", json.dumps(summary))
 
 
-def train_worker(config: dict, local_dir: str | None = None) -> None:
+# ---------------------------------------------------------------- the worker
+
+@dataclasses.dataclass
+class _LoopState(loop.TrainState):
+    resumed_from: list[int] = dataclasses.field(default_factory=list)
+    summary: dict = dataclasses.field(default_factory=dict)
+
+
+def train_worker(config: dict) -> None:
     """Body of every training worker (Ray Train's ``train_loop_per_worker``)."""
     cfg = cfgmod.from_dict(PretrainConfig, config)
-    ctx = _worker_context()
+    ctx = _worker_context(cfg)
     torch.manual_seed(cfg.train.seed)
     manifest = tdata.read_manifest(cfg.data)
-    pad_id = manifest["special_tokens"]["pad"]
-    model = build_model(cfg, manifest)
-    n_params, n_matmul = presets.num_params(model), presets.matmul_params(model)
+    restored = ctx.restore()
+    model = build_model(cfg, manifest, restored / "model" if restored else None)
+    state = _LoopState()
+    if restored:
+        saved = json.loads((restored / "state.json").read_text())
+        state = _LoopState(**{**saved, "resumed_from": saved.get("resumed_from", []) + [saved["step"]]})
+        _set_rng(torch.load(restored / "rng.pt", weights_only=False))
+        ctx.log(f"resumed from step {state.step}")
+    n_matmul = presets.matmul_params(model)
+    flops = presets.flops_per_token(model.config, manifest["seq_len"], n_matmul)
+    state.summary = {"params": presets.num_params(model), "flops_per_token": flops, "workers": ctx.world_size}
     model = ctx.wrap(model)
+    optimizer = loop.make_optimizer(model, cfg.train)
+    if restored:
+        optimizer.load_state_dict(torch.load(restored / "optimizer.pt", map_location=ctx.device, weights_only=False))
     train_rows = tdata.shard(tdata.load_rows(Path(cfg.data) / "train"), ctx.rank, ctx.world_size)
     val_rows = tdata.shard(tdata.load_rows(Path(cfg.data) / "val"), ctx.rank, ctx.world_size)
-    batches = tdata.batches(train_rows, cfg.train.micro_batch_size, cfg.train.seed + ctx.rank)
-    flops = presets.flops_per_token(_unwrap(model).config, manifest["seq_len"], n_matmul)
-    metrics: list[dict] = []
+    batches = tdata.batches(train_rows, cfg.train.micro_batch_size, cfg.train.seed + ctx.rank,
+                            start=state.step * cfg.train.grad_accum_steps)
 
     def on_metrics(row: dict) -> None:
-        if ctx.rank == 0:
-            metrics.append(row)
-            extra = f" val_loss {row['val_loss']:.4f}" if "val_loss" in row else ""
-            print(f"[pretrain] step {row['step']}/{cfg.train.max_steps} loss {row['loss']:.4f}"
-                  f"{extra} {row.get('tokens_per_s', 0):.0f} tok/s", flush=True)
+        extra = f" val_loss {row['val_loss']:.4f}" if "val_loss" in row else ""
+        ctx.log(f"step {row['step']}/{cfg.train.max_steps} loss {row['loss']:.4f}{extra} "
+                f"{row.get('tokens_per_s', 0):.0f} tok/s" + (f" mfu {row['mfu']:.1%}" if "mfu" in row else ""))
 
-    loop.fit(model, batches, val_rows, cfg.train, pad_id=pad_id, device=ctx.device,
-             world_size=ctx.world_size, on_metrics=on_metrics, autocast=ctx.autocast())
-    summary = {"params": n_params, "flops_per_token": flops, "workers": ctx.world_size,
-               "steps": cfg.train.max_steps, "train_rows": len(train_rows) * ctx.world_size}
-    ctx.save(_unwrap(model), cfg.data, metrics, summary, local_dir)
+    def on_checkpoint(s: loop.TrainState) -> None:
+        ctx.save_checkpoint(_unwrap(model), optimizer, s, Path(cfg.data) / "tokenizer")
+
+    loop.fit(model, batches, val_rows, cfg.train, pad_id=manifest["special_tokens"]["pad"], device=ctx.device,
+             world_size=ctx.world_size, optimizer=optimizer, state=state, flops_per_token=flops,
+             peak_flops=ctx.peak_flops(), on_metrics=on_metrics, on_checkpoint=on_checkpoint,
+             autocast=ctx.autocast())
 
 
-def build_model(cfg: PretrainConfig, manifest: dict):
-    """A fresh preset model sized to the data's tokenizer, or a checkpoint to continue from."""
+def build_model(cfg: PretrainConfig, manifest: dict, checkpoint_model: Path | None = None):
+    """The checkpoint's model when resuming, else ``model.init_from``, else a fresh preset."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    if cfg.model.init_from:
-        return AutoModelForCausalLM.from_pretrained(cfg.model.init_from, dtype=torch.float32)
+    source = checkpoint_model or cfg.model.init_from
+    if source:
+        return AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
     hf_cfg = presets.build_config(cfg.model.preset, manifest["vocab_size"], manifest["seq_len"],
                                   manifest["special_tokens"])
     return LlamaForCausalLM(hf_cfg)
@@ -143,14 +233,31 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-class _WorkerContext:
-    """Rank, device and checkpoint hand-off, with or without Ray Train around the loop."""
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
-    def __init__(self, ray_ctx, device: torch.device):
-        self.ray_ctx = ray_ctx
-        self.device = device
+
+def _set_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _WorkerContext:
+    """Rank, device, checkpoint save/restore: the parts that differ with and without Ray Train."""
+
+    def __init__(self, cfg: PretrainConfig, ray_ctx, device: torch.device):
+        self.cfg, self.ray_ctx, self.device = cfg, ray_ctx, device
         self.rank = ray_ctx.get_world_rank() if ray_ctx else 0
         self.world_size = ray_ctx.get_world_size() if ray_ctx else 1
+        self._restore_tmp = tempfile.TemporaryDirectory()
+
+    def log(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"[pretrain] {message}", flush=True)
 
     def wrap(self, model):
         if self.ray_ctx is None:
@@ -164,22 +271,61 @@ class _WorkerContext:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast("cpu", enabled=False)
 
-    def save(self, model, data_dir: str, metrics: list[dict], summary: dict, local_dir: str | None):
-        """Rank 0 saves the HF model dir (+ tokenizer, metrics); under Ray it becomes the checkpoint."""
+    def peak_flops(self) -> float | None:
+        if self.cfg.train.peak_tflops:
+            return self.cfg.train.peak_tflops * 1e12
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+            return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+        return None
+
+    def restore(self) -> Path | None:
+        """The newest checkpoint as a local dir: Ray Train's (after a restart or resumed run), or local."""
+        if self.ray_ctx is not None:
+            import ray.train
+
+            ckpt = ray.train.get_checkpoint()
+            return Path(ckpt.to_directory(self._restore_tmp.name)) if ckpt else None
+        ckpts = list_checkpoints(self.cfg.train.checkpoint_dir)
+        return _download(ckpts[-1], Path(self._restore_tmp.name)) if ckpts else None
+
+    def save_checkpoint(self, model, optimizer, state: loop.TrainState, tokenizer_dir: Path) -> None:
+        """Rank 0 writes the checkpoint; under Ray every rank reports (it is a collective)."""
+        name = f"step_{state.step:06d}"
+        val = next((r["val_loss"] for r in reversed(state.history) if "val_loss" in r), float("inf"))
         with tempfile.TemporaryDirectory() as tmp:
-            target = Path(local_dir or tmp)
             if self.rank == 0:
-                save_hf_dir(model, Path(data_dir) / "tokenizer", target)
-                (target / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in metrics))
-                (target / "train_summary.json").write_text(json.dumps(summary))
-            if self.ray_ctx is not None:
-                import ray.train
+                _write_checkpoint(Path(tmp), model, optimizer, state, tokenizer_dir)
+            if self.ray_ctx is None:
+                self._save_local(Path(tmp), name)
+                return
+            import ray.train
 
-                checkpoint = ray.train.Checkpoint.from_directory(tmp) if self.rank == 0 else None
-                ray.train.report({"step": summary["steps"]}, checkpoint=checkpoint)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp) if self.rank == 0 else None
+            ray.train.report({"step": state.step, "val_loss": val}, checkpoint=checkpoint,
+                             checkpoint_dir_name=name)
+
+    def _save_local(self, tmp: Path, name: str) -> None:
+        """Without Ray: copy into place under a temporary name, then rename (atomic on one filesystem)."""
+        root = Path(self.cfg.train.checkpoint_dir) / RUN_NAME
+        root.mkdir(parents=True, exist_ok=True)
+        staging = root / f".{name}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(tmp, staging)
+        shutil.rmtree(root / name, ignore_errors=True)
+        staging.rename(root / name)
+        for old in sorted(p for p in root.iterdir() if p.name.startswith("step_"))[: -self.cfg.train.keep_checkpoints]:
+            shutil.rmtree(old)
 
 
-def _worker_context() -> _WorkerContext:
+def _write_checkpoint(path: Path, model, optimizer, state: loop.TrainState, tokenizer_dir: Path) -> None:
+    save_hf_dir(model, tokenizer_dir, path / "model")
+    torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    torch.save(_rng_state(), path / "rng.pt")
+    (path / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
+
+
+def _worker_context(cfg: PretrainConfig) -> _WorkerContext:
     try:
         import ray.train
 
@@ -190,8 +336,8 @@ def _worker_context() -> _WorkerContext:
     if ray_ctx is not None:
         import ray.train.torch
 
-        return _WorkerContext(ray_ctx, ray.train.torch.get_device())
-    return _WorkerContext(None, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        return _WorkerContext(cfg, ray_ctx, ray.train.torch.get_device())
+    return _WorkerContext(cfg, None, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def save_hf_dir(model, tokenizer_dir: Path, out: Path) -> None:
