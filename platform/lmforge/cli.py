@@ -22,7 +22,7 @@ stages:
   export     HF model dir -> ONNX, parity-checked against PyTorch
   serve      OpenAI-compatible HTTP API on Ray Serve (foreground until Ctrl-C)
   run        a recipe chaining the stages (e.g. jobs/quickstart.yaml)
-  bench      benchmarks, JSON out: `lmforge bench prepare docs=50000`
+  bench      benchmarks, JSON out: `lmforge bench prepare docs=50000`, `lmforge bench train`
 
 Override values are parsed as YAML: pack.seq_len=256  inputs=[a.jsonl,b.jsonl]
 Ray: ray.address=... or RAY_ADDRESS; none starts a local cluster for the command.
@@ -55,9 +55,12 @@ def _stages() -> dict[str, tuple[type, Callable]]:
 
 
 def _benches() -> dict[str, tuple[type, Callable]]:
-    from lmforge.bench.prepare_bench import PrepareBenchConfig, run as prepare_bench
+    from lmforge.bench.prepare_bench import PrepareBenchConfig
+    from lmforge.bench.prepare_bench import run as prepare_bench
+    from lmforge.bench.train_bench import TrainBenchConfig
+    from lmforge.bench.train_bench import run as train_bench
 
-    return {"prepare": (PrepareBenchConfig, prepare_bench)}
+    return {"prepare": (PrepareBenchConfig, prepare_bench), "train": (TrainBenchConfig, train_bench)}
 
 
 def split_args(args: list[str]) -> tuple[str | None, list[str], set[str]]:

@@ -157,8 +157,13 @@ def _signatures(batch, ngram: int, perms: int, seed: int):
 def _datatrove_near_dedup(corpus_dir: Path, work: Path, pairs: dict, workers: int) -> dict:
     """datatrove's 4-stage MinHash pipeline (defaults: 14 buckets x 8 hashes, spaCy word tokens)."""
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                                  MinhashDedupFilter, MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
@@ -172,9 +177,10 @@ def _datatrove_near_dedup(corpus_dir: Path, work: Path, pairs: dict, workers: in
                               tasks=mh.num_buckets, workers=workers, logging_dir=f"{logs}/2"),
         LocalPipelineExecutor(pipeline=[MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh)],
                               tasks=1, workers=1, logging_dir=f"{logs}/3"),
-        LocalPipelineExecutor(pipeline=[reader(), MinhashDedupFilter(str(work / "remove"),
-                                                                     exclusion_writer=JsonlWriter(str(work / "removed"))),
-                                         JsonlWriter(str(work / "kept"))],
+        LocalPipelineExecutor(pipeline=[reader(),
+                                        MinhashDedupFilter(str(work / "remove"),
+                                                           exclusion_writer=JsonlWriter(str(work / "removed"))),
+                                        JsonlWriter(str(work / "kept"))],
                               tasks=workers, workers=workers, logging_dir=f"{logs}/4"),
     ]
     start = time.perf_counter()

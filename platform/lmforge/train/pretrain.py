@@ -123,7 +123,10 @@ def list_checkpoints(root: str) -> list[str]:
     from pyarrow import fs as pafs
 
     base = f"{root}/{RUN_NAME}"
-    filesystem, path = (storage.s3_filesystem(), base[5:]) if base.startswith("s3://") else (pafs.LocalFileSystem(), base)
+    if base.startswith("s3://"):
+        filesystem, path = storage.s3_filesystem(), base[5:]
+    else:
+        filesystem, path = pafs.LocalFileSystem(), base
     infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     dirs = [i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("step_")]
     prefix = "s3://" if base.startswith("s3://") else ""
