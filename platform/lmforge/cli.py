@@ -19,7 +19,8 @@ USAGE = """usage: lmforge <stage> [CONFIG.yaml] [dotted.key=value ...] [--dry-ru
 stages:
   prepare    corpus files -> cleaned documents, BPE tokenizer, packed train/val shards
   pretrain   train a Llama-style model on prepared shards with Ray Train
-  export     HF model dir -> ONNX, parity-checked against PyTorch
+  import     an HF dir or .gguf file -> HF model dir (source=... output=...)
+  export     HF model dir -> ONNX with KV cache (fp32 or quantize=int8), parity-checked
   serve      OpenAI-compatible HTTP API on Ray Serve (foreground until Ctrl-C)
   run        a recipe chaining the stages (e.g. jobs/quickstart.yaml)
   bench      benchmarks, JSON out: `lmforge bench prepare docs=50000`, `lmforge bench train`
@@ -33,6 +34,7 @@ def _stages() -> dict[str, tuple[type, Callable]]:
     """Stage name -> (config class, run function); imports stay lazy so --help is instant."""
     from lmforge.data.config import PrepareConfig
     from lmforge.export.config import ExportConfig
+    from lmforge.model.importer import ImportConfig
     from lmforge.recipe import RecipeConfig
     from lmforge.serve.config import ServeConfig
     from lmforge.train.config import PretrainConfig
@@ -49,6 +51,7 @@ def _stages() -> dict[str, tuple[type, Callable]]:
         "prepare": (PrepareConfig, lazy("lmforge.data.prepare")),
         "pretrain": (PretrainConfig, lazy("lmforge.train.pretrain")),
         "export": (ExportConfig, lazy("lmforge.export.onnx_export")),
+        "import": (ImportConfig, lazy("lmforge.model.importer")),
         "serve": (ServeConfig, lazy("lmforge.serve.server")),
         "run": (RecipeConfig, lazy("lmforge.recipe")),
     }

