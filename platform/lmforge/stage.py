@@ -47,6 +47,16 @@ def is_finished(cfg, output: str | os.PathLike) -> bool:
     return marker.is_file() and written.is_file() and written.read_text() == _comparable(cfg)
 
 
+def already_done(cfg, name: str) -> Path | None:
+    """The stage preamble: reject object-store outputs; return the output dir when it already holds a
+    finished run of this config (and ``force`` is not set), else None."""
+    require_local(cfg.output, "output")
+    if not getattr(cfg, "force", False) and is_finished(cfg, cfg.output):
+        log.info("%s: %s already holds this run; skipping (force=true to redo)", name, cfg.output)
+        return Path(cfg.output)
+    return None
+
+
 def begin(cfg, output: str | os.PathLike) -> Path:
     """Start a fresh ``<output>.partial/`` dir with the resolved config written into it."""
     partial = Path(f"{os.fspath(output).rstrip('/')}.partial")

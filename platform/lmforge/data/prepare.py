@@ -34,10 +34,8 @@ log = logging.getLogger(__name__)
 
 def run(cfg: PrepareConfig) -> Path:
     """Run the prepare stage; returns the output dir. A finished identical run is skipped."""
-    stage.require_local(cfg.output, "output")
-    if not cfg.force and stage.is_finished(cfg, cfg.output):
-        log.info("prepare: %s already holds this run; skipping (force=true to redo)", cfg.output)
-        return Path(cfg.output)
+    if done := stage.already_done(cfg, "prepare"):
+        return done
     files = list_inputs(cfg.inputs)
     log.info("prepare: %d input files", len(files))
     partial = stage.begin(cfg, cfg.output)

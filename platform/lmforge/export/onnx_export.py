@@ -63,10 +63,8 @@ def kv_names(n_layers: int) -> tuple[list[str], list[str]]:
 
 def run(cfg: ExportConfig) -> Path:
     """Export, verify, quantize if asked, write ``export.json``; returns the output dir."""
-    stage.require_local(cfg.output, "output")
-    if not cfg.force and stage.is_finished(cfg, cfg.output):
-        log.info("export: %s already holds this run; skipping (force=true to redo)", cfg.output)
-        return Path(cfg.output)
+    if done := stage.already_done(cfg, "export"):
+        return done
     model = load_model(cfg.model)
     partial = stage.begin(cfg, cfg.output)
     fp32 = partial / ("model.onnx" if cfg.quantize == "none" else "model.fp32.onnx")

@@ -58,10 +58,8 @@ def load_source(source: str):
 
 
 def run(cfg: ImportConfig) -> Path:
-    stage.require_local(cfg.output, "output")
-    if not cfg.force and stage.is_finished(cfg, cfg.output):
-        log.info("import: %s already holds this run; skipping (force=true to redo)", cfg.output)
-        return Path(cfg.output)
+    if done := stage.already_done(cfg, "import"):
+        return done
     model, tokenizer = load_source(cfg.source)
     partial = stage.begin(cfg, cfg.output)
     model.save_pretrained(str(partial), safe_serialization=True)

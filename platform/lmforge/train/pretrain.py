@@ -44,11 +44,9 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A
 
 def run(cfg: PretrainConfig) -> Path:
     """Run (or resume) the pretrain stage; returns the output dir. A finished identical run is skipped."""
-    stage.require_local(cfg.output, "output")
+    if done := stage.already_done(cfg, "pretrain"):
+        return done
     out = Path(cfg.output)
-    if not cfg.force and stage.is_finished(cfg, out):
-        log.info("pretrain: %s already holds this run; skipping (force=true to redo)", out)
-        return out
     tdata.read_manifest(cfg.data)  # fail early, with a clear message, on a wrong data dir
     root = checkpoint_root(cfg)
     if cfg.train.resume == "never" or cfg.force:
