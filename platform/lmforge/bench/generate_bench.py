@@ -27,7 +27,8 @@ class GenerateBenchConfig:
     new_tokens: int = 128
     batches: list[int] = dataclasses.field(default_factory=lambda: [1, 8])
     threads: int = 2
-    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8", "int4"])
+    # int4 is refused by the export gate today (+17-28% perplexity on SmolLM2); add it to measure anyway
+    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8"])
     output: str | None = None
 
 
