@@ -88,3 +88,12 @@ def test_cli_dry_run_prints_resolved_config(capsys):
 
 def test_cli_unknown_stage(capsys):
     assert cli.main(["bake"]) == 2
+
+
+@pytest.mark.parametrize("name, stage", [("quickstart", "run"), ("prepare", "prepare"), ("pretrain", "pretrain"),
+                                         ("export", "export"), ("serve", "serve"), ("import_smollm2", "import")])
+def test_every_job_recipe_validates(name, stage, capsys):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "jobs" / f"{name}.yaml"
+    assert cli.main([stage, str(path), "--dry-run"]) == 0, capsys.readouterr().err
