@@ -35,6 +35,8 @@ class RecipeConfig:
     prompts: list[str] = dataclasses.field(default_factory=list)  # completed after `serve`
     max_tokens: int = 32
     temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = 0  # sampled completions are reproducible
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def __post_init__(self):
@@ -110,7 +112,8 @@ def _serve_prompts(cfg, recipe: RecipeConfig) -> list[dict]:
     out = []
     try:
         for prompt in recipe.prompts:
-            resp = server.complete(url, prompt, recipe.max_tokens, recipe.temperature, api_key=key)
+            resp = server.complete(url, prompt, recipe.max_tokens, recipe.temperature, recipe.top_p, recipe.seed,
+                                   api_key=key)
             text = resp["choices"][0]["text"]
             out.append({"prompt": prompt, "completion": text})
             print(f"\n>>> {prompt}\n{prompt}{text}", flush=True)

@@ -69,10 +69,11 @@ def wait_healthy(url: str, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def complete(url: str, prompt: str, max_tokens: int = 32, temperature: float = 0.0,
-             api_key: str | None = None, timeout_s: float = 120.0) -> dict:
+def complete(url: str, prompt: str, max_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int | None = None, api_key: str | None = None, timeout_s: float = 120.0) -> dict:
     """POST one prompt to ``/v1/completions`` and return the decoded JSON response."""
-    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}).encode()
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+                       "seed": seed}).encode()
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
