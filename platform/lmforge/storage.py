@@ -115,6 +115,15 @@ def expand(uri: str, suffixes: tuple[str, ...]) -> list[str]:
     return files
 
 
+def filesystem(uri: str):
+    """``(pyarrow filesystem, path within it)`` for a local path or an ``s3://`` URI."""
+    from pyarrow import fs
+
+    if uri.startswith("s3://"):
+        return s3_filesystem(), uri[len("s3://"):]
+    return fs.LocalFileSystem(), resolve_local(uri)
+
+
 def open_input(uri: str) -> BinaryIO:
     """Open a local path or ``s3://`` object for binary reading."""
     if uri.startswith("s3://"):

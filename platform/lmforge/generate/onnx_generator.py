@@ -114,9 +114,13 @@ class OnnxGenerator:
 
     # ------------------------------------------------------------------ text level
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
-        """Complete every prompt (one batch); returns one Completion per prompt, in order."""
-        steps = list(self.stream(prompts, params))
-        return steps[-1] if steps else []
+        """Complete every prompt (one batch); returns one Completion per prompt, in order.
+
+        Text is decoded once at the end (``stream`` decodes after every step, for its callers)."""
+        prompt_ids, new, reason = self._prepare(prompts)
+        for _ in self._advance(prompt_ids, new, reason, params):
+            pass
+        return self._completions(prompt_ids, new, reason, params.stop, final=True)
 
     def stream(self, prompts: list[str], params: SamplingParams) -> Iterator[list[Completion]]:
         """Yield the completions so far after every decoding step (for streaming responses).
@@ -124,10 +128,20 @@ class OnnxGenerator:
         ``finish_reason`` stays None until a prompt finishes: on eos or a stop string ("stop") or, in
         the last yield, on running out of tokens ("length").
         """
+        prompt_ids, new, reason = self._prepare(prompts)
+        for unfinished in self._advance(prompt_ids, new, reason, params):
+            if unfinished:
+                yield self._completions(prompt_ids, new, reason, params.stop, final=False)
+        yield self._completions(prompt_ids, new, reason, params.stop, final=True)
+
+    def _prepare(self, prompts: list[str]):
         prompt_ids = [self.tokenizer(p).input_ids[-self.max_positions + 1 :] for p in prompts]
-        new: list[list[int]] = [[] for _ in prompts]
-        reason: list[str | None] = [None] * len(prompts)
-        last = self._completions(prompt_ids, new, reason, params.stop, final=False)
+        return prompt_ids, [[] for _ in prompts], [None] * len(prompts)
+
+    def _advance(self, prompt_ids, new: list[list[int]], reason: list[str | None],
+                 params: SamplingParams) -> Iterator[bool]:
+        """Run the decode steps, appending to ``new`` and setting ``reason`` in place; yields after each
+        step whether any prompt is still running."""
         for step in self.decode_steps(prompt_ids, params):
             for i, tok in enumerate(step):
                 if reason[i] is not None:
@@ -139,11 +153,10 @@ class OnnxGenerator:
                 if params.stop and any(s in self.tokenizer.decode(new[i], skip_special_tokens=True)
                                        for s in params.stop):
                     reason[i] = "stop"
-            if all(r is not None for r in reason):
-                break
-            last = self._completions(prompt_ids, new, reason, params.stop, final=False)
-            yield last
-        yield self._completions(prompt_ids, new, reason, params.stop, final=True)
+            running = any(r is None for r in reason)
+            yield running
+            if not running:
+                return
 
     def _completions(self, prompt_ids, new, reason, stop, final: bool) -> list[Completion]:
         out = []

@@ -72,10 +72,8 @@ def checkpoint_root(cfg: PretrainConfig) -> str:
 
 
 def _wipe(root: str) -> None:
-    if root.startswith("s3://"):
-        storage.s3_filesystem().delete_dir_contents(f"{root[5:]}/{RUN_NAME}", missing_dir_ok=True)
-    else:
-        shutil.rmtree(Path(root) / RUN_NAME, ignore_errors=True)
+    filesystem, path = storage.filesystem(f"{root}/{RUN_NAME}")
+    filesystem.delete_dir_contents(path, missing_dir_ok=True)
 
 
 def _fit_on_ray(cfg: PretrainConfig, root: str) -> None:
@@ -85,7 +83,8 @@ def _fit_on_ray(cfg: PretrainConfig, root: str) -> None:
     t = cfg.train
     # Leave headroom for Ray Data / the controller: on 2 CPUs, 2 workers x 1 CPU starve other tasks.
     cpus = t.cpus_per_worker or min(1.0, round(0.95 * cluster_cpus() / t.num_workers, 2))
-    path, fs = (root[5:], storage.s3_filesystem()) if root.startswith("s3://") else (root, None)
+    fs, path = storage.filesystem(root)
+    fs = fs if root.startswith("s3://") else None  # local: let Ray resolve it, as it always has
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=worker_config(cfg),
@@ -120,22 +119,19 @@ def list_checkpoints(root: str) -> list[str]:
     """Checkpoint dirs (``.../step_N``) under a root, oldest first; local or s3."""
     from pyarrow import fs as pafs
 
-    base = f"{root}/{RUN_NAME}"
-    if base.startswith("s3://"):
-        filesystem, path = storage.s3_filesystem(), base[5:]
-    else:
-        filesystem, path = pafs.LocalFileSystem(), base
+    filesystem, path = storage.filesystem(f"{root}/{RUN_NAME}")
     infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     dirs = [i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("step_")]
-    prefix = "s3://" if base.startswith("s3://") else ""
+    prefix = "s3://" if root.startswith("s3://") else ""
     return [prefix + d for d in sorted(dirs)]
 
 
 def _download(ckpt_uri: str, dest: Path) -> Path:
     from pyarrow import fs as pafs
 
-    if ckpt_uri.startswith("s3://"):
-        pafs.copy_files(ckpt_uri[5:], str(dest), source_filesystem=storage.s3_filesystem())
+    if ckpt_uri.startswith("s3://"):  # local checkpoints are read in place
+        filesystem, path = storage.filesystem(ckpt_uri)
+        pafs.copy_files(path, str(dest), source_filesystem=filesystem)
         return dest
     return Path(ckpt_uri)
 
