@@ -19,20 +19,28 @@ def test_exact_key_ignores_case_and_whitespace_only():
 
 
 def test_signature_estimates_jaccard():
-    hasher = dedup.MinHasher(256, seed=3)
     edited = TEXT.replace("busy", "crowded")  # one word of 29
     other = "Busan is the largest port city in Korea, famous for Haeundae beach and seafood markets."
     for b in (edited, other):
-        est = dedup.estimated_jaccard(hasher.signature(dedup.shingle_hashes(TEXT)),
-                                      hasher.signature(dedup.shingle_hashes(b)))
-        assert abs(est - jaccard(TEXT, b)) < 0.1
+        errors = [dedup.estimated_jaccard(*dedup.signatures([TEXT, b], 256, seed=s)) - jaccard(TEXT, b)
+                  for s in range(20)]
+        assert abs(np.mean(errors)) < 0.03 and max(map(abs, errors)) < 0.15  # unbiased, bounded spread
     assert jaccard(TEXT, edited) > 0.8 > jaccard(TEXT, other)
 
 
-def test_long_texts_are_chunked_identically():
-    hasher = dedup.MinHasher(64)
-    h = dedup.shingle_hashes(TEXT * 50)
-    assert np.array_equal(hasher.signature(h, chunk=7), hasher.signature(h))
+def test_batch_signatures_equal_one_at_a_time():
+    texts = [TEXT, "짧은 글", "", "abc", TEXT.upper(), TEXT * 30]
+    batch = dedup.signatures(texts, 64, seed=7)
+    assert batch.shape == (6, 64) and batch.dtype == np.uint32
+    for i, t in enumerate(texts):
+        assert np.array_equal(batch[i], dedup.signatures([t], 64, seed=7)[0])
+    assert np.array_equal(batch[0], batch[4])  # case-folded: the same text
+    assert not np.array_equal(batch[0], dedup.signatures([TEXT], 64, seed=8)[0])  # seeded
+
+
+def test_short_texts_have_every_bin_filled():
+    sig = dedup.signatures(["ab", "hello", "서울"], 128)
+    assert (sig <= 0xFFFFFFFF).all() and len(np.unique(sig[1])) > 100  # densified, not one repeated value
 
 
 def test_band_keys_equal_only_where_bands_equal():
@@ -42,6 +50,7 @@ def test_band_keys_equal_only_where_bands_equal():
     a, b = dedup.band_keys(sig, 20, 6), dedup.band_keys(other, 20, 6)
     assert a[0] != b[0] and np.array_equal(a[1:], b[1:])
     assert len(set(a.tolist())) == 20  # band index is mixed in
+    assert np.array_equal(dedup.band_keys(np.stack([sig, other]), 20, 6), np.stack([a, b]))  # batched
 
 
 def test_banding_probability_for_default_shape():

@@ -2,24 +2,16 @@
 
 Takes a ledger record from :mod:`lmforge.data.sources` and returns it with the cleaned, redacted
 text, a drop reason if a rule failed (``empty``, ``quality:<rule>``), per-type PII counts, the exact-
-duplicate key and the MinHash signature that the global dedup step (Ray glue) compares.
+duplicate key and (batched, in :func:`curate_all`) the MinHash signature that the global dedup step
+(Ray glue) compares.
 """
 
 from __future__ import annotations
-
-import functools
-
-import numpy as np
 
 from lmforge.data import clean, dedup, pii, quality
 from lmforge.data.config import PrepareConfig
 
 PII_COLUMNS = [f"pii_{t}" for t in pii.PII_TYPES]
-
-
-@functools.lru_cache(maxsize=4)
-def _hasher(num_perm: int, seed: int) -> dedup.MinHasher:
-    return dedup.MinHasher(num_perm, seed)
 
 
 def curate(rec: dict, cfg: PrepareConfig) -> dict:
@@ -40,11 +32,25 @@ def curate(rec: dict, cfg: PrepareConfig) -> dict:
         rec.update({f"pii_{t}": n for t, n in counts.items()})
     rec["text"] = text
     rec["exact_key"] = dedup.exact_key(text)
-    if cfg.dedup.near:
-        hasher = _hasher(cfg.dedup.bands * cfg.dedup.rows, cfg.dedup.seed)
-        rec["minhash"] = hasher.signature(dedup.shingle_hashes(text, cfg.dedup.ngram)).tobytes()
     return rec
 
 
-def signature_of(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype=np.uint32)
+def curate_all(records, cfg: PrepareConfig, chunk: int = 4096) -> list[dict]:
+    """:func:`curate` every record, then MinHash the kept ones a chunk at a time (vectorised per chunk)."""
+    out: list[dict] = []
+    for rec in records:
+        out.append(curate(rec, cfg))
+        if len(out) % chunk == 0:
+            _add_signatures(out[-chunk:], cfg)
+    _add_signatures(out[len(out) - len(out) % chunk:], cfg)
+    return out
+
+
+def _add_signatures(records: list[dict], cfg: PrepareConfig) -> None:
+    kept = [r for r in records if not r["reason"]]
+    if not cfg.dedup.near or not kept:
+        return
+    sigs = dedup.signatures([r["text"] for r in kept], cfg.dedup.bands * cfg.dedup.rows, cfg.dedup.ngram,
+                            cfg.dedup.seed)
+    for rec, sig in zip(kept, sigs):
+        rec["minhash"] = sig.tobytes()

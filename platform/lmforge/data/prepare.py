@@ -26,7 +26,7 @@ from lmforge import stage, storage
 from lmforge.cluster.session import ray_session
 from lmforge.data import dedup_ray, packing, report, sources
 from lmforge.data.config import PrepareConfig
-from lmforge.data.curate import PII_COLUMNS, curate
+from lmforge.data.curate import PII_COLUMNS, curate_all
 from lmforge.data.tokenizer import EOS, PAD, to_hf, train_bpe
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def _read_file(row: dict, cfg: PrepareConfig) -> list[dict]:
     """Ray task body: one file -> curated ledger records (kept, dropped with a reason, quarantined)."""
     records = sources.read_records(row["path"], row["file_index"], cfg.text_field, cfg.id_field,
                                    cfg.max_doc_bytes)
-    return [curate(rec, cfg) for rec in records]
+    return curate_all(records, cfg)
 
 
 def _apply_marks(batch: pa.Table, marks) -> pa.Table:

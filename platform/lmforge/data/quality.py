@@ -9,12 +9,14 @@ alike, so Korean prose passes the same rules as English. Thresholds live in :cla
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 
 from lmforge.config import check
 
 TERMINAL_PUNCT = tuple(".!?…。！？\"'”’)」』")
 BULLETS = tuple("•●○■□▪▫◦‣-*–—·")
+_LETTER = re.compile(r"[^\W\d_]")  # any letter, in any script (what str.isalpha accepts)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -58,13 +60,13 @@ def failed_rule(text: str, cfg: QualityConfig) -> str | None:
         return "min_words"
     if n > cfg.max_words:
         return "max_words"
-    mean_len = sum(len(w) for w in words) / n
+    mean_len = sum(map(len, words)) / n
     if not cfg.min_mean_word_length <= mean_len <= cfg.max_mean_word_length:
         return "mean_word_length"
-    symbols = sum(w.count("#") + w.count("...") + w.count("…") for w in words)
+    symbols = text.count("#") + text.count("...") + text.count("…")  # none of them spans whitespace
     if symbols / n > cfg.max_symbol_ratio:
         return "symbol_ratio"
-    if sum(any(c.isalpha() for c in w) for w in words) / n < cfg.min_alpha_word_fraction:
+    if sum(1 for w in words if w.isalpha() or _LETTER.search(w)) / n < cfg.min_alpha_word_fraction:
         return "alpha_words"
     if n >= cfg.repetition_min_words and (rule := _repetition_rule(words, cfg)):
         return rule
@@ -94,14 +96,14 @@ def _line_rule(text: str, cfg: QualityConfig) -> str | None:
 
 def _repetition_rule(words: list[str], cfg: QualityConfig) -> str | None:
     """Gopher's n-gram repetition: top n-gram share (n=2..4), duplicated n-gram share (n=5, 10)."""
-    total_chars = sum(len(w) for w in words)
+    total_chars = sum(map(len, words))
     if total_chars == 0:
         return None
     for n, limit in ((2, cfg.max_top_2gram_fraction), (3, cfg.max_top_3gram_fraction),
                      (4, cfg.max_top_4gram_fraction)):
         if len(words) < n + 1:
             break
-        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        grams = Counter(zip(*(words[i:] for i in range(n))))
         gram, count = grams.most_common(1)[0]
         if count > 1 and sum(len(w) for w in gram) * count / total_chars > limit:
             return f"top_{n}gram"
@@ -115,12 +117,14 @@ def _repetition_rule(words: list[str], cfg: QualityConfig) -> str | None:
 
 def _duplicated_ngram_char_fraction(words: list[str], n: int) -> float:
     """Share of characters covered by n-grams that occur more than once (each word counted once)."""
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    grams = list(zip(*(words[i:] for i in range(n))))
     counts = Counter(grams)
+    if len(counts) == len(grams):  # no n-gram repeats: the common case, skip the per-word pass
+        return 0.0
     covered = [False] * len(words)
     for i, g in enumerate(grams):
         if counts[g] > 1:
             for j in range(i, i + n):
                 covered[j] = True
-    total = sum(len(w) for w in words)
+    total = sum(map(len, words))
     return sum(len(w) for w, c in zip(words, covered) if c) / total
