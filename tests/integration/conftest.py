@@ -19,7 +19,7 @@ def ray_cluster(s3_server):
     """``ray.init`` once per session (start-up costs ~4 s); stages reuse it instead of starting their own.
 
     The S3 server comes first so that every Ray process starts with the AWS settings in its environment,
-    as on a real cluster (Ray Train's controller failed to write to moto when they arrived later)."""
+    as on a real cluster."""
     import ray
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -39,7 +39,11 @@ def free_port() -> int:
 def s3_server():
     """A real S3-protocol server (moto_server) on loopback, started and stopped by this fixture."""
     port = free_port()
-    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    # The venv's own moto_server first: one found on PATH may be another install's, and moto 5.2.0-5.2.1
+    # answer CompleteMultipartUpload with a root tag pyarrow rejects (getmoto/moto#10055), which is what
+    # failed Ray Train's first write to s3:// here. pyproject pins a fixed moto.
+    exe = Path(sys.executable).parent / "moto_server"
+    exe = str(exe) if exe.exists() else shutil.which("moto_server")
     log = open(os.environ.get("LMFORGE_MOTO_LOG", os.devnull), "w")
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"

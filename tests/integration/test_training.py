@@ -116,9 +116,6 @@ def test_resume_never_starts_over(data):
     assert _summary(out)["resumed_from"] == [] and _summary(out)["steps"] == 40
 
 
-@pytest.mark.skip(reason="Ray Train's controller fails to write its storage marker to moto_server "
-                         "(AWS Error INTERNAL_FAILURE during CompleteMultipartUpload; same writes succeed from "
-                         "the driver and from plain Ray tasks). Open gap, see the pretraining issue note.")
 def test_checkpoints_on_s3_resume_the_same_way(data, s3_server):
     boto3.client("s3").create_bucket(Bucket="ckpt")
     out = data.parent / "s3run"
