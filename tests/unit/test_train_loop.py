@@ -132,3 +132,17 @@ def test_early_stopping_after_patience_evaluations():
     assert state.stopped_early and state.step < 200 and state.evals_since_best == 2
     assert checkpoints == [state.step]  # an early stop always writes a final checkpoint
     assert state.best_step == state.step - 2 * 5
+
+
+def test_bare_runs_prune_checkpoints_like_ray_train(tmp_path):
+    import json
+
+    from lmforge.train.pretrain import _to_prune
+
+    for step, val in ((10, 3.0), (20, 2.0), (30, 2.5), (40, None)):
+        d = tmp_path / f"step_{step:06d}"
+        d.mkdir()
+        history = [{"step": step, "loss": 1.0}] + ([{"step": step, "val_loss": val}] if val else [])
+        (d / "state.json").write_text(json.dumps({"history": history}))
+    pruned = [p.name for p in _to_prune(tmp_path, keep=2)]
+    assert pruned == ["step_000010"]  # 20 and 30 are the best two; 40 is the newest

@@ -311,8 +311,20 @@ class _WorkerContext:
         shutil.copytree(tmp, staging)
         shutil.rmtree(root / name, ignore_errors=True)
         staging.rename(root / name)
-        for old in sorted(p for p in root.iterdir() if p.name.startswith("step_"))[: -self.cfg.train.keep_checkpoints]:
+        for old in _to_prune(root, self.cfg.train.keep_checkpoints):
             shutil.rmtree(old)
+
+
+def _to_prune(root: Path, keep: int) -> list[Path]:
+    """Ray Train's policy, for bare runs: keep the ``keep`` best by val_loss, and always the newest."""
+    steps = sorted(p for p in root.iterdir() if p.name.startswith("step_"))
+
+    def val_loss(step_dir: Path) -> float:
+        history = json.loads((step_dir / "state.json").read_text()).get("history", [])
+        return next((r["val_loss"] for r in reversed(history) if "val_loss" in r), float("inf"))
+
+    kept = set(sorted(steps, key=val_loss)[:keep]) | set(steps[-1:])
+    return [p for p in steps if p not in kept]
 
 
 def _write_checkpoint(path: Path, model, optimizer, state: loop.TrainState, tokenizer_dir: Path) -> None:
