@@ -34,6 +34,9 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 1  # Ray Train workers; 0 runs the same loop in this process without Ray
     use_gpu: bool = False
+    # ddp: every worker holds the whole model. fsdp: FSDP2 (fully_shard per decoder layer + root), for
+    # models whose weights + optimizer state do not fit one device; bf16 params / fp32 reduce on GPU.
+    strategy: Literal["ddp", "fsdp"] = "ddp"
     cpus_per_worker: float | None = None  # default: an equal share of the cluster, at most 1
     eval_every: int = 50
     eval_batches: int = 20

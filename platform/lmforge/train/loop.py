@@ -76,6 +76,7 @@ def train_step(model, optimizer, micro_batches: list[torch.Tensor], cfg: TrainCo
         total += loss.item()
         tokens += int((batch != pad_id).sum()) if pad_id is not None else batch.numel()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor over all shards
     optimizer.step()
     return StepResult(loss=total, grad_norm=float(norm), tokens=tokens)
 

@@ -3,8 +3,10 @@
 Run: ``lmforge pretrain jobs/pretrain.yaml data=runs/data output=runs/model train.num_workers=2``.
 
 Each Ray Train worker reads its own slice of the packed rows and runs the plain loop in
-:mod:`lmforge.train.loop` under DDP (gloo on CPU, nccl on GPU, bf16 autocast on GPU). Every
-``train.checkpoint_every`` steps rank 0 writes a checkpoint (HF model dir, optimizer, loop state with
+:mod:`lmforge.train.loop` under DDP (gloo on CPU, nccl on GPU, bf16 autocast on GPU), or with
+``train.strategy=fsdp`` under FSDP2, the weights and optimizer state sharded across workers. Every
+``train.checkpoint_every`` steps rank 0 writes a checkpoint (under FSDP2 the full state is first
+gathered to it) (HF model dir, optimizer, loop state with
 data position and metrics history, RNG) that Ray Train persists to ``train.checkpoint_dir`` (local or
 ``s3://``) before registering it, so a half-written checkpoint is never the one resumed from. Ray
 restarts a failed worker group up to ``train.max_failures`` times from the newest checkpoint, and a new
@@ -194,7 +196,8 @@ def train_worker(config: dict) -> None:
     model = ctx.wrap(model)
     optimizer = loop.make_optimizer(model, cfg.train)
     if restored:
-        optimizer.load_state_dict(torch.load(restored / "optimizer.pt", map_location=ctx.device, weights_only=False))
+        ctx.load_optimizer(model, optimizer, torch.load(restored / "optimizer.pt", map_location="cpu",
+                                                        weights_only=False))
     train_rows = tdata.shard(tdata.load_rows(Path(cfg.data) / "train"), ctx.rank, ctx.world_size)
     val_rows = tdata.shard(tdata.load_rows(Path(cfg.data) / "val"), ctx.rank, ctx.world_size)
     batches = tdata.batches(train_rows, cfg.train.micro_batch_size, cfg.train.seed + ctx.rank,
@@ -256,12 +259,41 @@ class _WorkerContext:
         if self.rank == 0:
             print(f"[pretrain] {message}", flush=True)
 
+    @property
+    def fsdp(self) -> bool:
+        return self.cfg.train.strategy == "fsdp" and self.ray_ctx is not None  # a bare run has no group
+
     def wrap(self, model):
         if self.ray_ctx is None:
             return model.to(self.device)
+        if self.fsdp:
+            return _fully_shard(model.to(self.device), self.device)
         import ray.train.torch
 
         return ray.train.torch.prepare_model(model)  # moves to device, wraps in DDP when world > 1
+
+    def full_state(self, model, optimizer) -> tuple[dict | None, dict | None]:
+        """Under FSDP, the whole model and optimizer state gathered to CPU (a collective: every rank
+        calls it); otherwise None, and rank 0 saves its own replica."""
+        if not self.fsdp:
+            return None, None
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+    def load_optimizer(self, model, optimizer, state: dict) -> None:
+        if not self.fsdp:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                                 options=StateDictOptions(full_state_dict=True))
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -290,9 +322,10 @@ class _WorkerContext:
         """Rank 0 writes the checkpoint; under Ray every rank reports (it is a collective)."""
         name = f"step_{state.step:06d}"
         val = next((r["val_loss"] for r in reversed(state.history) if "val_loss" in r), float("inf"))
+        model_state, optimizer_state = self.full_state(model, optimizer)
         with tempfile.TemporaryDirectory() as tmp:
             if self.rank == 0:
-                _write_checkpoint(Path(tmp), model, optimizer, state, tokenizer_dir)
+                _write_checkpoint(Path(tmp), model, optimizer, state, tokenizer_dir, model_state, optimizer_state)
             if self.ray_ctx is None:
                 self._save_local(Path(tmp), name)
                 return
@@ -327,9 +360,10 @@ def _to_prune(root: Path, keep: int) -> list[Path]:
     return [p for p in steps if p not in kept]
 
 
-def _write_checkpoint(path: Path, model, optimizer, state: loop.TrainState, tokenizer_dir: Path) -> None:
-    save_hf_dir(model, tokenizer_dir, path / "model")
-    torch.save(optimizer.state_dict(), path / "optimizer.pt")
+def _write_checkpoint(path: Path, model, optimizer, state: loop.TrainState, tokenizer_dir: Path,
+                      model_state: dict | None = None, optimizer_state: dict | None = None) -> None:
+    save_hf_dir(model, tokenizer_dir, path / "model", model_state)
+    torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), path / "optimizer.pt")
     torch.save(_rng_state(), path / "rng.pt")
     (path / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
 
@@ -349,11 +383,24 @@ def _worker_context(cfg: PretrainConfig) -> _WorkerContext:
     return _WorkerContext(cfg, None, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def save_hf_dir(model, tokenizer_dir: Path, out: Path) -> None:
-    """Save model weights (safetensors) + config + tokenizer files as one HF dir."""
+def _fully_shard(model, device: torch.device):
+    """FSDP2: each decoder layer its own shard group (gathered just in time), the rest in the root's."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if device.type == "cuda" else MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def save_hf_dir(model, tokenizer_dir: Path, out: Path, state_dict: dict | None = None) -> None:
+    """Save model weights (safetensors) + config + tokenizer files as one HF dir (``state_dict``: the
+    gathered weights of a sharded model)."""
     from transformers import AutoTokenizer
 
-    model.save_pretrained(str(out), safe_serialization=True)
+    model.save_pretrained(str(out), safe_serialization=True, state_dict=state_dict)
     AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(out))
 
 
