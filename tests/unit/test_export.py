@@ -99,3 +99,21 @@ def test_int8_export_keeps_perplexity_and_shrinks(hf_dir, onnx_dir, tmp_path):
     (got,) = OnnxGenerator(out).generate(["The river"], SamplingParams(max_tokens=5, temperature=0))
     assert got.completion_tokens >= 1
 
+
+
+def test_gpt2_exports_with_parity(hf_dir, tmp_path):
+    """GPT-2 (learned positions, fused QKV, dropout in its config) through the same export and checks."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = tmp_path / "gpt2"
+    AutoTokenizer.from_pretrained(hf_dir).save_pretrained(gpt2)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=500, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    GPT2LMHeadModel(config).save_pretrained(gpt2)
+    out = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(gpt2), "output": str(tmp_path / "onnx")}))
+    report = json.loads((out / "export.json").read_text())
+    assert report["parity"]["max_abs_diff"] <= 1e-4, report["parity"]
+    assert report["greedy_matches_transformers"] is True
+    (got,) = OnnxGenerator(out).generate(["The river"], SamplingParams(max_tokens=8, temperature=0))
+    assert got.completion_tokens == 8 or got.finish_reason == "stop"

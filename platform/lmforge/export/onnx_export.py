@@ -43,6 +43,9 @@ class KVModel(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        # A new Module starts in training mode, and torch.onnx.export restores the wrapper's mode after
+        # tracing, recursively: that switched GPT-2's dropout on for every later PyTorch comparison.
+        self.train(model.training)
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
         from transformers import DynamicCache
