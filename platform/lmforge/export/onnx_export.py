@@ -80,9 +80,9 @@ def run(cfg: ExportConfig) -> Path:
     text = held_out_text(cfg)
     report["perplexity"] = {"fp32": perplexity(fp32, partial, text, cfg.ppl_window)}
     if cfg.quantize != "none":
-        quantize_weights(fp32, partial / "model.onnx", bits=QUANT_BITS[cfg.quantize])
+        how = quantize_weights(fp32, partial / "model.onnx", bits=QUANT_BITS[cfg.quantize])
         ppl = perplexity(partial / "model.onnx", partial, text, cfg.ppl_window)
-        report.update(precision=cfg.quantize, quantization="weight-only MatMulNBits, block 32, symmetric")
+        report.update(precision=cfg.quantize, quantization=how)
         report["perplexity"][cfg.quantize] = ppl
         report["perplexity"]["increase"] = ppl / report["perplexity"]["fp32"] - 1
         if not cfg.keep_fp32:
@@ -225,19 +225,41 @@ def perplexity(onnx_path: Path, model_dir: Path, text: str, window: int, max_win
     return float(np.exp(nll / max(count, 1)))
 
 
-def quantize_weights(fp32_path: Path, out_path: Path, bits: int, block_size: int = 32) -> None:
-    """Weight-only block-wise quantization of every MatMul (``MatMulNBits``), activations stay fp32.
+def quantize_weights(fp32_path: Path, out_path: Path, bits: int, block_size: int = 32) -> str:
+    """Weight-only block-wise quantization of every MatMul (``MatMulNBits``); activations stay fp32.
+    Returns a description of what was done, for ``export.json``.
 
-    Measured on SmolLM2-135M (XSum perplexity, 2 cores): dynamic int8 (``quantize_dynamic``, which also
-    quantizes activations) cost +7.5% perplexity even with lm_head and down_proj kept fp32, +6.1% with
-    per-channel scales; weight-only int8 in blocks of 32 cost +0.6%.
+    Measured on SmolLM2-135M (XSum perplexity 27.60 in fp32, 2 cores):
+    - int8: round-to-nearest, symmetric, blocks of 32: +0.6%. ``quantize_dynamic`` (which quantizes
+      activations too) cost +7.5%, +6.1% per-channel.
+    - int4: round-to-nearest cost +28% (symmetric or not, int8 or fp32 compute); +17% with lm_head at
+      8 bits. SmolLM2's weights are llama.cpp Q4_1 (blocks of 32, a float minimum per block), which an
+      integer zero point cannot represent; HQQ fits a float zero point per block: +0.07% with lm_head
+      (the tied embedding, Q8_0 in the GGUF) at 8 bits. So int4 is HQQ on every layer, lm_head int8.
     """
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    def rtn(model, nbits: int, exclude: list[str]):
+        algo = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=nbits)
+        q = MatMulNBitsQuantizer(model, bits=nbits, block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                 algo_config=algo, nodes_to_exclude=exclude)
+        q.process()
+        return q.model.model
 
     model = onnx.load(str(fp32_path))
-    algo = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=bits)
-    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True, accuracy_level=4,
-                                     algo_config=algo)
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(out_path), use_external_data_format=False)
+    if bits == 8:
+        model, how = rtn(model, 8, []), f"weight-only MatMulNBits int8, block {block_size}, symmetric"
+    else:
+        lm_head = [n.name for n in model.graph.node if n.op_type == "MatMul" and "lm_head" in n.name]
+        q = MatMulNBitsQuantizer(model, algo_config=HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits),
+                                 nodes_to_exclude=lm_head)
+        q.process()
+        model = rtn(q.model.model, 8, [])
+        how = f"weight-only MatMulNBits int{bits} by HQQ, block {block_size}; lm_head int8 (round-to-nearest)"
+    onnx.save(model, str(out_path))
+    return how
