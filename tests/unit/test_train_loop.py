@@ -146,3 +146,33 @@ def test_bare_runs_prune_checkpoints_like_ray_train(tmp_path):
         (d / "state.json").write_text(json.dumps({"history": history}))
     pruned = [p.name for p in _to_prune(tmp_path, keep=2)]
     assert pruned == ["step_000010"]  # 20 and 30 are the best two; 40 is the newest
+
+
+def test_global_batch_tokens_sets_accumulation():
+    from lmforge.train.config import accumulation_steps
+
+    assert accumulation_steps(TrainConfig(grad_accum_steps=3), seq_len=128, world_size=2) == 3
+    cfg = TrainConfig(micro_batch_size=8, global_batch_tokens=65_536)
+    assert accumulation_steps(cfg, seq_len=1024, world_size=4) == 2  # 8 x 1024 x 4 = 32k per micro-step
+    assert accumulation_steps(cfg, seq_len=1024, world_size=16) == 1
+    assert accumulation_steps(TrainConfig(micro_batch_size=8, global_batch_tokens=100), 128, 1) == 1
+
+
+def test_bare_training_bench_runs_without_ray():
+    """A GPU box with only PyTorch + transformers must be able to run the bare loop (MFU bench)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+class NoRay:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("ray is not installed here")
+sys.meta_path.insert(0, NoRay())
+from lmforge import config
+from lmforge.bench import train_bench
+result = train_bench.bare(config.load(train_bench.TrainBenchConfig, None, ["preset=tiny", "steps=3", "warmup=1"]))
+assert result["tokens_per_s"] > 0 and "ray" not in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

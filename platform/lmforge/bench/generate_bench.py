@@ -27,8 +27,7 @@ class GenerateBenchConfig:
     new_tokens: int = 128
     batches: list[int] = dataclasses.field(default_factory=lambda: [1, 8])
     threads: int = 2
-    # int4 is refused by the export gate today (+17-28% perplexity on SmolLM2); add it to measure anyway
-    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8"])
+    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8", "int4"])
     output: str | None = None
 
 
@@ -82,19 +81,36 @@ def _transformers(hf_dir: Path, batch: int, cfg: GenerateBenchConfig) -> dict:
 
 
 def _llama_cpp(cfg: GenerateBenchConfig) -> dict | str:
+    """llama.cpp on the same GGUF: as shipped (Q4_1) and requantized to q8_0, same prompt and threads."""
     try:
-        from llama_cpp import Llama  # benchmark-only extra, never a runtime dependency
+        import llama_cpp  # benchmark-only extra, never a runtime dependency
     except ImportError:
         return "llama-cpp-python not installed (pip install llama-cpp-python; builds from source)"
     from lmforge import storage
 
-    llm = Llama(model_path=storage.resolve_local(cfg.source), n_threads=cfg.threads, verbose=False)
-    llm(PROMPT, max_tokens=4)
+    shipped = storage.resolve_local(cfg.source)
+    q8 = Path(cfg.work_dir) / "llama_cpp_q8_0.gguf"
+    if not q8.exists():
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.allow_requantize = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, True
+        q8.parent.mkdir(parents=True, exist_ok=True)
+        if llama_cpp.llama_model_quantize(shipped.encode(), str(q8).encode(), params) != 0:
+            return "llama.cpp q8_0 quantization failed"
+    return {"q8_0": _llama_cpp_run(llama_cpp, str(q8), cfg), "shipped_q4_1": _llama_cpp_run(llama_cpp, shipped, cfg)}
+
+
+def _llama_cpp_run(llama_cpp, path: str, cfg: GenerateBenchConfig) -> dict:
+    llm = llama_cpp.Llama(model_path=path, n_threads=cfg.threads, n_threads_batch=cfg.threads, n_ctx=512,
+                          verbose=False)
+    no_eos = {llm.token_eos(): -1e9}  # the same number of new tokens as the others
+    llm(PROMPT, max_tokens=4, temperature=0.0)
     start = time.perf_counter()
-    out = llm(PROMPT, max_tokens=cfg.new_tokens, temperature=0.0)
+    stream = llm(PROMPT, max_tokens=cfg.new_tokens, temperature=0.0, logit_bias=no_eos, stream=True)
+    next(stream)
+    ttft = time.perf_counter() - start
+    n = 1 + sum(1 for _ in stream)
     total = time.perf_counter() - start
-    n = out["usage"]["completion_tokens"]
-    return {"decode_tokens_per_s": n / total, "note": f"{cfg.source} as shipped (its own quantization)"}
+    return {"ttft_s": ttft, "decode_tokens_per_s": (n - 1) / (total - ttft), "tokens": n}
 
 
 def run(cfg: GenerateBenchConfig) -> dict:
@@ -109,6 +125,10 @@ def run(cfg: GenerateBenchConfig) -> dict:
         row["speedup_vs_transformers"] = {p: row[f"lmforge_{p}"]["decode_tokens_per_s"] / base for p in exports}
         if batch == 1:
             row["llama_cpp"] = _llama_cpp(cfg)
+            if isinstance(row["llama_cpp"], dict):
+                ref = row["llama_cpp"]["q8_0"]["decode_tokens_per_s"]
+                row["speedup_vs_llama_cpp_q8_0"] = {p: row[f"lmforge_{p}"]["decode_tokens_per_s"] / ref
+                                                    for p in exports}
         result[f"batch_{batch}"] = row
     if cfg.output:
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,9 @@ class TrainConfig:
     max_steps: int = 200
     micro_batch_size: int = 16  # rows per worker per forward pass
     grad_accum_steps: int = 1
+    # When set, grad_accum_steps is derived: the smallest number of micro-batches over all workers that
+    # reaches this many tokens per optimizer step (micro_batch_size x seq_len x workers per micro-step).
+    global_batch_tokens: int | None = None
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 20
@@ -54,6 +57,7 @@ class TrainConfig:
                     "eval_batches", "checkpoint_every", "keep_checkpoints"):
             check(getattr(self, key) >= 1, key, "must be >= 1")
         check(self.lr > 0, "lr", "must be > 0")
+        check(self.global_batch_tokens is None or self.global_batch_tokens >= 1, "global_batch_tokens", "must be >= 1")
         check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]")
         check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         check(self.num_workers >= 0, "num_workers", "must be >= 0")
@@ -70,3 +74,11 @@ class PretrainConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     force: bool = False
+
+
+def accumulation_steps(cfg: TrainConfig, seq_len: int, world_size: int) -> int:
+    """Micro-batches per optimizer step: ``grad_accum_steps``, or enough to reach ``global_batch_tokens``."""
+    if cfg.global_batch_tokens is None:
+        return cfg.grad_accum_steps
+    per_micro_step = cfg.micro_batch_size * seq_len * max(1, world_size)
+    return max(1, -(-cfg.global_batch_tokens // per_micro_step))

@@ -34,7 +34,7 @@ from lmforge.cluster.session import cluster_cpus, ray_session
 from lmforge.model import presets
 from lmforge.train import data as tdata
 from lmforge.train import loop
-from lmforge.train.config import PretrainConfig
+from lmforge.train.config import PretrainConfig, accumulation_steps
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +190,13 @@ def train_worker(config: dict) -> None:
         state = _LoopState(**{**saved, "resumed_from": saved.get("resumed_from", []) + [saved["step"]]})
         _set_rng(torch.load(restored / "rng.pt", weights_only=False))
         ctx.log(f"resumed from step {state.step}")
+    cfg.train.grad_accum_steps = accumulation_steps(cfg.train, manifest["seq_len"], ctx.world_size)
     n_matmul = presets.matmul_params(model)
     flops = presets.flops_per_token(model.config, manifest["seq_len"], n_matmul)
-    state.summary = {"params": presets.num_params(model), "flops_per_token": flops, "workers": ctx.world_size}
+    state.summary = {"params": presets.num_params(model), "flops_per_token": flops, "workers": ctx.world_size,
+                     "grad_accum_steps": cfg.train.grad_accum_steps,
+                     "global_batch_tokens": cfg.train.grad_accum_steps * cfg.train.micro_batch_size
+                     * manifest["seq_len"] * ctx.world_size}
     model = ctx.wrap(model)
     optimizer = loop.make_optimizer(model, cfg.train)
     if restored:
