@@ -27,6 +27,7 @@ import torch
 
 from lmforge import stage
 from lmforge.export.config import ExportConfig
+from lmforge.export.lean_attention import lean_attention
 from lmforge.generate.onnx_generator import OnnxGenerator, SamplingParams, position_ids_for
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def export_onnx(model, path: Path, opset: int) -> None:
             "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
     axes |= {n: {0: "batch", 2: "past_sequence"} for n in past_names}
     axes |= {n: {0: "batch", 2: "total_sequence"} for n in present_names}
-    with torch.no_grad():
+    with torch.no_grad(), lean_attention(model):
         torch.onnx.export(KVModel(model), (ids, mask, pos, *past), str(path),
                           input_names=["input_ids", "attention_mask", "position_ids", *past_names],
                           output_names=["logits", *present_names], dynamic_axes=axes, opset_version=opset,
