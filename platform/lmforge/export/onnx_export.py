@@ -7,7 +7,9 @@ onnxruntime-genai's builder: it exports any causal LM whose forward takes ``cach
 presets, SmolLM2, GPT-2) with no extra dependency, and RAY_NOTES measured its logits at ~5e-7 of
 PyTorch. One graph serves prefill and decode: inputs ``input_ids``, ``attention_mask`` (past + new),
 ``position_ids`` and ``past_key_values.{i}.key/value`` (sequence length 0 at prefill); outputs
-``logits`` and ``present.{i}.key/value``. Batch and every sequence axis are dynamic.
+``logits`` and ``present.{i}.key/value``. Batch and every sequence axis are dynamic. Llama-family
+attention is traced through :mod:`lmforge.export.lean_attention` (same maths, 40 instead of 94 nodes
+per layer after onnxruntime's fusions), which took SmolLM2 int8 decode from 61 to 89 tokens/s.
 
 Checks, all recorded in ``export.json`` and failing the stage when out of bounds: fp32 logits vs
 PyTorch at prefill and over several decode steps (max abs diff <= ``parity_atol``); greedy generation
