@@ -8,6 +8,7 @@ token is thrown away. ``n_tokens`` counts the real (non-pad) ids of each row.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,9 +16,11 @@ import numpy as np
 
 def pack(token_lists: Sequence[Sequence[int]], seq_len: int, eos_id: int, pad_id: int) -> dict:
     """Concatenate documents with ``eos`` after each and cut into ``seq_len`` rows."""
-    stream = [t for ids in token_lists for t in (*ids, eos_id)]
-    if not stream:
+    total = sum(len(ids) + 1 for ids in token_lists)
+    if not total:
         return {"input_ids": np.zeros((0, seq_len), np.int32), "n_tokens": np.zeros(0, np.int32)}
+    stream = np.fromiter(itertools.chain.from_iterable(itertools.chain(ids, (eos_id,)) for ids in token_lists),
+                         dtype=np.int32, count=total)
     n_rows = -(-len(stream) // seq_len)
     rows = np.full(n_rows * seq_len, pad_id, dtype=np.int32)
     rows[: len(stream)] = stream

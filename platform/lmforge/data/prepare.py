@@ -80,9 +80,7 @@ def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path) -> dict:
                     cfg.tokenizer.min_frequency)
     to_hf(tok, cfg.pack.seq_len).save_pretrained(str(out / "tokenizer"))
     clock.lap("tokenizer trained")
-    tokens = {}
-    for split in ("train", "val"):
-        tokens[split] = _pack_split(kept, tok.to_str(), split, cfg, out / split)
+    tokens = _pack_splits(kept, tok.to_str(), cfg, out)
     clock.lap("tokenize + pack")
     manifest = _manifest(cfg, files, counts, pii_counts, tokens, tok)
     report.plot_lengths(_length_histogram(kept), out / "doc_lengths.png")
@@ -179,15 +177,19 @@ def _sample_texts(kept, max_chars: int):
             yield str(t)
 
 
-def _pack_split(kept, tokenizer_json: str, split: str, cfg: PrepareConfig, path: Path) -> dict:
-    path.mkdir(parents=True, exist_ok=True)
-    fn_kwargs = dict(tokenizer_json=tokenizer_json, split=split, seq_len=cfg.pack.seq_len,
-                     val_fraction=cfg.pack.val_fraction)
-    rows = kept.map_batches(tokenize_and_pack, batch_size=cfg.pack.batch_size,
-                            batch_format="numpy", fn_kwargs=fn_kwargs).materialize()
-    rows.write_parquet(str(path))
-    n_rows = rows.count()
-    return {"rows": n_rows, "tokens": int(rows.sum("n_tokens") or 0) if n_rows else 0}
+def _pack_splits(kept, tokenizer_json: str, cfg: PrepareConfig, out: Path) -> dict:
+    """One tokenizing pass over the kept documents; rows tagged with their split, written apart."""
+    fn_kwargs = dict(tokenizer_json=tokenizer_json, seq_len=cfg.pack.seq_len, val_fraction=cfg.pack.val_fraction)
+    rows = kept.map_batches(tokenize_and_pack, batch_size=cfg.pack.batch_size, batch_format="numpy",
+                            fn_kwargs=fn_kwargs).materialize()
+    tokens = {}
+    for split in ("train", "val"):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        part = rows.filter(expr=f"split == '{split}'").drop_columns(["split"]).materialize()
+        part.write_parquet(str(out / split))
+        n_rows = part.count()
+        tokens[split] = {"rows": n_rows, "tokens": int(part.sum("n_tokens") or 0) if n_rows else 0}
+    return tokens
 
 
 @functools.lru_cache(maxsize=4)
@@ -197,19 +199,25 @@ def _tokenizer(tokenizer_json: str):
     return Tokenizer.from_str(tokenizer_json)
 
 
-def tokenize_and_pack(batch: dict, tokenizer_json: str, split: str, seq_len: int,
-                      val_fraction: float) -> pa.Table:
-    """Ray Data batch fn: documents of one split -> packed ``input_ids`` rows (pyarrow lists)."""
+def tokenize_and_pack(batch: dict, tokenizer_json: str, seq_len: int, val_fraction: float) -> pa.Table:
+    """Ray Data batch fn: documents -> packed ``input_ids`` rows of each split (column ``split``); a row
+    never mixes documents of both splits."""
     tok = _tokenizer(tokenizer_json)
-    texts = [str(t) for i, t in zip(batch["id"], batch["text"])
-             if packing.split_of(str(i), val_fraction) == split]
-    encodings = tok.encode_batch(texts) if texts else []
     eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
-    packed = packing.pack([e.ids for e in encodings], seq_len, eos, pad)
-    flat = pa.array(packed["input_ids"].reshape(-1), pa.int32())
-    offsets = pa.array(np.arange(0, len(flat) + 1, seq_len, dtype=np.int32))
-    return pa.table({"input_ids": pa.ListArray.from_arrays(offsets, flat),
-                     "n_tokens": pa.array(packed["n_tokens"], pa.int32())})
+    texts = [str(t) for t in batch["text"]]
+    # encode_batch_fast skips the character offsets, which packing never uses.
+    encodings = tok.encode_batch_fast(texts) if texts else []
+    splits = [packing.split_of(str(i), val_fraction) for i in batch["id"]]
+    tables = []
+    for split in ("train", "val"):
+        packed = packing.pack([e.ids for e, s in zip(encodings, splits) if s == split], seq_len, eos, pad)
+        flat = pa.array(packed["input_ids"].reshape(-1), pa.int32())
+        offsets = pa.array(np.arange(0, len(flat) + 1, seq_len, dtype=np.int32))
+        n = len(packed["n_tokens"])
+        tables.append(pa.table({"input_ids": pa.ListArray.from_arrays(offsets, flat),
+                                "n_tokens": pa.array(packed["n_tokens"], pa.int32()),
+                                "split": pa.array([split] * n, pa.string())}))
+    return pa.concat_tables(tables)
 
 
 def _manifest(cfg: PrepareConfig, files: list[str], counts: dict[str, int], pii_counts: dict[str, int],
