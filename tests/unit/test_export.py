@@ -90,11 +90,13 @@ def test_position_ids_skip_left_padding():
     assert position_ids_for(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
 
 
-def test_int8_export_keeps_perplexity_and_shrinks(hf_dir, onnx_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["int8", "int4", "fp16"])
+def test_reduced_precision_keeps_perplexity_and_shrinks(hf_dir, tmp_path, precision):
     out = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf_dir), "output": str(tmp_path / "q"),
-                                                          "quantize": "int8", "keep_fp32": True}))
+                                                          "quantize": precision, "keep_fp32": True}))
     report = json.loads((out / "export.json").read_text())
-    assert report["precision"] == "int8" and report["perplexity"]["increase"] <= 0.05
+    bound = {"int8": 0.05, "int4": 0.10, "fp16": 0.01}[precision]
+    assert report["precision"] == precision and abs(report["perplexity"]["increase"]) <= bound
     assert report["size_bytes"]["model.onnx"] < report["size_bytes"]["model.fp32.onnx"]
     (got,) = OnnxGenerator(out).generate(["The river"], SamplingParams(max_tokens=5, temperature=0))
     assert got.completion_tokens >= 1

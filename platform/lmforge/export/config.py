@@ -12,7 +12,9 @@ from lmforge.config import check
 class ExportConfig:
     model: str  # an HF model dir (pretrain's output/model, or an `lmforge import` output)
     output: str
-    quantize: Literal["none", "int8", "int4"] = "none"  # weight-only MatMul quantization (see onnx_export.py)
+    # int8/int4: weight-only MatMul quantization for CPU (see onnx_export.py); fp16: halves every float
+    # weight and activation (inputs/outputs stay fp32), for GPU execution providers
+    quantize: Literal["none", "int8", "int4", "fp16"] = "none"
     opset: int = 17
     parity_atol: float = 1e-3  # max |logits_onnx - logits_torch| allowed in fp32
     parity_batch: int = 2
