@@ -68,3 +68,41 @@ def test_clusters_verify_candidates_and_keep_the_smallest_order():
 def test_korean_near_copy_is_similar():
     ko = "서울은 대한민국의 수도이며 한강을 따라 발달한 대도시이다. 조선 시대부터 정치와 경제의 중심지였다."
     assert jaccard(ko, ko.replace("대도시이다", "도시이다")) > 0.8
+
+
+def test_shuffle_reduce_keeps_the_first_in_order_per_key():
+    """The pure parts of the Ray shuffle: partition by key, then runs of equal keys in each partition."""
+    import pyarrow as pa
+
+    from lmforge.data import dedup_ray
+    from lmforge.data.config import DedupConfig
+
+    block = pa.table({"order": [5, 3, 9, 4], "id": ["e", "c", "i", "d"], "exact_key": [7, 7, -2, 7],
+                      "minhash": [b""] * 4})
+    parts = dedup_ray._split(block, "exact", DedupConfig(), 3)
+    assert sum(p.num_rows for p in parts) == 4
+    homes = {k: [i for i, p in enumerate(parts) if k in p.column("key").to_pylist()] for k in (7, -2)}
+    assert all(len(h) == 1 for h in homes.values())  # every key lives in exactly one partition
+    out = pa.concat_tables(dedup_ray._reduce("exact", p) for p in parts).sort_by("order")
+    assert out.to_pylist() == [{"order": 4, "rep_order": 3, "rep_id": "c"},
+                               {"order": 5, "rep_order": 3, "rep_id": "c"}]
+
+
+def test_shuffle_reduce_near_edges_point_at_the_first_member():
+    import pyarrow as pa
+
+    from lmforge.data import dedup_ray
+    from lmforge.data.config import DedupConfig
+
+    cfg = DedupConfig(bands=4, rows=2)
+    base = np.arange(8, dtype=np.uint32)
+    other = base.copy()
+    other[:2] += 100  # band 0 differs, bands 1-3 match
+    far = base + 1000  # nothing matches
+    sigs = [base, other, far]
+    block = pa.table({"order": [2, 1, 3], "id": ["b", "a", "c"], "exact_key": [0, 0, 0],
+                      "minhash": [s.tobytes() for s in sigs]})
+    (rows,) = [dedup_ray._split(block, "near", cfg, 1)]
+    assert rows.num_rows == 3 * 4  # one row per document and band
+    edges = dedup_ray._reduce("near", rows)
+    assert edges.to_pylist() == [{"a": 1, "b": 2}]  # one edge per pair, however many bands match
