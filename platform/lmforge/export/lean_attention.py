@@ -7,8 +7,9 @@ through another ~15 such nodes. On SmolLM2-135M that is ~55 of 94 nodes per laye
 
 This forward computes the same function with static reshapes (ONNX ``Reshape`` keeps a dimension
 where the target says 0, so no shape arithmetic is needed), the rotary halves sliced at constant
-offsets, and grouped-query attention as a batched matmul over (kv head, group x position) rows, so K and
-V are never copied per query head. Used only while exporting, and only for attention classes whose
+offsets (or onnxruntime's fused ``RotaryEmbedding`` op, fed cos/sin tables taken from the model's
+own rotary module), and grouped-query attention as a batched matmul over (kv head, group x position)
+rows, so K and V are never copied per query head. Used only while exporting, and only for attention classes whose
 forward it reproduces exactly; the export's parity checks compare the graph with the stock PyTorch model.
 """
 
@@ -18,6 +19,8 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+
+_MAX_TABLE_POSITIONS = 32_768  # beyond that the cos/sin tables (stored in the graph) cost more than they save
 
 
 class _StaticReshape(torch.autograd.Function):
@@ -36,6 +39,21 @@ def _reshape(x: torch.Tensor, *shape: int) -> torch.Tensor:
     return _StaticReshape.apply(x, shape)
 
 
+class _Rotary(torch.autograd.Function):
+    """Rotary embedding (rotate-half layout) of x (b, heads, t, d) at ``position_ids`` from cos/sin tables
+    (max_positions, d/2); exported as onnxruntime's fused ``com.microsoft::RotaryEmbedding``."""
+
+    @staticmethod
+    def forward(ctx, x, position_ids, cos_cache, sin_cache):
+        cos, sin = cos_cache[position_ids].unsqueeze(1), sin_cache[position_ids].unsqueeze(1)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+    @staticmethod
+    def symbolic(g, x, position_ids, cos_cache, sin_cache):
+        return g.op("com.microsoft::RotaryEmbedding", x, position_ids, cos_cache, sin_cache, interleaved_i=0)
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -49,8 +67,12 @@ def lean_forward(self, hidden_states, position_embeddings=None, attention_mask=N
     q = _reshape(self.q_proj(hidden_states), 0, -1, heads, d).transpose(1, 2)  # (b, heads, t, d)
     k = _reshape(self.k_proj(hidden_states), 0, -1, kv_heads, d).transpose(1, 2)  # (b, kv_heads, t, d)
     v = _reshape(self.v_proj(hidden_states), 0, -1, kv_heads, d).transpose(1, 2)
-    cos, sin = (t.unsqueeze(1) for t in position_embeddings)  # (b, 1, t, d)
-    q, k = _rotate(q, cos, sin, d // 2), _rotate(k, cos, sin, d // 2)
+    tables, position_ids = getattr(self, "lean_rope", None), kwargs.get("position_ids")
+    if tables is not None and position_ids is not None:
+        q, k = _Rotary.apply(q, position_ids, *tables), _Rotary.apply(k, position_ids, *tables)
+    else:
+        cos, sin = (t.unsqueeze(1) for t in position_embeddings)  # (b, 1, t, d)
+        q, k = _rotate(q, cos, sin, d // 2), _rotate(k, cos, sin, d // 2)
     if cache is not None:
         k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
     # Query head h uses K/V head h // groups, so (b, heads, t, d) viewed as (b, kv_heads, groups * t, d)
@@ -86,10 +108,29 @@ def lean_attention(model) -> Iterator[bool]:
     if not modules or getattr(model.config, "_attn_implementation", "eager") != "eager":
         yield False
         return
+    tables = _rope_tables(model)
     for m in modules:
         m.forward = lean_forward.__get__(m)
+        m.lean_rope = tables
     try:
         yield True
     finally:
         for m in modules:
-            del m.forward  # back to the class's forward
+            del m.forward, m.lean_rope  # back to the class's forward
+
+
+def _rope_tables(model) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """cos/sin for every position (max_positions, head_dim / 2), from the model's own rotary module, so
+    scaled variants (llama3, yarn, ...) and their attention scaling come out exactly as it computes them."""
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if rotary is None:
+        return None
+    n = model.config.max_position_embeddings
+    if n > _MAX_TABLE_POSITIONS:
+        return None
+    with torch.no_grad():
+        cos, sin = rotary(torch.zeros(1, dtype=torch.float32), torch.arange(n)[None])
+    half = cos.shape[-1] // 2
+    if not (torch.equal(cos[0, :, :half], cos[0, :, half:]) and torch.equal(sin[0, :, :half], sin[0, :, half:])):
+        return None  # not the rotate-half layout the fused op implements
+    return cos[0, :, :half].contiguous(), sin[0, :, :half].contiguous()

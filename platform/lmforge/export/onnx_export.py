@@ -148,7 +148,7 @@ def export_onnx(model, path: Path, opset: int) -> None:
         torch.onnx.export(KVModel(model), (ids, mask, pos, *past), str(path),
                           input_names=["input_ids", "attention_mask", "position_ids", *past_names],
                           output_names=["logits", *present_names], dynamic_axes=axes, opset_version=opset,
-                          dynamo=False)
+                          custom_opsets={"com.microsoft": 1}, dynamo=False)
 
 
 def parity(model, onnx_path: Path, cfg: ExportConfig, seed: int = 0) -> dict:
