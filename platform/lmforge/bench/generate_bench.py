@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ class GenerateBenchConfig:
     new_tokens: int = 128
     batches: list[int] = dataclasses.field(default_factory=lambda: [1, 8])
     threads: int = 2
+    repeats: int = 3  # each engine's measurement is repeated; the median run is reported (this host is noisy)
     precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8", "int4"])
     output: str | None = None
 
@@ -96,7 +98,8 @@ def _llama_cpp(cfg: GenerateBenchConfig) -> dict | str:
         q8.parent.mkdir(parents=True, exist_ok=True)
         if llama_cpp.llama_model_quantize(shipped.encode(), str(q8).encode(), params) != 0:
             return "llama.cpp q8_0 quantization failed"
-    return {"q8_0": _llama_cpp_run(llama_cpp, str(q8), cfg), "shipped_q4_1": _llama_cpp_run(llama_cpp, shipped, cfg)}
+    return {"q8_0": _median_run(partial(_llama_cpp_run, llama_cpp, str(q8), cfg), cfg),
+            "shipped_q4_1": _median_run(partial(_llama_cpp_run, llama_cpp, shipped, cfg), cfg)}
 
 
 def _llama_cpp_run(llama_cpp, path: str, cfg: GenerateBenchConfig) -> dict:
@@ -113,13 +116,18 @@ def _llama_cpp_run(llama_cpp, path: str, cfg: GenerateBenchConfig) -> dict:
     return {"ttft_s": ttft, "decode_tokens_per_s": (n - 1) / (total - ttft), "tokens": n}
 
 
+def _median_run(measure, cfg: GenerateBenchConfig) -> dict:
+    runs = sorted((measure() for _ in range(cfg.repeats)), key=lambda r: r["decode_tokens_per_s"])
+    return {**runs[len(runs) // 2], "decode_tokens_per_s_runs": [r["decode_tokens_per_s"] for r in runs]}
+
+
 def run(cfg: GenerateBenchConfig) -> dict:
     hf, exports = _prepare_models(cfg)
     result: dict = {"model": cfg.source, "threads": cfg.threads, "new_tokens": cfg.new_tokens, "cores": os.cpu_count()}
     for batch in cfg.batches:
-        row = {"transformers_eager_fp32": _transformers(hf, batch, cfg)}
+        row = {"transformers_eager_fp32": _median_run(partial(_transformers, hf, batch, cfg), cfg)}
         for p, d in exports.items():
-            row[f"lmforge_{p}"] = _ours(d, batch, cfg)
+            row[f"lmforge_{p}"] = _median_run(partial(_ours, d, batch, cfg), cfg)
             row[f"lmforge_{p}"]["perplexity"] = json.loads((d / "export.json").read_text())["perplexity"]
         base = row["transformers_eager_fp32"]["decode_tokens_per_s"]
         row["speedup_vs_transformers"] = {p: row[f"lmforge_{p}"]["decode_tokens_per_s"] / base for p in exports}
