@@ -15,6 +15,9 @@ class ExportConfig:
     # int8/int4: weight-only MatMul quantization for CPU (see onnx_export.py); fp16: halves every float
     # weight and activation (inputs/outputs stay fp32), for GPU execution providers
     quantize: Literal["none", "int8", "int4", "fp16"] = "none"
+    # Weights per quantization block (along the input dimension). Default: 128 for int8 (SmolLM2: +0.9%
+    # perplexity, ~7% faster decode than 32 at +0.4%); 32 for int4, where smaller blocks keep quality.
+    block_size: int | None = None
     opset: int = 17
     parity_atol: float = 1e-3  # max |logits_onnx - logits_torch| allowed in fp32
     parity_batch: int = 2
@@ -29,6 +32,8 @@ class ExportConfig:
     force: bool = False
 
     def __post_init__(self):
+        check(self.block_size is None or (self.block_size >= 16 and self.block_size & (self.block_size - 1) == 0),
+              "block_size", "must be a power of two >= 16")
         check(self.opset >= 14, "opset", "must be >= 14")
         check(self.parity_atol > 0, "parity_atol", "must be > 0")
         check(self.parity_decode_steps >= 1, "parity_decode_steps", "must be >= 1")
