@@ -82,10 +82,10 @@ def bare(cfg: TrainBenchConfig) -> dict:
     device = torch.device("cuda" if cfg.gpu else "cpu")
     result = measure(cfg, cfg.global_batch, device=device) | {"threads": threads}
     if cfg.gpu:
-        from lmforge.train.pretrain import PEAK_FLOPS
+        from lmforge.model.presets import peak_flops
 
         name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+        peak = peak_flops(name)
         result |= {"device": name, "mfu": result["tokens_per_s"] * result["flops_per_token"] / peak if peak else None}
     return result
 

@@ -59,6 +59,14 @@ def matmul_params(model) -> int:
     return n
 
 
+# Dense bf16 peak FLOP/s per device, for MFU (vendor datasheets, without sparsity).
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
+
+
+def peak_flops(device_name: str) -> float | None:
+    return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
+
+
 def flops_per_token(cfg, seq_len: int, n_matmul_params: int) -> float:
     """Training FLOPs per token: 6N for the matmuls plus attention's 12·L·H·T (PaLM, appendix B)."""
     return 6.0 * n_matmul_params + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len

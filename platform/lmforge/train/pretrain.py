@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 RUN_NAME = "checkpoints"  # Ray Train run name: checkpoints land in <checkpoint root>/checkpoints/step_N
-# Dense bf16 peak FLOP/s per device, for MFU (vendor datasheets, without sparsity).
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
-
-
 def run(cfg: PretrainConfig) -> Path:
     """Run (or resume) the pretrain stage; returns the output dir. A finished identical run is skipped."""
     if done := stage.already_done(cfg, "pretrain"):
@@ -309,7 +305,7 @@ class _WorkerContext:
             return self.cfg.train.peak_tflops * 1e12
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
-            return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+            return presets.peak_flops(name)
         return None
 
     def restore(self) -> Path | None:
