@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -54,13 +53,8 @@ def _ours(export_dir: Path, batch: int, cfg: GenerateBenchConfig) -> dict:
     gen = OnnxGenerator(export_dir, intra_op_threads=cfg.threads)
     ids = [gen.tokenizer(PROMPT).input_ids] * batch
     gen.generate_ids(ids, SamplingParams(max_tokens=4), ignore_eos=True)  # warm-up
-    start = time.perf_counter()
-    steps = gen.decode_steps(ids, SamplingParams(max_tokens=cfg.new_tokens), ignore_eos=True)
-    next(steps)
-    ttft = time.perf_counter() - start
-    n = 1 + sum(1 for _ in steps)
-    total = time.perf_counter() - start
-    return {"ttft_s": ttft, "decode_tokens_per_s": batch * (n - 1) / (total - ttft), "tokens": n}
+    params = SamplingParams(max_tokens=cfg.new_tokens)
+    return _median_run(lambda: _timed_stream(lambda: gen.decode_steps(ids, params, ignore_eos=True), batch), cfg)
 
 
 def _transformers(hf_dir: Path, batch: int, cfg: GenerateBenchConfig) -> dict:
@@ -71,15 +65,20 @@ def _transformers(hf_dir: Path, batch: int, cfg: GenerateBenchConfig) -> dict:
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
     ids = tok([PROMPT] * batch, return_tensors="pt").input_ids
     kwargs = dict(do_sample=False, attention_mask=torch.ones_like(ids), pad_token_id=tok.eos_token_id)
-    with torch.no_grad():
-        model.generate(ids, max_new_tokens=4, **kwargs)
+
+    @torch.no_grad()
+    def measure() -> dict:  # generate() does not stream: TTFT from a 1-token call, decode from the rest
         start = time.perf_counter()
         model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
         ttft = time.perf_counter() - start
         start = time.perf_counter()
         model.generate(ids, max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens, **kwargs)
         total = time.perf_counter() - start
-    return {"ttft_s": ttft, "decode_tokens_per_s": batch * (cfg.new_tokens - 1) / (total - ttft)}
+        return {"ttft_s": ttft, "decode_tokens_per_s": batch * (cfg.new_tokens - 1) / (total - ttft)}
+
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=4, **kwargs)  # warm-up
+    return _median_run(measure, cfg)
 
 
 def _llama_cpp(cfg: GenerateBenchConfig) -> dict | str:
@@ -98,25 +97,31 @@ def _llama_cpp(cfg: GenerateBenchConfig) -> dict | str:
         q8.parent.mkdir(parents=True, exist_ok=True)
         if llama_cpp.llama_model_quantize(shipped.encode(), str(q8).encode(), params) != 0:
             return "llama.cpp q8_0 quantization failed"
-    return {"q8_0": _median_run(partial(_llama_cpp_run, llama_cpp, str(q8), cfg), cfg),
-            "shipped_q4_1": _median_run(partial(_llama_cpp_run, llama_cpp, shipped, cfg), cfg)}
+    return {"q8_0": _llama_cpp_run(llama_cpp, str(q8), cfg), "shipped_q4_1": _llama_cpp_run(llama_cpp, shipped, cfg)}
 
 
 def _llama_cpp_run(llama_cpp, path: str, cfg: GenerateBenchConfig) -> dict:
     llm = llama_cpp.Llama(model_path=path, n_threads=cfg.threads, n_threads_batch=cfg.threads, n_ctx=512,
                           verbose=False)
     no_eos = {llm.token_eos(): -1e9}  # the same number of new tokens as the others
-    llm(PROMPT, max_tokens=4, temperature=0.0)
+    llm(PROMPT, max_tokens=4, temperature=0.0)  # warm-up
+    return _median_run(lambda: _timed_stream(
+        lambda: llm(PROMPT, max_tokens=cfg.new_tokens, temperature=0.0, logit_bias=no_eos, stream=True), 1), cfg)
+
+
+def _timed_stream(start_stream, batch: int) -> dict:
+    """TTFT (until the first step) and decode tokens/s (the steps after it) of a token stream."""
     start = time.perf_counter()
-    stream = llm(PROMPT, max_tokens=cfg.new_tokens, temperature=0.0, logit_bias=no_eos, stream=True)
+    stream = start_stream()
     next(stream)
     ttft = time.perf_counter() - start
     n = 1 + sum(1 for _ in stream)
     total = time.perf_counter() - start
-    return {"ttft_s": ttft, "decode_tokens_per_s": (n - 1) / (total - ttft), "tokens": n}
+    return {"ttft_s": ttft, "decode_tokens_per_s": batch * (n - 1) / (total - ttft), "tokens": n}
 
 
 def _median_run(measure, cfg: GenerateBenchConfig) -> dict:
+    """``measure()`` ``repeats`` times on the loaded, warmed-up engine; the median run, with all of them."""
     runs = sorted((measure() for _ in range(cfg.repeats)), key=lambda r: r["decode_tokens_per_s"])
     return {**runs[len(runs) // 2], "decode_tokens_per_s_runs": [r["decode_tokens_per_s"] for r in runs]}
 
@@ -125,9 +130,9 @@ def run(cfg: GenerateBenchConfig) -> dict:
     hf, exports = _prepare_models(cfg)
     result: dict = {"model": cfg.source, "threads": cfg.threads, "new_tokens": cfg.new_tokens, "cores": os.cpu_count()}
     for batch in cfg.batches:
-        row = {"transformers_eager_fp32": _median_run(partial(_transformers, hf, batch, cfg), cfg)}
+        row = {"transformers_eager_fp32": _transformers(hf, batch, cfg)}
         for p, d in exports.items():
-            row[f"lmforge_{p}"] = _median_run(partial(_ours, d, batch, cfg), cfg)
+            row[f"lmforge_{p}"] = _ours(d, batch, cfg)
             row[f"lmforge_{p}"]["perplexity"] = json.loads((d / "export.json").read_text())["perplexity"]
         base = row["transformers_eager_fp32"]["decode_tokens_per_s"]
         row["speedup_vs_transformers"] = {p: row[f"lmforge_{p}"]["decode_tokens_per_s"] / base for p in exports}
