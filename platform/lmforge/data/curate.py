@@ -37,12 +37,9 @@ def curate(rec: dict, cfg: PrepareConfig) -> dict:
 
 def curate_all(records, cfg: PrepareConfig, chunk: int = 4096) -> list[dict]:
     """:func:`curate` every record, then MinHash the kept ones a chunk at a time (vectorised per chunk)."""
-    out: list[dict] = []
-    for rec in records:
-        out.append(curate(rec, cfg))
-        if len(out) % chunk == 0:
-            _add_signatures(out[-chunk:], cfg)
-    _add_signatures(out[len(out) - len(out) % chunk:], cfg)
+    out = [curate(rec, cfg) for rec in records]
+    for i in range(0, len(out), chunk):
+        _add_signatures(out[i : i + chunk], cfg)
     return out
 
 

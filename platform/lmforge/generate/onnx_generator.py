@@ -80,8 +80,8 @@ class OnnxGenerator:
         rng = np.random.default_rng(params.seed)
         done = np.zeros(b, dtype=bool)
         budget = min(params.max_tokens, self.max_positions - width)
+        pos = position_ids_for(mask)
         for _ in range(max(budget, 0)):
-            pos = position_ids_for(mask)[:, -ids.shape[1]:]
             out = self.session.run(self.output_names, {"input_ids": ids, "attention_mask": mask,
                                                        "position_ids": pos, **past})
             logits = out[0][:, -1, :]
@@ -102,6 +102,7 @@ class OnnxGenerator:
                 return
             ids = np.where(done, self.pad_id, next_ids)[:, None].astype(np.int64)
             mask = np.concatenate([mask, np.ones((b, 1), np.int64)], axis=1)
+            pos = pos[:, -1:] + 1  # the new token follows each row's last real one
 
     def generate_ids(self, prompt_ids: list[list[int]], params: SamplingParams,
                      ignore_eos: bool = False) -> list[list[int]]:
