@@ -119,3 +119,44 @@ def test_gpt2_exports_with_parity(hf_dir, tmp_path):
     assert report["greedy_matches_transformers"] is True
     (got,) = OnnxGenerator(out).generate(["The river"], SamplingParams(max_tokens=8, temperature=0))
     assert got.completion_tokens == 8 or got.finish_reason == "stop"
+
+
+def _two_projections(k: int = 64, n: int = 48):
+    """x -> two MatMuls reading the same x (like q and k), weights shifted so blocks have a float minimum."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [(rng.standard_normal((k, n)) + rng.standard_normal((1, n))).astype(np.float32) for _ in range(2)]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"proj{i}/MatMul") for i in range(2)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", k])],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["b", "s", n]) for i in range(2)],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_float_zero_points_become_integer_kernel_plus_exact_offsets():
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(_two_projections(), algo_config=HQQWeightOnlyQuantConfig(block_size=32, bits=4))
+    q.process()
+    hqq = q.model.model
+    x = np.random.default_rng(1).standard_normal((2, 3, 64)).astype(np.float32)
+
+    def run(model):
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": x})
+
+    reference = run(hqq)
+    exact = onnx_export.integer_kernel_with_offsets(onnx.ModelProto.FromString(hqq.SerializeToString()), 0)
+    fast = onnx_export.integer_kernel_with_offsets(onnx.ModelProto.FromString(hqq.SerializeToString()))
+    inits = {i.name: i for i in fast.graph.initializer}
+    nbits = [n for n in fast.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 2 and all(len(n.input) == 3 for n in nbits)  # no zero points left
+    assert not any(i.endswith("zero_points") for i in inits)
+    assert sum(n.name.endswith("/block_sums") for n in fast.graph.node) == 1  # shared by both projections
+    for ref, ex, fa in zip(reference, run(exact), run(fast)):
+        np.testing.assert_allclose(ex, ref, atol=1e-4 * np.abs(ref).max())  # the algebra is exact
+        assert np.abs(fa - ref).max() <= 2e-2 * np.abs(ref).max()  # + 8-bit activation rounding
