@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ class GenerateBenchConfig:
     new_tokens: int = 128
     batches: list[int] = dataclasses.field(default_factory=lambda: [1, 8])
     threads: int = 2
-    repeats: int = 3  # each engine's measurement is repeated; the median run is reported (this host is noisy)
+    repeats: int = 5  # rounds; each runs every engine once, interleaved (this host is noisy); medians reported
     precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8", "int4"])
     output: str | None = None
 
@@ -47,17 +48,20 @@ def _prepare_models(cfg: GenerateBenchConfig) -> tuple[Path, dict[str, Path]]:
     return hf, exports
 
 
-def _ours(export_dir: Path, batch: int, cfg: GenerateBenchConfig) -> dict:
+Measure = Callable[[], dict]  # one timed run of a loaded, warmed-up engine
+
+
+def _ours(export_dir: Path, batch: int, cfg: GenerateBenchConfig) -> Measure:
     from lmforge.generate.onnx_generator import OnnxGenerator, SamplingParams
 
     gen = OnnxGenerator(export_dir, intra_op_threads=cfg.threads)
     ids = [gen.tokenizer(PROMPT).input_ids] * batch
     gen.generate_ids(ids, SamplingParams(max_tokens=4), ignore_eos=True)  # warm-up
     params = SamplingParams(max_tokens=cfg.new_tokens)
-    return _median_run(lambda: _timed_stream(lambda: gen.decode_steps(ids, params, ignore_eos=True), batch), cfg)
+    return lambda: _timed_stream(lambda: gen.decode_steps(ids, params, ignore_eos=True), batch)
 
 
-def _transformers(hf_dir: Path, batch: int, cfg: GenerateBenchConfig) -> dict:
+def _transformers(hf_dir: Path, batch: int, cfg: GenerateBenchConfig) -> Measure:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(cfg.threads)
@@ -78,10 +82,10 @@ def _transformers(hf_dir: Path, batch: int, cfg: GenerateBenchConfig) -> dict:
 
     with torch.no_grad():
         model.generate(ids, max_new_tokens=4, **kwargs)  # warm-up
-    return _median_run(measure, cfg)
+    return measure
 
 
-def _llama_cpp(cfg: GenerateBenchConfig) -> dict | str:
+def _llama_cpp(cfg: GenerateBenchConfig) -> dict[str, Measure] | str:
     """llama.cpp on the same GGUF: as shipped (Q4_1) and requantized to q8_0, same prompt and threads."""
     try:
         import llama_cpp  # benchmark-only extra, never a runtime dependency
@@ -100,13 +104,13 @@ def _llama_cpp(cfg: GenerateBenchConfig) -> dict | str:
     return {"q8_0": _llama_cpp_run(llama_cpp, str(q8), cfg), "shipped_q4_1": _llama_cpp_run(llama_cpp, shipped, cfg)}
 
 
-def _llama_cpp_run(llama_cpp, path: str, cfg: GenerateBenchConfig) -> dict:
+def _llama_cpp_run(llama_cpp, path: str, cfg: GenerateBenchConfig) -> Measure:
     llm = llama_cpp.Llama(model_path=path, n_threads=cfg.threads, n_threads_batch=cfg.threads, n_ctx=512,
                           verbose=False)
     no_eos = {llm.token_eos(): -1e9}  # the same number of new tokens as the others
     llm(PROMPT, max_tokens=4, temperature=0.0)  # warm-up
-    return _median_run(lambda: _timed_stream(
-        lambda: llm(PROMPT, max_tokens=cfg.new_tokens, temperature=0.0, logit_bias=no_eos, stream=True), 1), cfg)
+    return lambda: _timed_stream(
+        lambda: llm(PROMPT, max_tokens=cfg.new_tokens, temperature=0.0, logit_bias=no_eos, stream=True), 1)
 
 
 def _timed_stream(start_stream, batch: int) -> dict:
@@ -120,29 +124,55 @@ def _timed_stream(start_stream, batch: int) -> dict:
     return {"ttft_s": ttft, "decode_tokens_per_s": batch * (n - 1) / (total - ttft), "tokens": n}
 
 
-def _median_run(measure, cfg: GenerateBenchConfig) -> dict:
-    """``measure()`` ``repeats`` times on the loaded, warmed-up engine; the median run, with all of them."""
-    runs = sorted((measure() for _ in range(cfg.repeats)), key=lambda r: r["decode_tokens_per_s"])
-    return {**runs[len(runs) // 2], "decode_tokens_per_s_runs": [r["decode_tokens_per_s"] for r in runs]}
+def _interleaved(engines: dict[str, Measure], repeats: int) -> dict[str, list[dict]]:
+    """Every engine once per round, ``repeats`` rounds: a slow spell of this (noisy, shared) host then
+    hits all engines alike instead of whichever happened to run during it."""
+    runs: dict[str, list[dict]] = {name: [] for name in engines}
+    for _ in range(repeats):
+        for name, measure in engines.items():
+            runs[name].append(measure())
+    return runs
+
+
+def _median(runs: list[dict]) -> dict:
+    """The median run by decode tokens/s, with every run's figure."""
+    ordered = sorted(runs, key=lambda r: r["decode_tokens_per_s"])
+    return {**ordered[len(ordered) // 2], "decode_tokens_per_s_runs": [r["decode_tokens_per_s"] for r in runs]}
+
+
+def _paired_ratio(runs: dict[str, list[dict]], name: str, ref: str) -> float:
+    """Median over rounds of ``name``'s decode tokens/s over ``ref``'s in the same round."""
+    ratios = sorted(a["decode_tokens_per_s"] / b["decode_tokens_per_s"] for a, b in zip(runs[name], runs[ref]))
+    return ratios[len(ratios) // 2]
+
+
+def _batch_row(cfg: GenerateBenchConfig, hf: Path, exports: dict[str, Path], batch: int) -> dict:
+    engines = {"transformers_eager_fp32": _transformers(hf, batch, cfg)}
+    engines.update({f"lmforge_{p}": _ours(d, batch, cfg) for p, d in exports.items()})
+    llama = _llama_cpp(cfg) if batch == 1 else None  # llama-cpp-python's high-level API decodes one sequence
+    if isinstance(llama, dict):
+        engines.update({f"llama_cpp_{q}": m for q, m in llama.items()})
+    runs = _interleaved(engines, cfg.repeats)
+    row = {name: _median(r) for name, r in runs.items() if not name.startswith("llama_cpp_")}
+    for p, d in exports.items():
+        row[f"lmforge_{p}"]["perplexity"] = json.loads((d / "export.json").read_text())["perplexity"]
+    row["speedup_vs_transformers"] = {p: _paired_ratio(runs, f"lmforge_{p}", "transformers_eager_fp32")
+                                      for p in exports}
+    if isinstance(llama, dict):
+        row["llama_cpp"] = {q: _median(runs[f"llama_cpp_{q}"]) for q in llama}
+        row["speedup_vs_llama_cpp_q8_0"] = {p: _paired_ratio(runs, f"lmforge_{p}", "llama_cpp_q8_0") for p in exports}
+    elif llama is not None:
+        row["llama_cpp"] = llama
+    return row
 
 
 def run(cfg: GenerateBenchConfig) -> dict:
     hf, exports = _prepare_models(cfg)
-    result: dict = {"model": cfg.source, "threads": cfg.threads, "new_tokens": cfg.new_tokens, "cores": os.cpu_count()}
+    result: dict = {"model": cfg.source, "threads": cfg.threads, "new_tokens": cfg.new_tokens, "cores": os.cpu_count(),
+                    "repeats": cfg.repeats,
+                    "ratios": "median over rounds of the two engines' decode tokens/s in the same round"}
     for batch in cfg.batches:
-        row = {"transformers_eager_fp32": _transformers(hf, batch, cfg)}
-        for p, d in exports.items():
-            row[f"lmforge_{p}"] = _ours(d, batch, cfg)
-            row[f"lmforge_{p}"]["perplexity"] = json.loads((d / "export.json").read_text())["perplexity"]
-        base = row["transformers_eager_fp32"]["decode_tokens_per_s"]
-        row["speedup_vs_transformers"] = {p: row[f"lmforge_{p}"]["decode_tokens_per_s"] / base for p in exports}
-        if batch == 1:
-            row["llama_cpp"] = _llama_cpp(cfg)
-            if isinstance(row["llama_cpp"], dict):
-                ref = row["llama_cpp"]["q8_0"]["decode_tokens_per_s"]
-                row["speedup_vs_llama_cpp_q8_0"] = {p: row[f"lmforge_{p}"]["decode_tokens_per_s"] / ref
-                                                    for p in exports}
-        result[f"batch_{batch}"] = row
+        result[f"batch_{batch}"] = _batch_row(cfg, hf, exports, batch)
     if cfg.output:
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.output).write_text(json.dumps(result, indent=2))
