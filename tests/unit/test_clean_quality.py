@@ -43,3 +43,43 @@ def test_each_rule_rejects_what_it_names():
     lines = "\n".join(["Same line repeated here."] * 3 + ["Another distinct line of text here."])
     assert quality.failed_rule(lines, cfg) == "duplicate_lines"
     assert quality.failed_rule(prose, quality.QualityConfig(enabled=False)) is None
+
+
+def _reference_repetition_rule(words, cfg):
+    """Gopher's repetition rules by their plain definitions, every n-gram length counted."""
+    from collections import Counter
+
+    total = sum(map(len, words))
+    for n, limit in ((2, cfg.max_top_2gram_fraction), (3, cfg.max_top_3gram_fraction),
+                     (4, cfg.max_top_4gram_fraction)):
+        gram, count = Counter(zip(*(words[i:] for i in range(n)))).most_common(1)[0]
+        if count > 1 and sum(map(len, gram)) * count / total > limit:
+            return f"top_{n}gram"
+    for n, limit in ((5, cfg.max_dup_5gram_char_fraction), (10, cfg.max_dup_10gram_char_fraction)):
+        grams = list(zip(*(words[i:] for i in range(n))))
+        counts = Counter(grams)
+        covered = {j for i, g in enumerate(grams) if counts[g] > 1 for j in range(i, i + n)}
+        if sum(len(words[j]) for j in covered) / total > limit:
+            return f"dup_{n}gram"
+    return None
+
+
+def test_repetition_shortcuts_match_the_plain_definitions():
+    import random
+
+    rng = random.Random(0)
+    vocab = "the river flows past old mill and into valley below town 강물 흐른다 마을 of a".split()
+    cfg = quality.QualityConfig()
+    outcomes = set()
+    for _ in range(3000):
+        n = rng.randint(20, 60)  # a small vocabulary repeats 2-grams; distinct words repeat nothing
+        words = [rng.choice(vocab) for _ in range(n)] if rng.random() < 0.5 else [f"w{i}" for i in range(n)]
+        if rng.random() < 0.5:  # a repeated phrase of random length, repeated a random number of times
+            phrase = words[: rng.randint(2, 12)]
+            for _ in range(rng.randint(1, 4)):
+                at = rng.randrange(len(words))
+                words[at:at] = phrase
+        got = quality._repetition_rule(words, cfg)
+        assert got == _reference_repetition_rule(words, cfg), words
+        outcomes.add(got)
+    assert {None, "top_2gram", "top_4gram", "dup_5gram"} <= outcomes

@@ -61,8 +61,14 @@ def html_to_text(text: str) -> str:
     return "\n".join(lines)
 
 
+# Any character strip_control changes: one scan finds out whether the (slower) rewrite is needed.
+_ANY_STRIPPED = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f" + "".join(map(chr, _INVISIBLE)) + "]")
+
+
 def strip_control(text: str) -> str:
     """Drop control and invisible format characters; tabs become spaces, newlines stay."""
+    if not _ANY_STRIPPED.search(text):
+        return text
     text = text.translate(_INVISIBLE).replace("\t", " ")
     return _CONTROL.sub("", text)
 

@@ -109,13 +109,14 @@ def redact(text: str) -> tuple[str, dict[str, int]]:
 
 # Every card, RRN, SSN and phone shape has 7+ digits with at most two separators between neighbours.
 _LONG_NUMBER = re.compile(r"\d(?:[ .()+-]{0,2}\d){6}")
-_IP_HINT = re.compile(r"\d\.\d{1,3}\.\d|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:")
+_IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d")
+_IPV6_HINT = re.compile(r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:")  # slow to scan: only run where a ':' is
 _SECRET_HINT = re.compile(r"A[KSGIRN][A-Z]A|secret|SECRET|gh[pousr]_|xox|PRIVATE KEY")
 
 
 def _hints(text: str) -> dict[str, bool]:
     """Cheap pre-checks, one pass each, so clean prose (years, dates, counts) skips most detectors."""
     hints = dict.fromkeys(PII_TYPES, _LONG_NUMBER.search(text) is not None)
-    hints.update(EMAIL="@" in text, SECRET=_SECRET_HINT.search(text) is not None,
-                 IP_ADDRESS=_IP_HINT.search(text) is not None)
+    ip = _IPV4_HINT.search(text) is not None or (":" in text and _IPV6_HINT.search(text) is not None)
+    hints.update(EMAIL="@" in text, SECRET=_SECRET_HINT.search(text) is not None, IP_ADDRESS=ip)
     return hints

@@ -95,7 +95,10 @@ def _line_rule(text: str, cfg: QualityConfig) -> str | None:
 
 
 def _repetition_rule(words: list[str], cfg: QualityConfig) -> str | None:
-    """Gopher's n-gram repetition: top n-gram share (n=2..4), duplicated n-gram share (n=5, 10)."""
+    """Gopher's n-gram repetition: top n-gram share (n=2..4), duplicated n-gram share (n=5, 10).
+
+    A repeated n-gram contains a repeated (n-1)-gram, so once no n-gram repeats, no longer one does and
+    every later rule passes: most prose stops at n=3 or 4 and skips the 5- and 10-gram counts."""
     total_chars = sum(map(len, words))
     if total_chars == 0:
         return None
@@ -105,13 +108,18 @@ def _repetition_rule(words: list[str], cfg: QualityConfig) -> str | None:
             break
         grams = Counter(zip(*(words[i:] for i in range(n))))
         gram, count = grams.most_common(1)[0]
-        if count > 1 and sum(len(w) for w in gram) * count / total_chars > limit:
+        if count == 1:
+            return None
+        if sum(len(w) for w in gram) * count / total_chars > limit:
             return f"top_{n}gram"
     for n, limit in ((5, cfg.max_dup_5gram_char_fraction), (10, cfg.max_dup_10gram_char_fraction)):
         if len(words) < 2 * n:
             break
-        if _duplicated_ngram_char_fraction(words, n) > limit:
+        fraction = _duplicated_ngram_char_fraction(words, n)
+        if fraction > limit:
             return f"dup_{n}gram"
+        if fraction == 0:  # no repeated n-gram, so no repeated longer one
+            return None
     return None
 
 
