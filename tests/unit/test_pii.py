@@ -11,6 +11,7 @@ from lmforge.data.pii import redact
     ("Call +1 (415) 555-0132 now.", "PHONE"),
     ("Call (415) 555-0132 now.", "PHONE"),
     ("Call 415-555-0132 now.", "PHONE"),
+    ("Call 1-800-555-0199 now.", "PHONE"),
     ("Office: +44 20 7946 0958.", "PHONE"),
     ("휴대폰 010-1234-5678 로 연락하세요.", "PHONE"),
     ("휴대폰 01012345678 로 연락하세요.", "PHONE"),
