@@ -14,9 +14,12 @@ import functools
 import glob
 import importlib.util
 import io
+import logging
 import os
 from pathlib import Path
 from typing import BinaryIO
+
+log = logging.getLogger(__name__)
 
 PKG_SCHEME = "pkg://"
 
@@ -58,7 +61,15 @@ def expand_local(uri: str, suffixes: tuple[str, ...]) -> list[str]:
     files = [os.path.abspath(m) for m in matches if os.path.isfile(m) and m.endswith(suffixes)]
     if not files:
         raise FileNotFoundError(f"input {uri!r} matched no {'/'.join(suffixes)} files")
+    _log_skipped(uri, [m for m in matches if os.path.isfile(m) and not m.endswith(suffixes)], suffixes)
     return files
+
+
+def _log_skipped(uri: str, skipped: list[str], suffixes: tuple[str, ...]) -> None:
+    """A file a directory or glob holds but no reader takes is left out loudly, never silently."""
+    if skipped:
+        log.warning("input %s: %d files skipped, not %s: %s%s", uri, len(skipped), "/".join(suffixes),
+                    ", ".join(os.path.basename(f) for f in skipped[:5]), " ..." if len(skipped) > 5 else "")
 
 
 @functools.lru_cache(maxsize=1)
@@ -108,10 +119,11 @@ def expand(uri: str, suffixes: tuple[str, ...]) -> list[str]:
                       if i.type == fs.FileType.File]
     else:
         raise FileNotFoundError(f"input {uri!r} does not exist")
-    files = sorted(f"s3://{p}" for p in candidates
-                   if p.endswith(suffixes) and (not has_glob or fnmatch.fnmatch(p, path)))
+    matches = sorted(p for p in candidates if not has_glob or fnmatch.fnmatch(p, path))
+    files = [f"s3://{p}" for p in matches if p.endswith(suffixes)]
     if not files:
         raise FileNotFoundError(f"input {uri!r} matched no {'/'.join(suffixes)} files")
+    _log_skipped(uri, [p for p in matches if not p.endswith(suffixes)], suffixes)
     return files
 
 

@@ -65,3 +65,21 @@ def test_parquet_rows_with_ids_and_missing_text(tmp_path):
     assert [(r["id"], r["reason"]) for r in recs] == [("u1", ""), ("u2", "quarantine:missing_field"),
                                                       ("p.parquet:3", "")]
     assert b"u2" in recs[1]["raw"]
+
+
+def test_byte_order_mark_and_crlf_do_not_break_records():
+    recs = parse(b'\xef\xbb\xbf{"id": "a", "text": "first"}\r\n{"id": "b", "text": "second"}\r\n')
+    assert [(r["id"], r["text"], r["reason"]) for r in recs] == [("a", "first", ""), ("b", "second", "")]
+    (txt,) = parse("\ufeff첫 줄\r\n".encode(), name="notes.txt")
+    assert txt["text"] == "첫 줄"
+
+
+def test_files_a_directory_holds_but_no_reader_takes_are_logged(tmp_path, caplog):
+    from lmforge import storage
+
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "notes.csv").write_text("a,b\n")
+    with caplog.at_level("WARNING", logger="lmforge.storage"):
+        files = storage.expand(str(tmp_path), sources.SUFFIXES)
+    assert [f.rsplit("/", 1)[1] for f in files] == ["a.jsonl"]
+    assert "1 files skipped" in caplog.text and "notes.csv" in caplog.text

@@ -84,7 +84,8 @@ DETECTORS: list[tuple[str, re.Pattern, Callable[[str], bool] | None]] = [
     ("PHONE", re.compile(_NOT_DIGIT_BEFORE + r"01[016789][ .-]?\d{3,4}[ .-]?\d{4}" + _NOT_DIGIT_AFTER), _phone_ok),
     ("PHONE", re.compile(_NOT_DIGIT_BEFORE + r"\(?0(?:2|[3-6][1-5]|70)\)?[ .-]\d{3,4}[ .-]\d{4}" + _NOT_DIGIT_AFTER),
      _phone_ok),
-    ("PHONE", re.compile(r"(?<![\w-])(?:1[ .-])?(?:\(\d{3}\) ?|\d{3}[.-])\d{3}[.-]\d{4}" + _NOT_DIGIT_AFTER), _phone_ok),
+    ("PHONE", re.compile(r"(?<![\w-])(?:1[ .-])?(?:\(\d{3}\) ?|\d{3}[.-])\d{3}[.-]\d{4}" + _NOT_DIGIT_AFTER),
+     _phone_ok),
 ]
 
 PII_TYPES = sorted({name for name, _, _ in DETECTORS})

@@ -11,6 +11,7 @@ Formats: ``.txt`` (one document per line), ``.jsonl`` (one JSON object per line)
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import os
@@ -72,6 +73,8 @@ def parse_lines(lines: Iterable[bytes], name: str, source: str, text_field: str,
             yield record(default_id, source, order, reason="quarantine:corrupt_file", raw=bytes(line))
             return
         line = line.rstrip(b"\r\n")
+        if lineno == 1:  # a UTF-8 byte order mark (Windows editors write one) is not part of the record
+            line = line.removeprefix(codecs.BOM_UTF8)
         if not line.strip():
             continue
         if len(line) > max_doc_bytes:
