@@ -25,6 +25,7 @@ demo: setup
 	$(VENV)/bin/lmforge run jobs/quickstart.yaml
 
 test: setup
+	$(VENV)/bin/ruff check platform tests
 	$(PY) -m pytest tests
 
 test-unit: setup
