@@ -30,6 +30,16 @@ from lmforge.data.pii import redact
     ("key AKIAIOSFODNN7EXAMPLE leaked", "SECRET"),
     ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "SECRET"),
     ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789 in repo", "SECRET"),
+    # Korean particles follow with no space: the match must end where the ASCII does.
+    ("연락처는 010-1234-5678입니다.", "PHONE"),
+    ("사무실 (02)123-4567로 전화", "PHONE"),
+    ("휴대폰 (010)1234-5678번", "PHONE"),
+    ("메일은 test@example.com으로 보내세요.", "EMAIL"),
+    ("주민번호 900101-1234567이고", "KR_RRN"),
+    ("카드 4111-1111-1111-1111로 결제", "CREDIT_CARD"),
+    ("서버 IP는 192.168.0.1이다.", "IP_ADDRESS"),
+    ("SSN 123-45-6789였다.", "US_SSN"),
+    ("키는 AKIAIOSFODNN7EXAMPLE입니다.", "SECRET"),
 ])
 def test_detects_and_replaces(text, kind):
     out, counts = redact(text)
@@ -50,6 +60,7 @@ def test_detects_and_replaces(text, kind):
     "Coordinates 37.5665, 126.9780 mark Seoul; temperature -3.5 C.",
     "US SSN-like 000-12-3456 and 666-12-3456 are never issued.",
     "Ratio 1:2:3 and times 12:30 do not look like IPv6.",
+    "버전 1.2.3에서 제1234567호 문서와 인구 9,668,465명이 언급되었다.",
 ])
 def test_ordinary_numbers_are_left_alone(text):
     out, counts = redact(text)

@@ -64,28 +64,32 @@ def _phone_ok(candidate: str) -> bool:
     return 8 <= sum(c.isdigit() for c in candidate) <= 15
 
 
+def _rx(pattern: str) -> re.Pattern:
+    # ASCII classes: in Korean a particle follows a number or address with no space (010-1234-5678입니다,
+    # test@example.com으로), and Unicode \w / \b would take the Hangul as part of the match's word.
+    return re.compile(pattern, re.ASCII)
+
+
 # (type, pattern, validator). Order: most specific first.
 DETECTORS: list[tuple[str, re.Pattern, Callable[[str], bool] | None]] = [
-    ("SECRET", re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b"), None),
-    ("SECRET", re.compile(r"(?i)(aws_secret_access_key\s*[:=]\s*[\"']?)[A-Za-z0-9/+=]{40}\b"), None),
-    ("SECRET", re.compile(r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}\b|\bxox[abpr]-[A-Za-z0-9-]{10,}\b"), None),
-    ("SECRET", re.compile(r"-----BEGIN (?:[A-Z ]+ )?PRIVATE KEY-----[\s\S]+?-----END (?:[A-Z ]+ )?PRIVATE KEY-----"),
-     None),
-    ("EMAIL", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None),
-    ("CREDIT_CARD", re.compile(_NOT_DIGIT_BEFORE + r"(?:\d[ -]?){12,18}\d" + _NOT_DIGIT_AFTER), _luhn_ok),
-    ("KR_RRN", re.compile(_NOT_DIGIT_BEFORE + r"\d{6}-?[1-8]\d{6}" + _NOT_DIGIT_AFTER), _rrn_ok),
-    ("US_SSN", re.compile(_NOT_DIGIT_BEFORE + r"\d{3}-\d{2}-\d{4}" + _NOT_DIGIT_AFTER), _ssn_ok),
-    ("IP_ADDRESS", re.compile(r"(?<![\w.:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w.:])"), _ip_ok),
-    ("IP_ADDRESS", re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
-                              r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)"), _ip_ok),
-    # Phones: international (+CC ...), Korean mobile/landline, North American (NNN) NNN-NNNN.
-    ("PHONE", re.compile(r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,3}(?![\w-])"),
+    ("SECRET", _rx(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b"), None),
+    ("SECRET", _rx(r"(?i)(aws_secret_access_key\s*[:=]\s*[\"']?)[A-Za-z0-9/+=]{40}\b"), None),
+    ("SECRET", _rx(r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}\b|\bxox[abpr]-[A-Za-z0-9-]{10,}\b"), None),
+    ("SECRET", _rx(r"-----BEGIN (?:[A-Z ]+ )?PRIVATE KEY-----[\s\S]+?-----END (?:[A-Z ]+ )?PRIVATE KEY-----"), None),
+    ("EMAIL", _rx(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None),
+    ("CREDIT_CARD", _rx(_NOT_DIGIT_BEFORE + r"(?:\d[ -]?){12,18}\d" + _NOT_DIGIT_AFTER), _luhn_ok),
+    ("KR_RRN", _rx(_NOT_DIGIT_BEFORE + r"\d{6}-?[1-8]\d{6}" + _NOT_DIGIT_AFTER), _rrn_ok),
+    ("US_SSN", _rx(_NOT_DIGIT_BEFORE + r"\d{3}-\d{2}-\d{4}" + _NOT_DIGIT_AFTER), _ssn_ok),
+    ("IP_ADDRESS", _rx(r"(?<![\w.:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w.:])"), _ip_ok),
+    ("IP_ADDRESS", _rx(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
+                       r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)"), _ip_ok),
+    # Phones: international (+CC ...), Korean mobile/landline (area code in parentheses or not), North
+    # American (NNN) NNN-NNNN with an optional leading 1.
+    ("PHONE", _rx(r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,3}(?![\w-])"), _phone_ok),
+    ("PHONE", _rx(_NOT_DIGIT_BEFORE + r"\(?01[016789]\)?[ .-]?\d{3,4}[ .-]?\d{4}" + _NOT_DIGIT_AFTER), _phone_ok),
+    ("PHONE", _rx(_NOT_DIGIT_BEFORE + r"\(?0(?:2|[3-6][1-5]|70)(?:\)[ .-]?|[ .-])\d{3,4}[ .-]\d{4}" + _NOT_DIGIT_AFTER),
      _phone_ok),
-    ("PHONE", re.compile(_NOT_DIGIT_BEFORE + r"01[016789][ .-]?\d{3,4}[ .-]?\d{4}" + _NOT_DIGIT_AFTER), _phone_ok),
-    ("PHONE", re.compile(_NOT_DIGIT_BEFORE + r"\(?0(?:2|[3-6][1-5]|70)\)?[ .-]\d{3,4}[ .-]\d{4}" + _NOT_DIGIT_AFTER),
-     _phone_ok),
-    ("PHONE", re.compile(r"(?<![\w-])(?:1[ .-])?(?:\(\d{3}\) ?|\d{3}[.-])\d{3}[.-]\d{4}" + _NOT_DIGIT_AFTER),
-     _phone_ok),
+    ("PHONE", _rx(r"(?<![\w-])(?:1[ .-])?(?:\(\d{3}\) ?|\d{3}[.-])\d{3}[.-]\d{4}" + _NOT_DIGIT_AFTER), _phone_ok),
 ]
 
 PII_TYPES = sorted({name for name, _, _ in DETECTORS})
