@@ -106,3 +106,12 @@ def test_shuffle_reduce_near_edges_point_at_the_first_member():
     assert rows.num_rows == 3 * 4  # one row per document and band
     edges = dedup_ray._reduce("near", rows)
     assert edges.to_pylist() == [{"a": 1, "b": 2}]  # one edge per pair, however many bands match
+
+
+def test_punctuation_is_not_an_edit_for_near_dedup_but_is_for_exact():
+    a = "서울은 대한민국의 수도이며, 가장 큰 도시이다. 인구는 약 천만 명이다."
+    b = "서울은 대한민국의 수도이며 가장 큰 도시이다! 인구는 약 천만 명이다…"
+    assert dedup.near_canonical(a) == dedup.near_canonical(b) == dedup.near_canonical(b.upper())
+    sig = dedup.signatures([a, b], 120)
+    assert dedup.estimated_jaccard(sig[0], sig[1]) == 1.0
+    assert dedup.exact_key(a) != dedup.exact_key(b)
