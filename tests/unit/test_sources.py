@@ -83,3 +83,10 @@ def test_files_a_directory_holds_but_no_reader_takes_are_logged(tmp_path, caplog
         files = storage.expand(str(tmp_path), sources.SUFFIXES)
     assert [f.rsplit("/", 1)[1] for f in files] == ["a.jsonl"]
     assert "1 files skipped" in caplog.text and "notes.csv" in caplog.text
+
+
+def test_a_corrupt_parquet_file_is_quarantined_not_fatal(tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1" + bytes(range(256)) * 8)
+    (rec,) = sources.read_records(str(path), file_index=2)
+    assert rec["reason"] == "quarantine:corrupt_file" and rec["id"] == "broken.parquet:1" and rec["raw"]

@@ -113,21 +113,37 @@ def _with_text(text, doc_id: str, source: str, order: int, raw: bytes) -> dict:
 def parse_parquet(stream, name: str, source: str, file_index: int, text_field: str, id_field: str,
                   max_doc_bytes: int) -> Iterator[dict]:
     """One record per row; the text column must exist (else every row is quarantined)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(stream)
-    columns = [c for c in (text_field, id_field) if c in pf.schema_arrow.names]
+    # Read whole first: an I/O error of the storage fails the task (Ray retries it); any error after
+    # that is the file's own damage, quarantined instead of failing the run.
+    buffer = pa.BufferReader(stream.read())
     rownum = 0
-    for batch in pf.iter_batches(batch_size=4096, columns=columns or None):
-        data = batch.to_pydict()
-        for i in range(batch.num_rows):
-            rownum += 1
-            order, default_id = (file_index << 32) | rownum, f"{name}:{rownum}"
-            raw_id = data.get(id_field, [None] * batch.num_rows)[i]
-            doc_id = str(raw_id) if raw_id not in (None, "") else default_id
-            text = data.get(text_field, [None] * batch.num_rows)[i]
-            raw = json.dumps({k: data[k][i] for k in data}, default=str, ensure_ascii=False).encode()
-            if isinstance(text, str) and len(text.encode("utf-8")) > max_doc_bytes:
-                yield record(doc_id, source, order, reason="quarantine:oversize", raw=raw)
-            else:
-                yield _with_text(text, doc_id, source, order, raw if not isinstance(text, str) else b"")
+    try:
+        pf = pq.ParquetFile(buffer)
+        columns = [c for c in (text_field, id_field) if c in pf.schema_arrow.names]
+        for batch in pf.iter_batches(batch_size=4096, columns=columns or None):
+            yield from _parquet_rows(batch, name, source, file_index, text_field, id_field, max_doc_bytes, rownum)
+            rownum += batch.num_rows
+    except (pa.ArrowException, OSError) as e:
+        yield record(f"{name}:{rownum + 1}", source, (file_index << 32) | (rownum + 1),
+                     reason="quarantine:corrupt_file", raw=str(e).encode("utf-8", "replace"))
+
+
+def _parquet_rows(batch, name: str, source: str, file_index: int, text_field: str, id_field: str,
+                  max_doc_bytes: int, rownum: int) -> Iterator[dict]:
+    """Records of one record batch whose first row is number ``rownum + 1`` of the file."""
+    data = batch.to_pydict()
+    missing = [None] * batch.num_rows
+    for i in range(batch.num_rows):
+        rownum += 1
+        order, default_id = (file_index << 32) | rownum, f"{name}:{rownum}"
+        raw_id = data.get(id_field, missing)[i]
+        doc_id = str(raw_id) if raw_id not in (None, "") else default_id
+        text = data.get(text_field, missing)[i]
+        raw = json.dumps({k: data[k][i] for k in data}, default=str, ensure_ascii=False).encode()
+        if isinstance(text, str) and len(text.encode("utf-8")) > max_doc_bytes:
+            yield record(doc_id, source, order, reason="quarantine:oversize", raw=raw)
+        else:
+            yield _with_text(text, doc_id, source, order, raw if not isinstance(text, str) else b"")
