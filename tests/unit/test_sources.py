@@ -67,6 +67,12 @@ def test_parquet_rows_with_ids_and_missing_text(tmp_path):
     assert b"u2" in recs[1]["raw"]
 
 
+def test_lone_surrogate_escapes_are_quarantined():
+    recs = parse(b'{"id": "a", "text": "bad \\ud800 escape"}\n{"id": "\\udfff", "text": "ok \\ud83d\\ude00"}\n')
+    assert [(r["id"], r["reason"]) for r in recs] == [("a", "quarantine:lone_surrogate"), ("f.jsonl:2", "")]
+    assert recs[1]["text"] == "ok \U0001f600"  # a proper surrogate pair is one emoji
+
+
 def test_byte_order_mark_and_crlf_do_not_break_records():
     recs = parse(b'\xef\xbb\xbf{"id": "a", "text": "first"}\r\n{"id": "b", "text": "second"}\r\n')
     assert [(r["id"], r["text"], r["reason"]) for r in recs] == [("a", "first", ""), ("b", "second", "")]

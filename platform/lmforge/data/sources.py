@@ -100,6 +100,8 @@ def _parse_json(decoded: str, line: bytes, default_id: str, source: str, order: 
     if not isinstance(obj, dict):
         return record(default_id, source, order, reason="quarantine:not_an_object", raw=line)
     doc_id = str(obj[id_field]) if obj.get(id_field) not in (None, "") else default_id
+    if not _encodable(doc_id):
+        doc_id = default_id
     return _with_text(obj.get(text_field), doc_id, source, order, line)
 
 
@@ -107,7 +109,19 @@ def _with_text(text, doc_id: str, source: str, order: int, raw: bytes) -> dict:
     if not isinstance(text, str):
         why = "missing_field" if text is None else "text_not_a_string"
         return record(doc_id, source, order, reason=f"quarantine:{why}", raw=raw)
+    if not _encodable(text):
+        return record(doc_id, source, order, reason="quarantine:lone_surrogate", raw=raw)
     return record(doc_id, source, order, text=text)
+
+
+def _encodable(text: str) -> bool:
+    """False for a string with a lone UTF-16 surrogate (JSON's "\\ud800" escape decodes to one): it has
+    no UTF-8 form, so hashing, Arrow and the tokenizer would all fail on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_parquet(stream, name: str, source: str, file_index: int, text_field: str, id_field: str,
