@@ -160,3 +160,23 @@ def test_float_zero_points_become_integer_kernel_plus_exact_offsets():
     for ref, ex, fa in zip(reference, run(exact), run(fast)):
         np.testing.assert_allclose(ex, ref, atol=1e-4 * np.abs(ref).max())  # the algebra is exact
         assert np.abs(fa - ref).max() <= 2e-2 * np.abs(ref).max()  # + 8-bit activation rounding
+
+
+def test_embedding_tables_become_int8_gathers():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(0).standard_normal((50, 64)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gather", ["embed", "ids"], ["h"], name="embed_tokens/Gather")], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+                              [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["b", "s", 64])],
+                              [numpy_helper.from_array(table, "embed")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert onnx_export.quantize_embeddings(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["GatherBlockQuantized"]
+    assert all(i.data_type != TensorProto.FLOAT or i.dims != [50, 64] for i in model.graph.initializer)
+    ids = np.array([[0, 7, 49], [3, 3, 1]])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"ids": ids})[0]
+    step = np.abs(table.reshape(50, 2, 32)).max(-1) / 127  # one int8 step per block of 32
+    assert np.all(np.abs(got - table[ids]).reshape(2, 3, 2, 32) <= step[ids][..., None] / 2 + 1e-6)
