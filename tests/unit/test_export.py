@@ -180,3 +180,13 @@ def test_embedding_tables_become_int8_gathers():
     got = sess.run(None, {"ids": ids})[0]
     step = np.abs(table.reshape(50, 2, 32)).max(-1) / 127  # one int8 step per block of 32
     assert np.all(np.abs(got - table[ids]).reshape(2, 3, 2, 32) <= step[ids][..., None] / 2 + 1e-6)
+
+
+def test_min_tokens_keeps_eos_from_being_chosen(onnx_dir):
+    gen = OnnxGenerator(onnx_dir)
+    prompt = [gen.tokenizer("The river").input_ids]
+    (first,) = gen.generate_ids(prompt, SamplingParams(max_tokens=1, temperature=0))
+    gen.eos_ids = {first[0]}  # make the greedy choice the end of sequence
+    assert gen.generate_ids(prompt, SamplingParams(max_tokens=4, temperature=0)) == [[]]
+    (got,) = gen.generate_ids(prompt, SamplingParams(max_tokens=4, temperature=0, min_tokens=4))
+    assert len(got) == 4 and first[0] not in got

@@ -195,7 +195,9 @@ def greedy_matches(model, model_dir: Path, onnx_path: Path, n_tokens: int) -> bo
                              pad_token_id=tok.pad_token_id or 0, attention_mask=torch.ones_like(ids))
     want = out[0, ids.shape[1]:].tolist()
     gen = OnnxGenerator(model_dir, model_file=onnx_path.name)
-    got = gen.generate_ids([ids[0].tolist()], SamplingParams(max_tokens=n_tokens, temperature=0), ignore_eos=True)[0]
+    # min_tokens matches generate's min_new_tokens: both keep eos from being chosen, so both run n_tokens.
+    params = SamplingParams(max_tokens=n_tokens, temperature=0, min_tokens=n_tokens)
+    got = gen.generate_ids([ids[0].tolist()], params)[0]
     return got == want
 
 

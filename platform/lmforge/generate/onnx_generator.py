@@ -25,6 +25,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    min_tokens: int = 0  # eos cannot be chosen before this many new tokens (vLLM's min_tokens, HF's min_new_tokens)
 
 
 @dataclass
@@ -81,10 +82,12 @@ class OnnxGenerator:
         done = np.zeros(b, dtype=bool)
         budget = min(params.max_tokens, self.max_positions - width)
         pos = position_ids_for(mask)
-        for _ in range(max(budget, 0)):
+        for n_new in range(max(budget, 0)):
             out = self.session.run(self.output_names, {"input_ids": ids, "attention_mask": mask,
                                                        "position_ids": pos, **past})
             logits = out[0][:, -1, :]
+            if n_new < params.min_tokens and self.eos_ids:
+                logits[:, sorted(self.eos_ids)] = -np.inf
             past = dict(zip(self.past_names, out[1:]))
             next_ids = sample_next(logits, params.temperature, params.top_k, params.top_p, rng)
             step = []

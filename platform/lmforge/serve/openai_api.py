@@ -21,6 +21,7 @@ class CompletionRequest(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)  # an extension (vLLM has it too); 0 = off
+    min_tokens: int = Field(default=0, ge=0)  # an extension (vLLM's): no end of sequence before this many
     n: int = Field(default=1, ge=1, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -33,7 +34,8 @@ class CompletionRequest(BaseModel):
     def sampling(self) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature,
-                              top_k=self.top_k, top_p=self.top_p, seed=self.seed, stop=stop)
+                              top_k=self.top_k, top_p=self.top_p, seed=self.seed, stop=stop,
+                              min_tokens=self.min_tokens)
 
 
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
