@@ -58,18 +58,18 @@ def expand_local(uri: str, suffixes: tuple[str, ...]) -> list[str]:
         return [os.path.abspath(path)]
     else:
         raise FileNotFoundError(f"input {uri!r} does not exist")
-    files = [os.path.abspath(m) for m in matches if os.path.isfile(m) and m.endswith(suffixes)]
+    return [os.path.abspath(f) for f in _readable(uri, [m for m in matches if os.path.isfile(m)], suffixes)]
+
+
+def _readable(uri: str, matches: list[str], suffixes: tuple[str, ...]) -> list[str]:
+    """The files among ``matches`` that a reader takes; the others are logged, never silently left out."""
+    files = [m for m in matches if m.endswith(suffixes)]
     if not files:
         raise FileNotFoundError(f"input {uri!r} matched no {'/'.join(suffixes)} files")
-    _log_skipped(uri, [m for m in matches if os.path.isfile(m) and not m.endswith(suffixes)], suffixes)
-    return files
-
-
-def _log_skipped(uri: str, skipped: list[str], suffixes: tuple[str, ...]) -> None:
-    """A file a directory or glob holds but no reader takes is left out loudly, never silently."""
-    if skipped:
+    if skipped := [m for m in matches if not m.endswith(suffixes)]:
         log.warning("input %s: %d files skipped, not %s: %s%s", uri, len(skipped), "/".join(suffixes),
                     ", ".join(os.path.basename(f) for f in skipped[:5]), " ..." if len(skipped) > 5 else "")
+    return files
 
 
 @functools.lru_cache(maxsize=1)
@@ -120,11 +120,7 @@ def expand(uri: str, suffixes: tuple[str, ...]) -> list[str]:
     else:
         raise FileNotFoundError(f"input {uri!r} does not exist")
     matches = sorted(p for p in candidates if not has_glob or fnmatch.fnmatch(p, path))
-    files = [f"s3://{p}" for p in matches if p.endswith(suffixes)]
-    if not files:
-        raise FileNotFoundError(f"input {uri!r} matched no {'/'.join(suffixes)} files")
-    _log_skipped(uri, [p for p in matches if not p.endswith(suffixes)], suffixes)
-    return files
+    return [f"s3://{p}" for p in _readable(uri, matches, suffixes)]
 
 
 def filesystem(uri: str):

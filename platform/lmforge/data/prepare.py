@@ -132,7 +132,16 @@ def _sample_texts(ledger, marks: dict, max_chars: int):
                 yield text
 
 
-OUTPUT_DIRS = ("documents", "rejected", "train", "val")
+PACKED_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("n_tokens", pa.int32())])
+# Every parquet output of the stage: its directory and columns.
+OUTPUT_SCHEMAS = {
+    "documents": pa.schema([("id", pa.string()), ("source", pa.string()), ("text", pa.string())]),
+    "rejected": pa.schema([("id", pa.string()), ("reason", pa.string()), ("duplicate_of", pa.string()),
+                           ("source", pa.string()), ("raw", pa.binary())]),
+    "train": PACKED_SCHEMA,
+    "val": PACKED_SCHEMA,
+}
+OUTPUT_DIRS = tuple(OUTPUT_SCHEMAS)
 
 
 def _write_outputs(ledger, marks_ref, tokenizer_json: str, cfg: PrepareConfig, out: Path) -> dict:
@@ -172,8 +181,8 @@ def finalize_batch(batch: pa.Table, marks, tokenizer_json: str, seq_len: int, va
     is_kept = pc.equal(batch.column("reason"), "")
     kept, rejected = batch.filter(is_kept), batch.filter(pc.invert(is_kept))
     texts, ids = kept.column("text").to_pylist(), kept.column("id").to_pylist()
-    tables = {"documents": kept.select(["id", "source", "text"]),
-              "rejected": rejected.select(["id", "reason", "duplicate_of", "source", "raw"]),
+    tables = {"documents": kept.select(OUTPUT_SCHEMAS["documents"].names),
+              "rejected": rejected.select(OUTPUT_SCHEMAS["rejected"].names),
               **tokenize_and_pack(texts, ids, tokenizer_json, seq_len, val_fraction)}
     for sub, table in tables.items():
         if table.num_rows:
@@ -204,13 +213,7 @@ def _write_empty_parts(out: Path) -> None:
     """A split or table with no rows still gets one empty part with its schema, so readers work."""
     import pyarrow.parquet as pq
 
-    schemas = {
-        "documents": pa.schema([("id", pa.string()), ("source", pa.string()), ("text", pa.string())]),
-        "rejected": pa.schema([("id", pa.string()), ("reason", pa.string()), ("duplicate_of", pa.string()),
-                               ("source", pa.string()), ("raw", pa.binary())]),
-        **{s: PACKED_SCHEMA for s in ("train", "val")},
-    }
-    for sub, schema in schemas.items():
+    for sub, schema in OUTPUT_SCHEMAS.items():
         if not any((out / sub).glob("*.parquet")):
             pq.write_table(schema.empty_table(), str(out / sub / "part-empty.parquet"))
 
@@ -227,9 +230,6 @@ def _tokenizer(tokenizer_json: str):
     from tokenizers import Tokenizer
 
     return Tokenizer.from_str(tokenizer_json)
-
-
-PACKED_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("n_tokens", pa.int32())])
 
 
 def tokenize_and_pack(texts: list[str], ids: list[str], tokenizer_json: str, seq_len: int,

@@ -100,17 +100,19 @@ def _parse_json(decoded: str, line: bytes, default_id: str, source: str, order: 
     if not isinstance(obj, dict):
         return record(default_id, source, order, reason="quarantine:not_an_object", raw=line)
     doc_id = str(obj[id_field]) if obj.get(id_field) not in (None, "") else default_id
-    if not _encodable(doc_id):
-        doc_id = default_id
-    return _with_text(obj.get(text_field), doc_id, source, order, line)
+    text = obj.get(text_field)
+    if "\\u" in decoded:  # only a \u escape can decode to a lone surrogate (valid UTF-8 never does)
+        if not _encodable(doc_id):
+            doc_id = default_id
+        if isinstance(text, str) and not _encodable(text):
+            return record(doc_id, source, order, reason="quarantine:lone_surrogate", raw=line)
+    return _with_text(text, doc_id, source, order, line)
 
 
 def _with_text(text, doc_id: str, source: str, order: int, raw: bytes) -> dict:
     if not isinstance(text, str):
         why = "missing_field" if text is None else "text_not_a_string"
         return record(doc_id, source, order, reason=f"quarantine:{why}", raw=raw)
-    if not _encodable(text):
-        return record(doc_id, source, order, reason="quarantine:lone_surrogate", raw=raw)
     return record(doc_id, source, order, text=text)
 
 

@@ -82,12 +82,13 @@ class OnnxGenerator:
         done = np.zeros(b, dtype=bool)
         budget = min(params.max_tokens, self.max_positions - width)
         pos = position_ids_for(mask)
+        eos = sorted(self.eos_ids)
         for n_new in range(max(budget, 0)):
             out = self.session.run(self.output_names, {"input_ids": ids, "attention_mask": mask,
                                                        "position_ids": pos, **past})
             logits = out[0][:, -1, :]
-            if n_new < params.min_tokens and self.eos_ids:
-                logits[:, sorted(self.eos_ids)] = -np.inf
+            if n_new < params.min_tokens and eos:
+                logits[:, eos] = -np.inf
             past = dict(zip(self.past_names, out[1:]))
             next_ids = sample_next(logits, params.temperature, params.top_k, params.top_p, rng)
             step = []
