@@ -40,6 +40,10 @@ from lmforge.data.pii import redact
     ("서버 IP는 192.168.0.1이다.", "IP_ADDRESS"),
     ("SSN 123-45-6789였다.", "US_SSN"),
     ("키는 AKIAIOSFODNN7EXAMPLE입니다.", "SECRET"),
+    ("Paris office +33 1 23 45 67 89.", "PHONE"),
+    ("OPENAI_API_KEY=sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD", "SECRET"),
+    ("maps key AIzaSyA1234567890abcdefghijklmnopqrstuv in the page", "SECRET"),
+    ("stripe sk_live_4eC39HqLyjWDarjtT1zdp7dc leaked", "SECRET"),
 ])
 def test_detects_and_replaces(text, kind):
     out, counts = redact(text)
@@ -61,6 +65,7 @@ def test_detects_and_replaces(text, kind):
     "US SSN-like 000-12-3456 and 666-12-3456 are never issued.",
     "Ratio 1:2:3 and times 12:30 do not look like IPv6.",
     "버전 1.2.3에서 제1234567호 문서와 인구 9,668,465명이 언급되었다.",
+    "Firmware version 1.2.3.4 and v10.0.0.1 replace 버전 2.0.0.1 builds; the task-force met.",
 ])
 def test_ordinary_numbers_are_left_alone(text):
     out, counts = redact(text)

@@ -75,17 +75,21 @@ DETECTORS: list[tuple[str, re.Pattern, Callable[[str], bool] | None]] = [
     ("SECRET", _rx(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b"), None),
     ("SECRET", _rx(r"(?i)(aws_secret_access_key\s*[:=]\s*[\"']?)[A-Za-z0-9/+=]{40}\b"), None),
     ("SECRET", _rx(r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}\b|\bxox[abpr]-[A-Za-z0-9-]{10,}\b"), None),
+    # API keys: OpenAI / Anthropic (sk-, sk-proj-, sk-ant-), Google (AIza), Stripe (sk_live_, rk_test_).
+    ("SECRET", _rx(r"\bsk-[A-Za-z0-9_-]{20,}|\bAIza[0-9A-Za-z_-]{35}\b|\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}\b"),
+     None),
     ("SECRET", _rx(r"-----BEGIN (?:[A-Z ]+ )?PRIVATE KEY-----[\s\S]+?-----END (?:[A-Z ]+ )?PRIVATE KEY-----"), None),
     ("EMAIL", _rx(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None),
     ("CREDIT_CARD", _rx(_NOT_DIGIT_BEFORE + r"(?:\d[ -]?){12,18}\d" + _NOT_DIGIT_AFTER), _luhn_ok),
     ("KR_RRN", _rx(_NOT_DIGIT_BEFORE + r"\d{6}-?[1-8]\d{6}" + _NOT_DIGIT_AFTER), _rrn_ok),
     ("US_SSN", _rx(_NOT_DIGIT_BEFORE + r"\d{3}-\d{2}-\d{4}" + _NOT_DIGIT_AFTER), _ssn_ok),
     ("IP_ADDRESS", _rx(r"(?<![\w.:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w.:])"), _ip_ok),
-    ("IP_ADDRESS", _rx(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
+    # Not after "v" / "version" / "버전": four-part version numbers have the same shape.
+    ("IP_ADDRESS", _rx(r"(?<![\w.])(?<![vV]ersion )(?<!버전 )(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
                        r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)"), _ip_ok),
     # Phones: international (+CC ...), Korean mobile/landline (area code in parentheses or not), North
     # American (NNN) NNN-NNNN with an optional leading 1.
-    ("PHONE", _rx(r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,3}(?![\w-])"), _phone_ok),
+    ("PHONE", _rx(r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,5}(?![\w-])"), _phone_ok),
     ("PHONE", _rx(_NOT_DIGIT_BEFORE + r"\(?01[016789]\)?[ .-]?\d{3,4}[ .-]?\d{4}" + _NOT_DIGIT_AFTER), _phone_ok),
     ("PHONE", _rx(_NOT_DIGIT_BEFORE + r"\(?0(?:2|[3-6][1-5]|70)(?:\)[ .-]?|[ .-])\d{3,4}[ .-]\d{4}" + _NOT_DIGIT_AFTER),
      _phone_ok),
@@ -116,7 +120,7 @@ def redact(text: str) -> tuple[str, dict[str, int]]:
 _LONG_NUMBER = re.compile(r"\d(?:[ .()+-]{0,2}\d){6}")
 _IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d")
 _IPV6_HINT = re.compile(r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:")  # slow to scan: only run where a ':' is
-_SECRET_HINT = re.compile(r"A[KSGIRN][A-Z]A|secret|SECRET|gh[pousr]_|xox|PRIVATE KEY")
+_SECRET_HINT = re.compile(r"A[KSGIRN][A-Z]A|AIza|secret|SECRET|gh[pousr]_|xox|sk-|k_live_|k_test_|PRIVATE KEY")
 
 
 def _hints(text: str) -> dict[str, bool]:
