@@ -23,7 +23,7 @@ stages:
   export     HF model dir -> ONNX with KV cache (fp32 or quantize=int8), parity-checked
   serve      OpenAI-compatible HTTP API on Ray Serve (foreground until Ctrl-C)
   run        a recipe chaining the stages (e.g. jobs/quickstart.yaml)
-  bench      benchmarks, JSON out: `lmforge bench prepare|train|generate`
+  bench      benchmarks, JSON out: `lmforge bench prepare|train|generate|kernels`
 
 Override values are parsed as YAML: pack.seq_len=256  inputs=[a.jsonl,b.jsonl]
 Ray: ray.address=... or RAY_ADDRESS; none starts a local cluster for the command.
@@ -60,13 +60,15 @@ def _stages() -> dict[str, tuple[type, Callable]]:
 def _benches() -> dict[str, tuple[type, Callable]]:
     from lmforge.bench.generate_bench import GenerateBenchConfig
     from lmforge.bench.generate_bench import run as generate_bench
+    from lmforge.bench.kernel_bench import KernelBenchConfig
+    from lmforge.bench.kernel_bench import run as kernel_bench
     from lmforge.bench.prepare_bench import PrepareBenchConfig
     from lmforge.bench.prepare_bench import run as prepare_bench
     from lmforge.bench.train_bench import TrainBenchConfig
     from lmforge.bench.train_bench import run as train_bench
 
     return {"prepare": (PrepareBenchConfig, prepare_bench), "train": (TrainBenchConfig, train_bench),
-            "generate": (GenerateBenchConfig, generate_bench)}
+            "generate": (GenerateBenchConfig, generate_bench), "kernels": (KernelBenchConfig, kernel_bench)}
 
 
 def split_args(args: list[str]) -> tuple[str | None, list[str], set[str]]:

@@ -190,3 +190,20 @@ def test_min_tokens_keeps_eos_from_being_chosen(onnx_dir):
     assert gen.generate_ids(prompt, SamplingParams(max_tokens=4, temperature=0)) == [[]]
     (got,) = gen.generate_ids(prompt, SamplingParams(max_tokens=4, temperature=0, min_tokens=4))
     assert len(got) == 4 and first[0] not in got
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_kernel_bench_times_a_correct_weight_layout(bits):
+    """``bench kernels`` builds MatMulNBits weights by hand: they must mean what the bench says."""
+    import numpy as np
+
+    from lmforge.bench import kernel_bench
+
+    k, n, block = 96, 16, 32
+    sess = kernel_bench._session(k, n, bits, block, copies=1, threads=1)
+    packed, scales = kernel_bench.random_weights(k, n, bits, block, np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((1, k)).astype(np.float32)
+    expected = x @ kernel_bench.dequantize(packed, scales, k, bits).T
+    got = sess.run(None, {"x": x})[0]
+    # accuracy_level 4 rounds the activations to int8 per block: ~1% of the output's scale.
+    assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()
