@@ -162,6 +162,38 @@ def test_float_zero_points_become_integer_kernel_plus_exact_offsets():
         assert np.abs(fa - ref).max() <= 2e-2 * np.abs(ref).max()  # + 8-bit activation rounding
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_projections_of_one_input_merge_into_one_matmul(bits):
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    algo = (DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=8) if bits == 8
+            else HQQWeightOnlyQuantConfig(block_size=32, bits=4))
+    q = MatMulNBitsQuantizer(_two_projections(), algo_config=algo)
+    q.process()
+    separate = q.model.model
+    merged = onnx.ModelProto.FromString(separate.SerializeToString())
+    assert onnx_export.merge_shared_input_matmuls(merged) == 1
+    assert [n.op_type for n in merged.graph.node] == ["MatMulNBits", "Split"]
+    onnx.checker.check_model(merged)
+    x = np.random.default_rng(1).standard_normal((2, 3, 64)).astype(np.float32)
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    for a, b in zip(run(separate), run(merged)):
+        np.testing.assert_array_equal(a, b)
+    if bits == 4:  # float zero points: the offset rewrite applies to the merged node as to any other
+        fast = run(onnx_export.integer_kernel_with_offsets(merged))
+        for a, b in zip(run(separate), fast):
+            assert np.abs(a - b).max() <= 2e-2 * np.abs(a).max()
+
+
 def test_embedding_tables_become_int8_gathers():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
