@@ -27,7 +27,8 @@ SMOLLM2_SHAPES = {"q_o": (576, 576, 60), "k_v": (576, 192, 60), "gate_up": (576,
 class KernelBenchConfig:
     threads: int = 2
     bits: list[int] = dataclasses.field(default_factory=lambda: [8, 4])
-    block_size: dict = dataclasses.field(default_factory=lambda: {8: 64, 4: 32})  # what export uses
+    int8_block: int = 64  # block sizes: what export uses
+    int4_block: int = 32
     streamed_mb: int = 256  # weights per streamed graph: several times any CPU's last-level cache
     repeats: int = 5
     output: str | None = None
@@ -92,7 +93,7 @@ def run(cfg: KernelBenchConfig) -> dict:
     for name, (k, n, count) in SMOLLM2_SHAPES.items():
         row = {}
         for bits in cfg.bits:
-            block = cfg.block_size[bits]
+            block = cfg.int8_block if bits == 8 else cfg.int4_block
             weight_bytes = n * -(-k // block) * (block * bits // 8 + 4)
             streamed = max(1, cfg.streamed_mb * 2**20 // weight_bytes)
             row[f"int{bits}"] = {
