@@ -41,6 +41,7 @@ bench: setup
 	$(VENV)/bin/lmforge bench prepare output=runs/bench/prepare.json
 	$(VENV)/bin/lmforge bench train output=runs/bench/train.json
 	$(VENV)/bin/lmforge bench generate output=runs/bench/generate.json
+	$(VENV)/bin/lmforge bench kernels output=runs/bench/kernels.json
 
 lint: setup
 	$(VENV)/bin/ruff check platform tests

@@ -41,6 +41,7 @@ from lmforge.data.pii import redact
     ("SSN 123-45-6789였다.", "US_SSN"),
     ("키는 AKIAIOSFODNN7EXAMPLE입니다.", "SECRET"),
     ("Paris office +33 1 23 45 67 89.", "PHONE"),
+    ("담당자 메일 홍길동@example.com 으로 문의", "EMAIL"),
     ("OPENAI_API_KEY=sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD", "SECRET"),
     ("maps key AIzaSyA1234567890abcdefghijklmnopqrstuv in the page", "SECRET"),
     ("stripe sk_live_4eC39HqLyjWDarjtT1zdp7dc leaked", "SECRET"),

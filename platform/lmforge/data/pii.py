@@ -79,7 +79,9 @@ DETECTORS: list[tuple[str, re.Pattern, Callable[[str], bool] | None]] = [
     ("SECRET", _rx(r"\bsk-[A-Za-z0-9_-]{20,}|\bAIza[0-9A-Za-z_-]{35}\b|\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}\b"),
      None),
     ("SECRET", _rx(r"-----BEGIN (?:[A-Z ]+ )?PRIVATE KEY-----[\s\S]+?-----END (?:[A-Z ]+ )?PRIVATE KEY-----"), None),
-    ("EMAIL", _rx(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None),
+    # Local parts may be Hangul (RFC 6531 allows UTF-8): 홍길동@example.com.
+    ("EMAIL", _rx(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+\-\uac00-\ud7a3]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+                  r"\.[A-Za-z]{2,}\b"), None),
     ("CREDIT_CARD", _rx(_NOT_DIGIT_BEFORE + r"(?:\d[ -]?){12,18}\d" + _NOT_DIGIT_AFTER), _luhn_ok),
     ("KR_RRN", _rx(_NOT_DIGIT_BEFORE + r"\d{6}-?[1-8]\d{6}" + _NOT_DIGIT_AFTER), _rrn_ok),
     ("US_SSN", _rx(_NOT_DIGIT_BEFORE + r"\d{3}-\d{2}-\d{4}" + _NOT_DIGIT_AFTER), _ssn_ok),
