@@ -77,8 +77,9 @@ def _base_texts(n_en: int, n_ko: int) -> list[tuple[str, str]]:
 
 def _light_edit(text: str, rng: random.Random) -> str:
     """A lightly edited copy, edited one of the ways near-copies arise in real corpora: ~3% of the words
-    changed, two words changed (~8% of a short Korean paragraph), typos in ~1.5% of the characters, or
-    one sentence of six or more left out; plus a punctuation tweak."""
+    changed, two words changed (~8% of a short Korean paragraph), ~1.5% of the characters swapped with
+    their neighbour, or one sentence of six or more left out (fewer: words). Word edits also turn the
+    first full stop into "!"."""
     kind = rng.choice(["words", "two_words", "typos", "sentence"])
     if kind == "sentence":
         sentences = re.split(r"(?<=[.!?])\s+", text)
