@@ -115,3 +115,21 @@ def test_punctuation_is_not_an_edit_for_near_dedup_but_is_for_exact():
     sig = dedup.signatures([a, b], 120)
     assert dedup.estimated_jaccard(sig[0], sig[1]) == 1.0
     assert dedup.exact_key(a) != dedup.exact_key(b)
+
+
+def test_default_config_catches_two_changed_words_in_a_short_korean_paragraph():
+    """Why the defaults are 4-grams at 0.75: in a Korean paragraph of ~115 characters (the median of our
+    help-text prose) two changed words drop 5-gram Jaccard below 0.8; an unrelated paragraph stays far off."""
+    from lmforge.data.config import DedupConfig
+
+    cfg = DedupConfig()
+    ko = ("이 명령은 오류가 발생할 경우 현재 문서를 복원하는 데 필요한 정보를 저장합니다. 또한 크래시가 발생하면 "
+          "LibreOffice은(는) 열려 있는 모든 문서의 자동 복구 정보를 자동으로 저장합니다(가능한 경우).")
+    copy = ko.replace("발생할", "문서를", 1).replace("정보를", "명령은", 1)  # two words replaced by others
+    other = ("HTML은 SGML의 특수 응용 버전입니다. 즉 대부분의 웹 브라우저가 제한된 범위의 SGML 표준만을 지원하며, "
+             "SGML을 사용할 수 있는 거의 모든 시스템에서 사용하기 편리한 HTML 페이지를 만들 수 있습니다.")
+    assert jaccard(ko, copy, 5) < 0.8 <= jaccard(ko, copy, cfg.ngram)  # the old 5-gram setting missed it
+    sig = dedup.signatures([ko, copy, other], cfg.bands * cfg.rows, cfg.ngram, cfg.seed)
+    keys = dedup.band_keys(sig, cfg.bands, cfg.rows)
+    assert (keys[0] == keys[1]).any() and dedup.estimated_jaccard(sig[0], sig[1]) >= cfg.near_threshold
+    assert not (keys[0] == keys[2]).any() and dedup.estimated_jaccard(sig[0], sig[2]) < 0.2
