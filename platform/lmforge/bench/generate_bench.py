@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from lmforge import config as cfgmod
+from lmforge.bench import write_result
 
 PROMPT = "The history of the city of Seoul begins"
 
@@ -173,7 +174,4 @@ def run(cfg: GenerateBenchConfig) -> dict:
                     "ratios": "median over rounds of the two engines' decode tokens/s in the same round"}
     for batch in cfg.batches:
         result[f"batch_{batch}"] = _batch_row(cfg, hf, exports, batch)
-    if cfg.output:
-        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.output).write_text(json.dumps(result, indent=2))
-    return result
+    return write_result(result, cfg.output)

@@ -11,12 +11,12 @@ Run: ``lmforge bench kernels output=runs/bench/kernels.json``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
+
+from lmforge.bench import write_result
 
 # (K, N, count per decode step) for SmolLM2-135M: q, o; k, v; gate, up; down (x 30 layers); lm_head.
 SMOLLM2_SHAPES = {"q_o": (576, 576, 60), "k_v": (576, 192, 60), "gate_up": (576, 1536, 60),
@@ -107,7 +107,4 @@ def run(cfg: KernelBenchConfig) -> dict:
         # A decode step reads each weight once, so the streamed figure is the one a real model sees.
         result["decode_step_matmul_ms"][f"int{bits}"] = sum(
             s["per_step"] * s[f"int{bits}"]["streamed_us"] for s in result["shapes"].values()) / 1e3
-    if cfg.output:
-        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.output).write_text(json.dumps(result, indent=2))
-    return result
+    return write_result(result, cfg.output)

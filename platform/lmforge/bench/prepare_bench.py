@@ -27,6 +27,7 @@ from pathlib import Path
 
 from lmforge import config as cfgmod
 from lmforge import storage
+from lmforge.bench import write_result
 from lmforge.config import check
 
 
@@ -295,7 +296,4 @@ def run(cfg: PrepareBenchConfig) -> dict:
                 result["near_dedup"]["speedup_vs_datatrove"] = ours["docs_per_s"] / dt["docs_per_s"]
             except ImportError as e:
                 result["near_dedup"]["datatrove"] = f"not installed ({e.name}): pip install datatrove spacy"
-    if cfg.output:
-        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.output).write_text(json.dumps(result, indent=2))
-    return result
+    return write_result(result, cfg.output)

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from lmforge.bench import write_result
 from lmforge.config import check
 
 
@@ -141,10 +142,7 @@ def run(cfg: TrainBenchConfig) -> dict:
     if not cfg.gpu:
         result["ray"] = through_ray(cfg)
         result["ratio_ray_over_bare"] = result["ray"]["tokens_per_s"] / result["bare"]["tokens_per_s"]
-    if cfg.output:
-        with open(cfg.output, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return write_result(result, cfg.output)
 
 
 if __name__ == "__main__":  # a GPU box with only PyTorch: python -m lmforge.bench.train_bench gpu=true

@@ -299,6 +299,17 @@ def quantize_weights(fp32_path: Path, out_path: Path, bits: int, block_size: int
     return how
 
 
+def _readers(graph) -> Counter:
+    """How many nodes read each tensor: an initializer read once can be rewritten in place."""
+    return Counter(name for node in graph.node for name in node.input)
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
 def merge_shared_input_matmuls(model) -> int:
     """Merge the ``MatMulNBits`` nodes that read the same input with the same quantization (a layer's q, k
     and v; gate and up) into one node over the weights concatenated along N, then ``Split`` the result.
@@ -313,18 +324,18 @@ def merge_shared_input_matmuls(model) -> int:
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     named = Counter(node.name for node in graph.node)  # nodes are replaced by name: it must be unique
-    used = Counter(name for node in graph.node for name in node.input)  # weights are moved: read once only
+    readers = _readers(graph)  # weights are moved: only those read by their node alone
     groups: dict[tuple, list] = {}
     for node in graph.node:
         if (node.op_type == "MatMulNBits" and node.name and named[node.name] == 1
-                and all(name in inits and used[name] == 1 for name in node.input[1:])):
-            attrs = tuple(sorted((a.name, helper.get_attribute_value(a)) for a in node.attribute if a.name != "N"))
+                and all(name in inits and readers[name] == 1 for name in node.input[1:])):
+            attrs = tuple(sorted((k, v) for k, v in _attrs(node).items() if k != "N"))
             groups.setdefault((node.input[0], len(node.input), attrs), []).append(node)
     replacement: dict[str, list] = {}  # first member's name -> the merged node and its Split
     for (x, _, attrs), members in groups.items():
         if len(members) < 2:
             continue
-        widths = [next(helper.get_attribute_value(a) for a in m.attribute if a.name == "N") for m in members]
+        widths = [_attrs(m)["N"] for m in members]
         name = f"{members[0].name}/merged"
         tensors = [numpy_helper.from_array(np.concatenate([numpy_helper.to_array(inits[m.input[j]]) for m in members]),
                                            f"{name}/input_{j}") for j in range(1, len(members[0].input))]
@@ -358,20 +369,16 @@ def quantize_embeddings(model, block_size: int = 32) -> int:
     with a scale per 32 values is llama.cpp's Q8_0, which is how SmolLM2's GGUF stores this table, so
     there it is lossless; a decode step gathers one row, so speed is unchanged.
     """
-    import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    users: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
+    readers = _readers(graph)
     replaced = 0
     for i, node in enumerate(graph.node):
         table = inits.get(node.input[0]) if node.op_type == "Gather" and node.input else None
-        if (table is None or users[table.name] != 1 or len(table.dims) != 2 or table.dims[1] % block_size
+        if (table is None or readers[table.name] != 1 or len(table.dims) != 2 or table.dims[1] % block_size
                 or table.data_type != onnx.TensorProto.FLOAT
                 or any(a.name == "axis" and a.i != 0 for a in node.attribute)):
             continue
@@ -408,7 +415,6 @@ def integer_kernel_with_offsets(model, accuracy_level: int = 4):
     reading the same ``x``) with ``C = s (8 - z)``, ``[K/block, N]``. Same weights, same model; only
     the integer kernel's 8-bit activation rounding is new (as for int8).
     """
-    import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
@@ -416,7 +422,7 @@ def integer_kernel_with_offsets(model, accuracy_level: int = 4):
     inits = {i.name: i for i in graph.initializer}
     nodes, new_inits, block_sums = [], [], {}
     for node in graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = _attrs(node)
         has_float_zp = (node.op_type == "MatMulNBits" and len(node.input) > 3 and node.input[3] in inits
                         and inits[node.input[3]].data_type == onnx.TensorProto.FLOAT)
         if not has_float_zp or attrs["K"] % attrs["block_size"]:
