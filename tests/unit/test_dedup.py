@@ -53,9 +53,17 @@ def test_band_keys_equal_only_where_bands_equal():
     assert np.array_equal(dedup.band_keys(np.stack([sig, other]), 20, 6), np.stack([a, b]))  # batched
 
 
-def test_banding_probability_for_default_shape():
-    assert dedup.candidate_probability(0.8, 20, 6) > 0.99
-    assert dedup.candidate_probability(0.3, 20, 6) < 0.02
+def candidate_probability(jaccard: float, bands: int, rows: int) -> float:
+    """Chance LSH pairs two documents of this Jaccard similarity: 1 - (1 - J^r)^b."""
+    return 1.0 - (1.0 - jaccard**rows) ** bands
+
+
+def test_banding_of_the_default_config_pairs_its_threshold():
+    from lmforge.data.config import DedupConfig
+
+    cfg = DedupConfig()
+    assert candidate_probability(cfg.near_threshold, cfg.bands, cfg.rows) > 0.99
+    assert candidate_probability(0.3, cfg.bands, cfg.rows) < 0.06
 
 
 def test_clusters_verify_candidates_and_keep_the_smallest_order():

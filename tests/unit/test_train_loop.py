@@ -10,6 +10,7 @@ from lmforge.model import presets
 from lmforge.train import data as tdata
 from lmforge.train import loop
 from lmforge.train.config import TrainConfig
+from lmforge.train.data import Rows
 
 
 def tiny_model(vocab=64, seq=16):
@@ -38,11 +39,13 @@ def test_weight_decay_only_on_matrices():
 def test_pads_are_masked_out_of_labels():
     ids = torch.tensor([[5, 6, 2, 0, 0]])
     assert loop.labels_for(ids, pad_id=0).tolist() == [[5, 6, 2, -100, -100]]
+    mask = torch.tensor([[0, 1, 1, 1, 1]])
+    assert loop.labels_for(ids, pad_id=0, loss_mask=mask).tolist() == [[-100, 6, 2, -100, -100]]
 
 
 def test_fit_learns_a_repeating_pattern():
     model = tiny_model()
-    rows = torch.tensor([[1] + [3 + (i % 5) for i in range(15)]] * 32)
+    rows = Rows(torch.tensor([[1] + [3 + (i % 5) for i in range(15)]] * 32))
     cfg = TrainConfig(max_steps=40, micro_batch_size=8, lr=1e-2, warmup_steps=5, log_every=10, eval_every=20,
                       eval_batches=2)
     with torch.no_grad():
@@ -56,7 +59,7 @@ def test_fit_learns_a_repeating_pattern():
 
 
 def test_grad_accumulation_matches_one_big_batch():
-    rows = torch.randint(3, 64, (8, 16))
+    rows = Rows(torch.randint(3, 64, (8, 16)))
     cfg = TrainConfig(grad_clip=0.0)
     grads = []
     for micro in ([rows], [rows[:4], rows[4:]]):
@@ -68,12 +71,13 @@ def test_grad_accumulation_matches_one_big_batch():
 
 
 def test_workers_get_disjoint_shards_and_batches_reshuffle():
-    rows = torch.arange(20).unsqueeze(1)
+    rows = Rows(torch.arange(20).unsqueeze(1), torch.arange(20).unsqueeze(1) % 2)
     shards = [tdata.shard(rows, r, 2) for r in range(2)]
-    assert set(shards[0].flatten().tolist()).isdisjoint(shards[1].flatten().tolist())
+    assert set(shards[0].input_ids.flatten().tolist()).isdisjoint(shards[1].input_ids.flatten().tolist())
     it = tdata.batches(shards[0], 5, seed=1)
     epoch1, epoch2 = next(it), next(it)
-    assert sorted(torch.cat([epoch1, epoch2]).flatten().tolist()) == list(range(0, 20, 2))
+    assert sorted(torch.cat([epoch1.input_ids, epoch2.input_ids]).flatten().tolist()) == list(range(0, 20, 2))
+    assert torch.equal(epoch1.loss_mask, epoch1.input_ids % 2)  # the mask travels with its rows
     with pytest.raises(ValueError, match="micro_batch_size"):
         next(tdata.batches(rows[:2], 5, seed=0))
 
@@ -89,7 +93,7 @@ def test_resuming_from_a_checkpoint_continues_exactly():
     """10 steps + checkpoint + 10 resumed steps == 20 uninterrupted steps (weights, data position, schedule)."""
     import copy
 
-    rows = torch.randint(3, 64, (40, 16))
+    rows = Rows(torch.randint(3, 64, (40, 16)))
     cfg = TrainConfig(max_steps=20, micro_batch_size=4, grad_accum_steps=2, lr=1e-2, warmup_steps=3, log_every=5,
                       eval_every=5, checkpoint_every=10, eval_batches=1)
     cpu = torch.device("cpu")
@@ -122,8 +126,8 @@ def test_resuming_from_a_checkpoint_continues_exactly():
 
 def test_early_stopping_after_patience_evaluations():
     model = tiny_model()
-    rows = torch.randint(3, 64, (16, 16))
-    val = torch.randint(3, 64, (8, 16))  # unrelated data: val loss soon stops improving at lr 5e-2
+    rows = Rows(torch.randint(3, 64, (16, 16)))
+    val = Rows(torch.randint(3, 64, (8, 16)))  # unrelated data: val loss soon stops improving at lr 5e-2
     cfg = TrainConfig(max_steps=200, micro_batch_size=4, lr=5e-2, warmup_steps=0, eval_every=5, log_every=5,
                       patience=2, checkpoint_every=1000, eval_batches=2)
     checkpoints = []
@@ -137,14 +141,14 @@ def test_early_stopping_after_patience_evaluations():
 def test_bare_runs_prune_checkpoints_like_ray_train(tmp_path):
     import json
 
-    from lmforge.train.pretrain import _to_prune
+    from lmforge.train.checkpoint import to_prune
 
     for step, val in ((10, 3.0), (20, 2.0), (30, 2.5), (40, None)):
         d = tmp_path / f"step_{step:06d}"
         d.mkdir()
         history = [{"step": step, "loss": 1.0}] + ([{"step": step, "val_loss": val}] if val else [])
         (d / "state.json").write_text(json.dumps({"history": history}))
-    pruned = [p.name for p in _to_prune(tmp_path, keep=2)]
+    pruned = [p.name for p in to_prune(tmp_path, keep=2)]
     assert pruned == ["step_000010"]  # 20 and 30 are the best two; 40 is the newest
 
 

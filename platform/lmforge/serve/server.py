@@ -37,8 +37,10 @@ def start(cfg: ServeConfig) -> str:
     """Deploy the app on the connected Ray cluster and wait until it answers; returns its base URL."""
     from ray import serve
 
+    from lmforge.cluster.session import keep_ray_logs_off_terminal
     from lmforge.serve.app import build_app
 
+    keep_ray_logs_off_terminal("ray.serve")
     check_model_dir(cfg.model)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
@@ -99,3 +101,20 @@ def run(cfg: ServeConfig) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def answer_prompts(cfg: ServeConfig, recipe) -> list[dict]:
+    """A recipe's ``serve`` stage: start the server, complete each of the recipe's prompts over HTTP,
+    print it, and shut the server down."""
+    url = start(cfg)
+    key = cfg.serve.api_keys[0] if cfg.serve.api_keys else None
+    out = []
+    try:
+        for prompt in recipe.prompts:
+            resp = complete(url, prompt, recipe.max_tokens, recipe.temperature, recipe.top_p, recipe.seed, api_key=key)
+            text = resp["choices"][0]["text"]
+            out.append({"prompt": prompt, "completion": text})
+            print(f"\n>>> {prompt}\n{prompt}{text}", flush=True)
+    finally:
+        stop()
+    return out

@@ -1,18 +1,18 @@
-"""Config of the ``pretrain`` stage (keys named in DESIGN.md are part of the contract)."""
+"""Config of the ``pretrain`` stage, and what a training worker is handed (:class:`WorkerSpec`)."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Literal
 
-from lmforge.cluster.session import RayConfig
+from lmforge.cluster.config import RayConfig
 from lmforge.config import check
 from lmforge.model.presets import PRESETS
 
 
 @dataclasses.dataclass(kw_only=True)
 class ModelConfig:
-    preset: str = "tiny"
+    preset: str = "tiny"  # tiny | mini | small | 20m | 125m | 350m | 1b (Llama-style, lmforge.model.presets)
     init_from: str | None = None  # an HF model dir to continue from instead of a fresh preset
 
     def __post_init__(self):
@@ -21,31 +21,31 @@ class ModelConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class TrainConfig:
-    max_steps: int = 200
+    max_steps: int = 200  # optimizer steps
     micro_batch_size: int = 16  # rows per worker per forward pass
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
     # When set, grad_accum_steps is derived: the smallest number of micro-batches over all workers that
     # reaches this many tokens per optimizer step (micro_batch_size x seq_len x workers per micro-step).
     global_batch_tokens: int | None = None
-    lr: float = 3e-3
+    lr: float = 3e-3  # peak learning rate (AdamW)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    seed: int = 0
+    warmup_steps: int = 20  # linear warmup from 0 to lr
+    weight_decay: float = 0.1  # on weight matrices only
+    beta1: float = 0.9  # AdamW
+    beta2: float = 0.95  # AdamW
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    seed: int = 0  # model init and data order
     num_workers: int = 1  # Ray Train workers; 0 runs the same loop in this process without Ray
-    use_gpu: bool = False
+    use_gpu: bool = False  # one GPU per worker; nccl, bf16 autocast
     # ddp: every worker holds the whole model. fsdp: FSDP2 (fully_shard per decoder layer + root), for
     # models whose weights + optimizer state do not fit one device; bf16 params / fp32 reduce on GPU.
     strategy: Literal["ddp", "fsdp"] = "ddp"
     cpus_per_worker: float | None = None  # default: an equal share of the cluster, at most 1
-    eval_every: int = 50
-    eval_batches: int = 20
-    log_every: int = 10
+    eval_every: int = 50  # steps between validation runs
+    eval_batches: int = 20  # validation micro-batches per run
+    log_every: int = 10  # steps between metrics rows (metrics.jsonl, TensorBoard, the log)
     patience: int = 0  # early stop after this many evaluations without a new best val_loss; 0 = off
-    checkpoint_every: int = 100
+    checkpoint_every: int = 100  # steps between checkpoints (also one at the end and at an early stop)
     checkpoint_dir: str | None = None  # local dir or s3://bucket/prefix; default <output>/checkpoints
     keep_checkpoints: int = 3  # the best by val_loss are kept; the newest always is, for resume
     resume: Literal["auto", "never"] = "auto"  # auto: continue from the newest checkpoint if any
@@ -68,12 +68,36 @@ class TrainConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class PretrainConfig:
-    data: str  # a prepare output dir
-    output: str
+    data: str  # a prepare output dir (its train/ and val/ rows, manifest.json, tokenizer/)
+    output: str  # model/ (best by val_loss), checkpoints/, metrics.jsonl, loss.png, summary.json
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
-    force: bool = False
+    force: bool = False  # start over (checkpoints wiped) even when output holds a finished run
+
+
+@dataclasses.dataclass(kw_only=True)
+class WorkerSpec:
+    """Everything a training worker needs, as plain values (it is shipped to Ray Train workers).
+
+    The data are token rows, not a particular stage's output: parquet files with ``input_ids`` (every row
+    ``seq_len`` ids) and optionally ``loss_mask`` (1 where the token is a training target, 0 where it is
+    context only, such as a fine-tuning prompt). Pads never count.
+    """
+
+    train_rows: str  # dir of parquet parts
+    val_rows: str
+    seq_len: int
+    pad_id: int | None
+    tokenizer: str  # HF tokenizer dir, saved beside every checkpoint's model
+    # the model to train: an HF dir, or a preset sized by vocab_size / seq_len / special_tokens
+    init_from: str | None = None
+    preset: str = "tiny"
+    vocab_size: int = 0
+    special_tokens: dict[str, int] = dataclasses.field(default_factory=dict)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    checkpoint_root: str  # local dir or s3:// prefix; checkpoints land in <root>/checkpoints/step_N
+    stage: str = "train"  # the name in log lines
 
 
 def accumulation_steps(cfg: TrainConfig, seq_len: int, world_size: int) -> int:

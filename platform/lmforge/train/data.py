@@ -1,8 +1,13 @@
-"""Reading packed ``prepare`` shards for training: each worker gets a distinct slice of the rows."""
+"""Token rows for training: ``input_ids`` plus an optional ``loss_mask``, sharded and batched per worker.
+
+A rows dir holds parquet parts with ``input_ids`` (each row exactly ``seq_len`` ids) and, optionally,
+``loss_mask`` (1 where a token is a training target, 0 where it is context only: a fine-tuning prompt).
+Pretraining reads ``prepare``'s packed ``train/`` and ``val/``; fine-tuning writes its own.
+"""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,29 +16,49 @@ import pyarrow.parquet as pq
 import torch
 
 
-def load_rows(split_dir: str | Path) -> torch.Tensor:
-    """All packed rows of one split as a ``[N, seq_len]`` int64 tensor (empty if the split is)."""
+@dataclasses.dataclass
+class Rows:
+    """``input_ids`` ``[N, T]`` and an optional ``loss_mask`` of the same shape (1 = a target token)."""
+
+    input_ids: torch.Tensor
+    loss_mask: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, index) -> Rows:
+        return Rows(self.input_ids[index], None if self.loss_mask is None else self.loss_mask[index])
+
+    def to(self, device: torch.device) -> Rows:
+        mask = None if self.loss_mask is None else self.loss_mask.to(device, non_blocking=True)
+        return Rows(self.input_ids.to(device, non_blocking=True), mask)
+
+
+def _column(table, name: str, dtype) -> torch.Tensor:
+    col = table.column(name).combine_chunks()
+    values = col.values.to_numpy(zero_copy_only=False)
+    return torch.from_numpy(values.astype(dtype).reshape(len(col), -1))
+
+
+def load_rows(split_dir: str | Path) -> Rows:
+    """Every row of one rows dir (empty ``[0, 0]`` when it has none)."""
     files = sorted(Path(split_dir).glob("*.parquet"))
     if not files:
-        return torch.zeros((0, 0), dtype=torch.long)
-    col = pq.read_table(files, columns=["input_ids"]).column("input_ids").combine_chunks()
-    values = col.values.to_numpy(zero_copy_only=False)
-    return torch.from_numpy(values.astype(np.int64).reshape(len(col), -1))
+        return Rows(torch.zeros((0, 0), dtype=torch.long))
+    names = pq.read_schema(files[0]).names
+    table = pq.read_table(files, columns=[c for c in ("input_ids", "loss_mask") if c in names])
+    if table.num_rows == 0:
+        return Rows(torch.zeros((0, 0), dtype=torch.long))
+    mask = _column(table, "loss_mask", np.int64) if "loss_mask" in names else None
+    return Rows(_column(table, "input_ids", np.int64), mask)
 
 
-def read_manifest(data_dir: str | Path) -> dict:
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"data: {data_dir} is not a prepare output (no manifest.json)")
-    return json.loads(path.read_text())
-
-
-def shard(rows: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+def shard(rows: Rows, rank: int, world_size: int) -> Rows:
     """Worker ``rank``'s rows: every ``world_size``-th row, so workers never share data."""
     return rows[rank::world_size]
 
 
-def batches(rows: torch.Tensor, batch_size: int, seed: int, start: int = 0) -> Iterator[torch.Tensor]:
+def batches(rows: Rows, batch_size: int, seed: int, start: int = 0) -> Iterator[Rows]:
     """Endless shuffled micro-batches, reshuffled each epoch with a seeded generator.
 
     ``start`` skips that many micro-batches without touching them: the data position of a resumed run,

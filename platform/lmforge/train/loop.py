@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from lmforge.train.config import TrainConfig
+from lmforge.train.data import Rows
 
 IGNORE_INDEX = -100  # labels the loss skips (HF convention)
 
@@ -42,16 +43,28 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
                              fused=torch.cuda.is_available() and next(model.parameters()).is_cuda)
 
 
-def labels_for(input_ids: torch.Tensor, pad_id: int | None) -> torch.Tensor:
-    """Next-token labels: the inputs themselves (HF shifts them), pads masked out of the loss."""
+def labels_for(input_ids: torch.Tensor, pad_id: int | None, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token labels: the inputs themselves (HF shifts them); pads, and tokens the loss mask marks
+    as context only, are left out of the loss."""
     labels = input_ids.clone()
     if pad_id is not None:
         labels[input_ids == pad_id] = IGNORE_INDEX
+    if loss_mask is not None:
+        labels[loss_mask == 0] = IGNORE_INDEX
     return labels
 
 
-def loss_on(model: torch.nn.Module, input_ids: torch.Tensor, pad_id: int | None) -> torch.Tensor:
-    return model(input_ids=input_ids, labels=labels_for(input_ids, pad_id)).loss
+def loss_on(model: torch.nn.Module, rows: Rows, pad_id: int | None) -> torch.Tensor:
+    """Mean next-token loss over the target tokens of ``rows``."""
+    labels = labels_for(rows.input_ids, pad_id, rows.loss_mask)
+    if not (labels[:, 1:] != IGNORE_INDEX).any():  # no target at all: HF would return 0/0
+        return model(input_ids=rows.input_ids).logits.sum() * 0.0  # zero, with every weight in the graph
+    return model(input_ids=rows.input_ids, labels=labels).loss
+
+
+def real_tokens(rows: Rows, pad_id: int | None) -> int:
+    """Tokens the model reads in ``rows`` (pads excluded): what tokens_per_s counts."""
+    return int((rows.input_ids != pad_id).sum()) if pad_id is not None else rows.input_ids.numel()
 
 
 @dataclass
@@ -61,7 +74,7 @@ class StepResult:
     tokens: int  # real (non-pad) tokens this worker trained on in the step
 
 
-def train_step(model, optimizer, micro_batches: list[torch.Tensor], cfg: TrainConfig,
+def train_step(model, optimizer, micro_batches: list[Rows], cfg: TrainConfig,
                pad_id: int | None, autocast: contextlib.AbstractContextManager) -> StepResult:
     """One optimizer step over ``len(micro_batches)`` accumulated micro-batches."""
     optimizer.zero_grad(set_to_none=True)
@@ -74,7 +87,7 @@ def train_step(model, optimizer, micro_batches: list[torch.Tensor], cfg: TrainCo
         with sync:
             loss.backward()
         total += loss.item()
-        tokens += int((batch != pad_id).sum()) if pad_id is not None else batch.numel()
+        tokens += real_tokens(batch, pad_id)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor over all shards
     optimizer.step()
@@ -82,7 +95,7 @@ def train_step(model, optimizer, micro_batches: list[torch.Tensor], cfg: TrainCo
 
 
 @torch.no_grad()
-def evaluate(model, rows: torch.Tensor, batch_size: int, max_batches: int, pad_id: int | None,
+def evaluate(model, rows: Rows, batch_size: int, max_batches: int, pad_id: int | None,
              device: torch.device, autocast: contextlib.AbstractContextManager) -> float | None:
     """Mean loss over up to ``max_batches`` validation batches (in order), averaged over workers."""
     was_training = model.training
@@ -117,7 +130,7 @@ class TrainState:
         return False
 
 
-def fit(model, batches: Iterator[torch.Tensor], val_rows: torch.Tensor, cfg: TrainConfig, *,
+def fit(model, batches: Iterator[Rows], val_rows: Rows, cfg: TrainConfig, *,
         pad_id: int | None, device: torch.device, world_size: int = 1,
         optimizer: torch.optim.Optimizer | None = None, state: TrainState | None = None,
         flops_per_token: float | None = None, peak_flops: float | None = None,
@@ -138,7 +151,7 @@ def fit(model, batches: Iterator[torch.Tensor], val_rows: torch.Tensor, cfg: Tra
         step = state.step
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        micro = [next(batches).to(device, non_blocking=True) for _ in range(cfg.grad_accum_steps)]
+        micro = [next(batches).to(device) for _ in range(cfg.grad_accum_steps)]
         result = train_step(model, optimizer, micro, cfg, pad_id, autocast)
         state.step = done = step + 1
         window_tokens += result.tokens * world_size

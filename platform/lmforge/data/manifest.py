@@ -1,0 +1,40 @@
+"""``manifest.json`` of a prepare output: the document ledger's counts, PII, tokens and tokenizer facts.
+
+Other stages read a prepared dir through :func:`read`; ``input == kept + sum(dropped) + quarantined``
+always holds, so no document is lost without a count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from lmforge.data.tokenizer import BOS, EOS, PAD
+
+
+def build(stats: dict, tok, seq_len: int, files: list[str]) -> dict:
+    """The manifest from the summed write-pass counts (:func:`lmforge.data.outputs.sum_stats`)."""
+    counts, tokens = stats["reasons"], stats["tokens"]
+    quarantine = {r: n for r, n in sorted(counts.items()) if r.startswith("quarantine:")}
+    dropped = {r: n for r, n in sorted(counts.items()) if r and not r.startswith("quarantine:")}
+    return {
+        "documents": {"input": sum(counts.values()), "kept": counts.get("", 0), "dropped": dropped,
+                      "quarantined": sum(quarantine.values()), "quarantine_reasons": quarantine},
+        "pii": {t: n for t, n in sorted(stats["pii"].items()) if n},
+        "tokens": {s: tokens[s]["tokens"] for s in tokens},
+        "rows": {s: tokens[s]["rows"] for s in tokens},
+        "seq_len": seq_len,
+        "vocab_size": tok.get_vocab_size(),
+        "special_tokens": {"pad": tok.token_to_id(PAD), "bos": tok.token_to_id(BOS), "eos": tok.token_to_id(EOS)},
+        "inputs": files,
+        "tokenizer_sha256": hashlib.sha256(tok.to_str().encode()).hexdigest(),
+    }
+
+
+def read(data_dir: str | Path) -> dict:
+    """The manifest of a prepare output, with a clear error when ``data_dir`` is not one."""
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"data: {data_dir} is not a prepare output (no manifest.json)")
+    return json.loads(path.read_text())

@@ -1,0 +1,100 @@
+"""What ``prepare`` writes, batch by batch: kept documents, rejected rows, packed train/val rows.
+
+:func:`finalize_batch` is the body of prepare's one write pass (a Ray Data batch function, plain
+pyarrow here): it marks the duplicates the global dedup chose, writes the batch's parquet parts and
+returns its counts, which :func:`sum_stats` adds up for the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from lmforge.data import report
+from lmforge.data.curate import PII_COLUMNS
+from lmforge.data.packing import PACKED_SCHEMA, tokenize_and_pack
+
+# Every parquet output of the stage: its directory and columns.
+OUTPUT_SCHEMAS = {
+    "documents": pa.schema([("id", pa.string()), ("source", pa.string()), ("text", pa.string())]),
+    "rejected": pa.schema([("id", pa.string()), ("reason", pa.string()), ("duplicate_of", pa.string()),
+                           ("source", pa.string()), ("raw", pa.binary())]),
+    "train": PACKED_SCHEMA,
+    "val": PACKED_SCHEMA,
+}
+OUTPUT_DIRS = tuple(OUTPUT_SCHEMAS)
+
+
+def finalize_batch(batch: pa.Table, marks: dict, tokenizer_json: str, seq_len: int, val_fraction: float,
+                   out: str) -> pa.Table:
+    """Mark the duplicates dedup chose, write this batch's kept documents, rejected rows and packed
+    train/val rows as parquet parts named by the batch's first record, and return its counts as one
+    JSON row. Part names are stable, so a re-run writes the same files."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not batch.num_rows:
+        return pa.table({"stats": pa.array([], pa.string())})
+    batch = apply_marks(batch, marks)
+    name = f"part-{pc.min(batch.column('order')).as_py():016x}.parquet"
+    is_kept = pc.equal(batch.column("reason"), "")
+    kept, rejected = batch.filter(is_kept), batch.filter(pc.invert(is_kept))
+    texts, ids = kept.column("text").to_pylist(), kept.column("id").to_pylist()
+    tables = {"documents": kept.select(OUTPUT_SCHEMAS["documents"].names),
+              "rejected": rejected.select(OUTPUT_SCHEMAS["rejected"].names),
+              **tokenize_and_pack(texts, ids, tokenizer_json, seq_len, val_fraction)}
+    for sub, table in tables.items():
+        if table.num_rows:
+            pq.write_table(table, f"{out}/{sub}/{name}")
+    stats = {
+        "reasons": Counter(batch.column("reason").to_pylist()),
+        "pii": {c.removeprefix("pii_"): pc.sum(kept.column(c)).as_py() or 0 for c in PII_COLUMNS},
+        "lengths": report.length_histogram(np.array([len(t.split()) for t in texts])).tolist(),
+        "tokens": {split: {"rows": tables[split].num_rows,
+                           "tokens": pc.sum(tables[split].column("n_tokens")).as_py() or 0}
+                   for split in ("train", "val")},
+    }
+    return pa.table({"stats": [json.dumps(stats)]})
+
+
+def apply_marks(batch: pa.Table, marks: dict) -> pa.Table:
+    """Set reason/duplicate_of of the documents dedup chose to drop; add the ``duplicate_of`` column."""
+    reasons = batch.column("reason").to_pylist()
+    dup_of = [""] * batch.num_rows
+    for i, order in enumerate(batch.column("order").to_pylist()):
+        if order in marks:
+            reasons[i], dup_of[i] = marks[order]
+    batch = batch.set_column(batch.column_names.index("reason"), "reason", pa.array(reasons, pa.string()))
+    return batch.append_column("duplicate_of", pa.array(dup_of, pa.string()))
+
+
+def sum_stats(rows: list[dict]) -> dict:
+    """The per-batch JSON counts of :func:`finalize_batch`, added up."""
+    total = {"reasons": Counter(), "pii": Counter(), "lengths": np.zeros(len(report.LENGTH_BINS) - 1, np.int64),
+             "tokens": {"train": Counter(), "val": Counter()}}
+    for row in rows:
+        part = json.loads(row["stats"])
+        total["reasons"].update(part["reasons"])
+        total["pii"].update(part["pii"])
+        total["lengths"] += np.array(part["lengths"], np.int64)
+        for split in ("train", "val"):
+            total["tokens"][split].update(part["tokens"][split])
+    return total
+
+
+def make_dirs(out: Path) -> None:
+    for sub in OUTPUT_DIRS:
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+
+def write_empty_parts(out: Path) -> None:
+    """A split or table with no rows still gets one empty part with its schema, so readers work."""
+    import pyarrow.parquet as pq
+
+    for sub, schema in OUTPUT_SCHEMAS.items():
+        if not any((out / sub).glob("*.parquet")):
+            pq.write_table(schema.empty_table(), str(out / sub / "part-empty.parquet"))

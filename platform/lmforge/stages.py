@@ -1,0 +1,76 @@
+"""The one registry of lmforge's stages. The CLI, ``lmforge run`` recipes and their help read it.
+
+A stage is a config class and a function ``run(config) -> output``, both named here by import path so
+that ``lmforge <stage> --help`` imports nothing heavier than the config. In a recipe a stage writes to
+``<recipe output>/<subdir>`` and its ``inputs`` are wired from the outputs of the stages before it.
+Adding a stage is its own package plus one entry below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+    """A config key that a recipe fills from an earlier stage's output, unless the recipe sets it."""
+
+    key: str  # dotted key in this stage's config, e.g. "data" or "model"
+    sources: tuple[tuple[str, str], ...]  # (stage, path below its output), the first the recipe runs wins
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    summary: str  # one line, for `lmforge --help` and the stage's own help
+    config: str  # "module:ConfigClass"
+    run: str  # "module:function": run(config) -> the output dir (or a result to print)
+    subdir: str | None = None  # where the stage writes in a recipe; None: not a recipe stage
+    inputs: tuple[Input, ...] = ()
+    # In a recipe, called as fn(config, recipe) instead of `run` (serve: start, answer the prompts, stop).
+    recipe_run: str | None = None
+    # `--dry-run` prints fn(config) instead of the config itself (a recipe shows every stage resolved).
+    dry_run: str | None = None
+
+    def config_class(self) -> type:
+        return load(self.config)
+
+    def run_fn(self) -> Callable[..., Any]:
+        return load(self.run)
+
+
+def load(target: str) -> Any:
+    """``"package.module:name"`` -> the object, imported only now."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+_MODEL_FROM_TRAINING = Input("model", (("pretrain", "model"), ("import", "")))
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("prepare", "corpus files -> cleaned, deduplicated, PII-redacted documents, a BPE tokenizer and packed "
+          "train/val shards (Ray Data)",
+          "lmforge.data.config:PrepareConfig", "lmforge.data.prepare:run", subdir="data"),
+    Stage("pretrain", "train a Llama-style model on prepared shards (Ray Train: DDP or FSDP2, checkpoints, resume)",
+          "lmforge.train.config:PretrainConfig", "lmforge.train.pretrain:run", subdir="train",
+          inputs=(Input("data", (("prepare", ""),)),)),
+    Stage("import", "an HF model dir or a .gguf file -> an HF model dir that every other stage takes",
+          "lmforge.model.config:ImportConfig", "lmforge.model.importer:run", subdir="import"),
+    Stage("export", "HF model dir -> ONNX with KV cache (fp32, int8, int4, fp16), parity-checked against PyTorch",
+          "lmforge.export.config:ExportConfig", "lmforge.export.onnx_export:run", subdir="onnx",
+          inputs=(_MODEL_FROM_TRAINING,)),
+    Stage("serve", "OpenAI-compatible HTTP API on Ray Serve and onnxruntime (foreground until Ctrl-C)",
+          "lmforge.serve.config:ServeConfig", "lmforge.serve.server:run", subdir="",
+          inputs=(Input("model", (("export", ""),)),), recipe_run="lmforge.serve.server:answer_prompts"),
+    Stage("run", "a recipe: several stages in order in one Ray session (e.g. jobs/quickstart.yaml)",
+          "lmforge.recipe.config:RecipeConfig", "lmforge.recipe.runner:run",
+          dry_run="lmforge.recipe.runner:resolved_dict"),
+)}
+
+
+def recipe_stages() -> list[Stage]:
+    """The stages a recipe can hold, in registry order."""
+    return [s for s in STAGES.values() if s.subdir is not None]

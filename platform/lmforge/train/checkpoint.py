@@ -1,0 +1,128 @@
+"""Checkpoint I/O, local or ``s3://``: list, pick the best, prune, write, read back. No Ray here.
+
+A checkpoint is a dir ``<root>/checkpoints/step_<N>/`` holding ``model/`` (an HF dir with the
+tokenizer), ``optimizer.pt``, ``rng.pt`` and ``state.json`` (the loop state: step, data position,
+metrics history, best val_loss). Under Ray Train, Ray persists and registers it; bare runs write it
+here under a temporary name and rename it into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge import storage
+
+RUN_NAME = "checkpoints"  # checkpoints land in <checkpoint root>/checkpoints/step_N (Ray Train's run name)
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def step_of(path: str | Path) -> int:
+    return int(str(path).rstrip("/").rsplit("_", 1)[1])
+
+
+def list_checkpoints(root: str) -> list[str]:
+    """Checkpoint dirs (``.../step_N``) under a root, oldest first; local or s3."""
+    from pyarrow import fs as pafs
+
+    filesystem, path = storage.filesystem(f"{root}/{RUN_NAME}")
+    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    dirs = [i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("step_")]
+    prefix = "s3://" if root.startswith("s3://") else ""
+    return [prefix + d for d in sorted(dirs)]
+
+
+def wipe(root: str) -> None:
+    """Delete every checkpoint under ``root`` (a run that starts over)."""
+    filesystem, path = storage.filesystem(f"{root}/{RUN_NAME}")
+    filesystem.delete_dir_contents(path, missing_dir_ok=True)
+
+
+def local_copy(ckpt_uri: str, dest: Path) -> Path:
+    """A checkpoint as a local dir: local ones are read in place, s3 ones downloaded to ``dest``."""
+    from pyarrow import fs as pafs
+
+    if ckpt_uri.startswith("s3://"):
+        filesystem, path = storage.filesystem(ckpt_uri)
+        pafs.copy_files(path, str(dest), source_filesystem=filesystem)
+        return dest
+    return Path(ckpt_uri)
+
+
+def last_val_loss(history: list[dict]) -> float:
+    return next((r["val_loss"] for r in reversed(history) if "val_loss" in r), float("inf"))
+
+
+def best(ckpts: list[str], history: list[dict]) -> str:
+    """The kept checkpoint with the lowest val_loss at its step (the newest when none was evaluated)."""
+    val_at = {r["step"]: r["val_loss"] for r in history if "val_loss" in r}
+    scored = [(val_at[step_of(c)], c) for c in ckpts if step_of(c) in val_at]
+    return min(scored)[1] if scored else ckpts[-1]
+
+
+def to_prune(root: Path, keep: int) -> list[Path]:
+    """Ray Train's policy, for bare runs: keep the ``keep`` best by val_loss, and always the newest."""
+    steps = sorted(p for p in root.iterdir() if p.name.startswith("step_"))
+
+    def val_loss(step_dir: Path) -> float:
+        return last_val_loss(json.loads((step_dir / "state.json").read_text()).get("history", []))
+
+    kept = set(sorted(steps, key=val_loss)[:keep]) | set(steps[-1:])
+    return [p for p in steps if p not in kept]
+
+
+def save_local(tmp: Path, root: str, name: str, keep: int) -> None:
+    """Without Ray: copy into place under a temporary name, then rename (atomic on one filesystem)."""
+    run_dir = Path(root) / RUN_NAME
+    run_dir.mkdir(parents=True, exist_ok=True)
+    staging = run_dir / f".{name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(tmp, staging)
+    shutil.rmtree(run_dir / name, ignore_errors=True)
+    staging.rename(run_dir / name)
+    for old in to_prune(run_dir, keep):
+        shutil.rmtree(old)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_hf_dir(model, tokenizer_dir: str | Path, out: Path, state_dict: dict | None = None) -> None:
+    """Model weights (safetensors) + config + tokenizer files as one HF dir (``state_dict``: the gathered
+    weights of a sharded model)."""
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(str(out), safe_serialization=True, state_dict=state_dict)
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(out))
+
+
+def write(path: Path, model, optimizer, state, tokenizer_dir: str | Path,
+          model_state: dict | None = None, optimizer_state: dict | None = None) -> None:
+    """One checkpoint into ``path``; the ``*_state`` dicts stand in for a sharded model's own."""
+    save_hf_dir(model, tokenizer_dir, path / "model", model_state)
+    torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), path / "optimizer.pt")
+    torch.save(rng_state(), path / "rng.pt")
+    (path / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
+
+
+def read_state(path: Path) -> dict:
+    return json.loads((path / "state.json").read_text())

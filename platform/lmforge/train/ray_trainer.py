@@ -1,0 +1,58 @@
+"""Ray Train glue: run :func:`lmforge.train.worker.train_worker` on a ``TorchTrainer``.
+
+Checkpoints persist under ``<checkpoint root>/checkpoints`` (local or ``s3://``), where Ray Train also
+keeps its run state: a later fit with the same root resumes from the newest one, and a failed worker
+group restarts from it up to ``max_failures`` times. Ray Train's own INFO chatter is kept out of the
+terminal (it stays in Ray's session logs); the rank-0 worker's metrics come back through a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lmforge import storage
+from lmforge.cluster.session import cluster_cpus
+from lmforge.train.checkpoint import RUN_NAME
+from lmforge.train.config import WorkerSpec
+from lmforge.train.progress import MetricsLog, RayProgress
+from lmforge.train.worker import train_worker
+
+log = logging.getLogger(__name__)
+
+
+def worker_cpus(num_workers: int, configured: float | None) -> float:
+    """CPUs per worker: as configured, else an equal share of the cluster (at most 1) that leaves
+    headroom for the controller and data tasks; 2 workers x 1 CPU on 2 CPUs starve everything else."""
+    return configured or min(1.0, round(0.95 * cluster_cpus() / num_workers, 2))
+
+
+def fit(spec: WorkerSpec, metrics: MetricsLog) -> None:
+    """Train ``spec`` on ``spec.train.num_workers`` Ray Train workers; returns when training is done."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from lmforge import config as cfgmod
+
+    t = spec.train
+    cpus = worker_cpus(t.num_workers, t.cpus_per_worker)
+    root = spec.checkpoint_root
+    fs, path = storage.filesystem(root)
+    progress = RayProgress(metrics)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": cfgmod.to_dict(spec), "progress": progress.queue},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": cpus}),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=RUN_NAME, storage_path=path, storage_filesystem=fs if root.startswith("s3://") else None,
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints, checkpoint_score_attribute="val_loss",
+                                               checkpoint_score_order="min"),
+            logging_config=LoggingConfig(log_level="WARNING")),
+    )
+    log.info("%s: Ray Train, %d workers x %.2f CPU%s, checkpoints in %s/%s", spec.stage, t.num_workers, cpus,
+             " + GPU" if t.use_gpu else "", root, RUN_NAME)
+    try:
+        trainer.fit()
+    finally:
+        progress.close()
