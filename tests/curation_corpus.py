@@ -27,7 +27,9 @@ PII_SNIPPETS = [
     ("EMAIL", "자료는 {}으로 보내 주세요.", lambda r: f"{r.choice(['kim', 'lee'])}{r.randint(1, 99)}@example.kr"),
     ("PHONE", "Reach the office on {}.", lambda r: f"+1 (415) {r.randint(200, 999)}-{r.randint(1000, 9999)}"),
     ("CREDIT_CARD", "The card used was {}.", lambda r: r.choice(["4111 1111 1111 1111", "5500 0000 0000 0004"])),
-    ("IP_ADDRESS", "The request came from {}.", lambda r: f"203.0.{r.randint(0, 255)}.{r.randint(1, 254)}"),
+    # Public addresses (APNIC blocks): private and documentation ranges are not PII.
+    ("IP_ADDRESS", "The request came from {}.",
+     lambda r: f"{r.choice([61, 121, 175, 211])}.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}"),
     ("KR_RRN", "주민등록번호 {}가 유출되었다.", lambda r: f"{r.randint(70, 99)}0{r.randint(1, 9)}1{r.randint(0, 9)}-"
                                                    f"{r.choice([1, 2])}{r.randint(100000, 999999)}"),
     ("US_SSN", "His SSN is {}.", lambda r: f"{r.randint(100, 599)}-{r.randint(10, 99)}-{r.randint(1000, 9999)}"),

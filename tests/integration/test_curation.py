@@ -90,6 +90,11 @@ def test_pii_removed_and_clean_documents_untouched(curated, corpus):
     assert len(altered) / len(clean_kept) < 0.01
     pii = json.loads((curated / "manifest.json").read_text())["pii"]
     assert sum(pii.values()) >= len(planted) - len(leaked)
+    report = (curated / "report.md").read_text()
+    planted_types = {t for t, _, _ in curation_corpus.PII_SNIPPETS}
+    for kind in planted_types:  # every type redacted is shown in context, as its shape only
+        assert f"- {kind}: `…" in report and f"<{kind} " in report, kind
+    assert not [v for _, v in planted if v in report], "the report must not show a redacted value"
 
 
 def test_korean_documents_survive_curation(curated, corpus):

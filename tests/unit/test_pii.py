@@ -1,5 +1,8 @@
 """PII redaction: every supported type in English and Korean formats; ordinary numbers untouched."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from lmforge.data.pii import redact
@@ -21,9 +24,12 @@ from lmforge.data.pii import redact
     ("Card 4111 1111 1111 1111 expires soon.", "CREDIT_CARD"),
     ("Card 5500-0000-0000-0004 expires soon.", "CREDIT_CARD"),
     ("Card 378282246310005 (Amex).", "CREDIT_CARD"),
-    ("Server at 192.168.10.254 is down.", "IP_ADDRESS"),
-    ("IPv6 2001:db8:85a3::8a2e:370:7334 works.", "IP_ADDRESS"),
-    ("IPv6 fe80::1 link-local.", "IP_ADDRESS"),
+    ("Server at 93.184.216.34 is down.", "IP_ADDRESS"),
+    ("IPv6 2a00:1450:4001:82a::200e answered.", "IP_ADDRESS"),
+    ("sshd[812]: Failed password for root from 203.0.5.77 port 22 ssh2", "IP_ADDRESS"),
+    ("Connection from 2a00:1450:4001:82a::200e refused", "IP_ADDRESS"),
+    ("payment log: card=4111111111111111; amount=30", "CREDIT_CARD"),
+    ("/* Maintainer: Jay Schulist <jschlst@samba.org> */", "EMAIL"),
     ("주민등록번호 900101-1234567 은 비밀입니다.", "KR_RRN"),
     ("주민번호 0502144123456 입력", "KR_RRN"),
     ("SSN 123-45-6789 on file.", "US_SSN"),
@@ -37,7 +43,7 @@ from lmforge.data.pii import redact
     ("메일은 test@example.com으로 보내세요.", "EMAIL"),
     ("주민번호 900101-1234567이고", "KR_RRN"),
     ("카드 4111-1111-1111-1111로 결제", "CREDIT_CARD"),
-    ("서버 IP는 192.168.0.1이다.", "IP_ADDRESS"),
+    ("서버 IP는 211.234.10.5이다.", "IP_ADDRESS"),
     ("SSN 123-45-6789였다.", "US_SSN"),
     ("키는 AKIAIOSFODNN7EXAMPLE입니다.", "SECRET"),
     ("Paris office +33 1 23 45 67 89.", "PHONE"),
@@ -73,7 +79,71 @@ def test_ordinary_numbers_are_left_alone(text):
     assert counts == {} and out == text
 
 
+@pytest.mark.parametrize("text", [
+    # `::` is not an address: reST literal markers, classifiers, Haskell signatures, C++/Rust scopes.
+    "Here is the code::\n\n    print(1)",
+    "Classifier: Programming Language :: Python :: 3 :: Only",
+    "safeDiv :: Int -> Int -> Maybe Int",
+    "std::vector<int> v; use std::io::Read; let x = IpAddr::V6(a);",
+    "f :: a -> b\ng :: [a] -> Int",
+    # Addresses that cannot point at anyone: loopback, unspecified, private, documentation, prefixes.
+    "listen 0.0.0.0:80 and [::]:443; ping ::1 or 127.0.0.1",
+    "Server at 192.168.10.254 is down; the LAN is 10.0.0.0/8.",
+    "Use 2001:db8:85a3::8a2e:370:7334 (documentation) or fe80::1%eth0 (link-local).",
+    "#label ::1/128 0\n#label ::/0 1\n#label 2002::/16 2\n#label ::ffff:0:0/96 4",
+    "nameserver 8.8.8.8\nnameserver 1.1.1.1\nnetmask 255.255.255.0",
+    # Versions in the shape of an IPv4 address.
+    "brotlicffi>=1.0.9.2; Standards-Version to 4.5.1.0; libvulkan1 1.3.239.0-1",
+    "Setting up libmodplug1:amd64 (1:0.8.9.0-3) ... libldacbt-enc2 2.0.2.3+git20200429-4",
+    "Firmware version 1.2.3.4 and v10.0.0.1 replace 버전 2.0.0.1 builds; release 5.1.0.2 ships.",
+    # Identifiers of things, not people: MACs, UUIDs, hashes, timestamps, byte counts, units, remotes.
+    "link/ether 3c:22:fb:12:ab:9e brd ff:ff:ff:ff:ff:ff",
+    "UUID=7c9e6679-7425-40de-944b-e07fc1f90ae7 / ext4 defaults 0 1",
+    "commit 9fceb02d0ae598e95dc970b74767f19372d61af8 "
+    "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+    "ts=1735110912345 id 8501151234567 done; tx_bytes=1024000000000000 count=70001234567892",
+    "2026-11-29T07:12:04.113595Z INFO done; Date: Mon, 30 Nov 2022 18:22:03 +0100; at 12:34:56",
+    "Created symlink /etc/systemd/system/getty.target.wants/getty@tty1.service.",
+    "git clone git@github.com:org/repo.git && git remote add up git@gitlab.com:team/app.git",
+    # Korean technical text.
+    "서식 - 셀 - 숫자 메뉴에서 #,##0.00 형식을 고르고 Ctrl+Shift+F5를 누르세요. 자세한 내용은 3.2.1.4절과 "
+    "버전 7.4.2.3의 변경 사항, 셀 A1:B10 범위, 10:30:00 시각을 보세요.",
+    "See section 5.4.1.12 of POSIX 1003.1g and § 2.3.1.4 for UIO_MAXIOV.",
+])
+def test_technical_text_is_left_alone(text):
+    out, counts = redact(text)
+    assert counts == {} and out == text, (out, counts)
+
+
+TECHNICAL = [json.loads(line) for line in (Path(__file__).parents[1] / "fixtures" / "technical_text.jsonl")
+             .read_text(encoding="utf-8").splitlines()]
+
+
+def test_real_technical_text_regression_corpus():
+    """Snippets of documentation, code, configs, logs, man pages and Korean help text, each with its reviewed
+    redaction: real addresses of people and lists are replaced, nothing else changes."""
+    wrong = [(row["id"], redact(row["text"])[0]) for row in TECHNICAL if redact(row["text"])[0] != row["expected"]]
+    assert not wrong, wrong[:3]
+    clean = [row for row in TECHNICAL if row["expected"] == row["text"]]
+    assert len(TECHNICAL) > 500 and len(TECHNICAL) - len(clean) >= 10  # both kinds are there
+    assert {row["kind"] for row in TECHNICAL} >= {"python_classifiers", "haskell", "cpp_headers", "rust_docs",
+                                                  "shell", "sql", "config", "logs", "man_pages", "changelogs",
+                                                  "versions_hashes", "uuids_dates_macs", "korean_technical"}
+
+
 def test_counts_accumulate_per_type():
     out, counts = redact("a@b.io, c@d.io and 010-1111-2222")
     assert counts == {"EMAIL": 2, "PHONE": 1}
     assert out == "<EMAIL>, <EMAIL> and <PHONE>"
+
+
+def test_masked_examples_show_shape_and_context_but_not_the_value():
+    examples = []
+    text = "Ask jane.doe@corp.com or call 010-1234-5678 from 211.234.10.5 today, quoting order 42."
+    redact(text, examples)
+    shown = dict(examples)
+    assert shown["EMAIL"] == "…Ask <EMAIL aaaa.aaa@aaaa.aaa> or call <PHONE> from…"  # whole words only
+    assert shown["IP_ADDRESS"] == ("…Ask <EMAIL> or call <PHONE> from <IP_ADDRESS 999.999.99.9> today, "
+                                   "quoting order 42.…")
+    for value in ("jane", "corp", "1234", "5678", "211"):
+        assert all(value not in example for example in shown.values()), value

@@ -9,7 +9,10 @@ with planted near-copies, on the cores of this machine:
 - ``ratio_bound``: the highest ratio our curation code allows on these cores: the encoder's and the
   curation's CPU seconds (measured) must share the cores, however well the stages overlap;
 - ``near_dedup``: docs/s and recall of planted near-copies for our MinHash/LSH engine through Ray Data,
-  and for datatrove's MinHash pipeline (its default word tokenizer, 2 workers) when it is installed.
+  and for datatrove's MinHash pipeline (its default word tokenizer, 2 workers) when it is installed;
+- ``whole_pipeline``: docs/s and tokens/s of ``prepare`` against datatrove's equivalent pipeline (reader,
+  Gopher filters, PII formatter, MinHash stages, tokenizer) on the same cores, and the share of documents
+  both keep or both drop (:mod:`lmforge.bench.datatrove_runs`).
 
 Run: ``lmforge bench prepare docs=50000 output=runs/bench/prepare.json``.
 """
@@ -23,6 +26,8 @@ import re
 import tempfile
 import time
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from lmforge import config as cfgmod
 from lmforge import storage
@@ -68,7 +73,7 @@ def build_corpus(cfg: PrepareBenchConfig, root: Path) -> dict:
     for part in range(4):
         with open(root / f"part-{part}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[part::4])
-    return {"documents": len(rows), "near_pairs": pairs}
+    return {"documents": len(rows), "near_pairs": pairs, "ids": [r["id"] for r in rows]}
 
 
 def _pipeline(cfg: PrepareBenchConfig, corpus_dir: Path, out: Path) -> dict:
@@ -198,55 +203,10 @@ def _signatures(batch, ngram: int, perms: int, seed: int):
                      "minhash": pa.array([s.tobytes() for s in sigs], pa.binary())})
 
 
-def _datatrove_near_dedup(corpus_dir: Path, work: Path, pairs: dict, workers: int) -> dict:
-    """datatrove's 4-stage MinHash pipeline (defaults: 14 buckets x 8 hashes, spaCy word tokens)."""
-    from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (
-        MinhashConfig,
-        MinhashDedupBuckets,
-        MinhashDedupCluster,
-        MinhashDedupFilter,
-        MinhashDedupSignature,
-    )
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
-
-    mh = MinhashConfig()
-    logs = str(work / "logs")
-    reader = lambda: JsonlReader(str(corpus_dir), glob_pattern="*.jsonl", text_key="text", id_key="id")
-    stages = [
-        LocalPipelineExecutor(pipeline=[reader(), MinhashDedupSignature(str(work / "sigs"), config=mh)],
-                              tasks=workers, workers=workers, logging_dir=f"{logs}/1"),
-        LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)],
-                              tasks=mh.num_buckets, workers=workers, logging_dir=f"{logs}/2"),
-        LocalPipelineExecutor(pipeline=[MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh)],
-                              tasks=1, workers=1, logging_dir=f"{logs}/3"),
-        LocalPipelineExecutor(pipeline=[reader(),
-                                        MinhashDedupFilter(str(work / "remove"),
-                                                           exclusion_writer=JsonlWriter(str(work / "removed"))),
-                                        JsonlWriter(str(work / "kept"))],
-                              tasks=workers, workers=workers, logging_dir=f"{logs}/4"),
-    ]
-    start = time.perf_counter()
-    for executor in stages:
-        executor.run()
-    seconds = time.perf_counter() - start
-    dropped = set()
-    for f in (work / "removed").glob("*.jsonl*"):
-        import gzip
-
-        opener = gzip.open if f.suffix == ".gz" else open
-        with opener(f, "rt", encoding="utf-8") as fh:
-            dropped.update(json.loads(line)["id"] for line in fh)
-    n = sum(1 for f in corpus_dir.glob("*.jsonl") for _ in open(f, encoding="utf-8"))
-    return {"engine": "datatrove MinHash (4 stages)", "bands": mh.num_buckets, "rows": mh.hashes_per_bucket,
-            "docs": n, "seconds": seconds, "docs_per_s": n / seconds, "recall": _recall(dropped, pairs),
-            "removed": len(dropped)}
-
-
 def run(cfg: PrepareBenchConfig) -> dict:
     """Build the corpus, run every measurement, return (and optionally write) the JSON result."""
-    from lmforge.cluster.config import RayConfig, ray_session
+    from lmforge.cluster.config import RayConfig
+    from lmforge.cluster.session import ray_session
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(cfg.work_dir or tmp)
@@ -269,10 +229,44 @@ def run(cfg: PrepareBenchConfig) -> dict:
         pipeline_near = pipeline["manifest"]["documents"]["dropped"].get("near_duplicate", 0)
         result["near_dedup"]["lmforge"]["pipeline_near_duplicates_dropped"] = pipeline_near
         if cfg.datatrove:
-            try:
-                dt = _datatrove_near_dedup(work / "corpus", work / "datatrove", corpus["near_pairs"], os.cpu_count())
-                result["near_dedup"]["datatrove"] = dt
-                result["near_dedup"]["speedup_vs_datatrove"] = ours["docs_per_s"] / dt["docs_per_s"]
-            except ImportError as e:
-                result["near_dedup"]["datatrove"] = f"not installed ({e.name}): pip install datatrove spacy"
+            result.update(_against_datatrove(work, corpus, pipeline, ours))
+        result["minhash_engines"] = _minhash_engines(work / "corpus", corpus["near_pairs"])
     return write_result(result, cfg.output)
+
+
+def _minhash_engines(corpus_dir: Path, pairs: dict) -> dict:
+    """The MinHash step alone, ours against rensa's, on the corpus's cleaned texts (one thread)."""
+    from lmforge.bench.minhash_engines import compare
+    from lmforge.data import clean
+
+    rows = [json.loads(line) for f in sorted(corpus_dir.glob("*.jsonl")) for line in open(f, encoding="utf-8")]
+    return compare([clean.clean(r["text"]) for r in rows], [r["id"] for r in rows], pairs)
+
+
+def _against_datatrove(work: Path, corpus: dict, pipeline: dict, ours: dict) -> dict:
+    """datatrove's near-dedup alone, and its whole equivalent pipeline, on the same corpus and cores."""
+    try:
+        from lmforge.bench import datatrove_runs
+    except ImportError as e:
+        return {"datatrove": f"not installed ({e.name}): pip install -e '.[bench]'"}
+    cores = os.cpu_count()
+    dedup = datatrove_runs.near_dedup(work / "corpus", work / "datatrove_dedup", corpus["near_pairs"], cores)
+    whole = datatrove_runs.whole_pipeline(work / "corpus", work / "datatrove_pipeline",
+                                          work / "prepared" / "tokenizer" / "tokenizer.json", cores)
+    kept_by_us = set(pq.read_table(work / "prepared" / "documents", columns=["id"]).column("id").to_pylist())
+    kept_by_dt = whole.pop("kept_ids")
+    ids = corpus["ids"]
+    agree = sum((i in kept_by_us) == (i in kept_by_dt) for i in ids)
+    docs_per_s = corpus["documents"] / pipeline["seconds"]
+    return {
+        "near_dedup_datatrove": dedup, "near_dedup_speedup_vs_datatrove": ours["docs_per_s"] / dedup["docs_per_s"],
+        "whole_pipeline": {
+            "lmforge": {"seconds": pipeline["seconds"], "docs_per_s": docs_per_s,
+                        "tokens_per_s": pipeline["tokens_per_s"], "kept": len(kept_by_us)},
+            "datatrove": whole,
+            "docs_per_s_ratio": docs_per_s / whole["docs_per_s"],
+            "agreement": {"share": agree / len(ids), "both_kept": len(kept_by_us & kept_by_dt),
+                          "only_lmforge_kept": len(kept_by_us - kept_by_dt),
+                          "only_datatrove_kept": len(kept_by_dt - kept_by_us)},
+        },
+    }

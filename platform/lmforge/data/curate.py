@@ -8,6 +8,8 @@ duplicate key and (batched, in :func:`curate_all`) the MinHash signature that th
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 from lmforge.data import clean, dedup, pii, quality, sources
@@ -17,13 +19,14 @@ PII_COLUMNS = [f"pii_{t}" for t in pii.PII_TYPES]
 # One row per input record: kept (reason ""), dropped with a reason, or quarantined with its raw bytes.
 LEDGER_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("order", pa.int64()),
                           ("text", pa.string()), ("reason", pa.string()), ("raw", pa.binary()),
-                          *((c, pa.int64()) for c in PII_COLUMNS), ("exact_key", pa.int64()),
-                          ("minhash", pa.binary())])
+                          *((c, pa.int64()) for c in PII_COLUMNS), ("pii_examples", pa.string()),
+                          ("exact_key", pa.int64()), ("minhash", pa.binary())])
+EXAMPLES_PER_DOC = 3  # masked examples of redactions kept per document, for the report
 
 
 def curate(rec: dict, cfg: PrepareConfig) -> dict:
     """Fill ``text``, ``reason``, ``pii_*``, ``exact_key`` and ``minhash`` of one record."""
-    rec.update({c: 0 for c in PII_COLUMNS}, exact_key=0, minhash=b"")
+    rec.update({c: 0 for c in PII_COLUMNS}, pii_examples="", exact_key=0, minhash=b"")
     if rec["reason"]:  # quarantined while reading
         return rec
     text = clean.clean(rec["text"])
@@ -35,8 +38,11 @@ def curate(rec: dict, cfg: PrepareConfig) -> dict:
         rec.update(text=text, reason=f"quality:{rule}")
         return rec
     if cfg.pii.enabled:
-        text, counts = pii.redact(text)
+        examples: list[tuple[str, str]] = []
+        text, counts = pii.redact(text, examples)
         rec.update({f"pii_{t}": n for t, n in counts.items()})
+        if examples:
+            rec["pii_examples"] = json.dumps(examples[:EXAMPLES_PER_DOC], ensure_ascii=False)
     rec["text"] = text
     rec["exact_key"] = dedup.exact_key(text)
     return rec

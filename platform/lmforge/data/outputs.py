@@ -53,12 +53,26 @@ def finalize_batch(batch: pa.Table, marks: dict, tokenizer_json: str, seq_len: i
     stats = {
         "reasons": Counter(batch.column("reason").to_pylist()),
         "pii": {c.removeprefix("pii_"): pc.sum(kept.column(c)).as_py() or 0 for c in PII_COLUMNS},
+        "pii_examples": _examples(kept.column("pii_examples").to_pylist()),
         "lengths": report.length_histogram(np.array([len(t.split()) for t in texts])).tolist(),
         "tokens": {split: {"rows": tables[split].num_rows,
                            "tokens": pc.sum(tables[split].column("n_tokens")).as_py() or 0}
                    for split in ("train", "val")},
     }
     return pa.table({"stats": [json.dumps(stats)]})
+
+
+EXAMPLES_PER_TYPE = 3  # masked redaction examples per PII type in the manifest and report
+
+
+def _examples(cells: list[str]) -> dict[str, list[str]]:
+    """Up to ``EXAMPLES_PER_TYPE`` masked examples per PII type from a batch's kept documents."""
+    out: dict[str, list[str]] = {}
+    for cell in cells:
+        for kind, example in json.loads(cell) if cell else []:
+            if len(out.setdefault(kind, [])) < EXAMPLES_PER_TYPE:
+                out[kind].append(example)
+    return out
 
 
 def apply_marks(batch: pa.Table, marks: dict) -> pa.Table:
@@ -75,11 +89,14 @@ def apply_marks(batch: pa.Table, marks: dict) -> pa.Table:
 def sum_stats(rows: list[dict]) -> dict:
     """The per-batch JSON counts of :func:`finalize_batch`, added up."""
     total = {"reasons": Counter(), "pii": Counter(), "lengths": np.zeros(len(report.LENGTH_BINS) - 1, np.int64),
-             "tokens": {"train": Counter(), "val": Counter()}}
+             "tokens": {"train": Counter(), "val": Counter()}, "pii_examples": {}}
     for row in rows:
         part = json.loads(row["stats"])
         total["reasons"].update(part["reasons"])
         total["pii"].update(part["pii"])
+        for kind, examples in part["pii_examples"].items():
+            kept = total["pii_examples"].setdefault(kind, [])
+            kept += examples[: EXAMPLES_PER_TYPE - len(kept)]
         total["lengths"] += np.array(part["lengths"], np.int64)
         for split in ("train", "val"):
             total["tokens"][split].update(part["tokens"][split])

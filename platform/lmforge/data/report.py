@@ -31,6 +31,17 @@ def plot_lengths(counts: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
+def _pii_examples(examples: dict[str, list[str]]) -> list[str]:
+    """A few redactions per type, in context: the value shown only as its shape (9 per digit, a/A per
+    letter), so a false positive (a version number, a ``::``) shows without the corpus being read."""
+    if not examples:
+        return []
+    lines = ["", "Examples (the value as its shape: 9 = digit, a/A = letter, 가 = Hangul):", ""]
+    for kind, items in examples.items():
+        lines += [f"- {kind}: `{item}`" for item in items]
+    return lines
+
+
 def render(manifest: dict) -> str:
     docs, tokens = manifest["documents"], manifest["tokens"]
     lines = ["# prepare report", "", "## Documents", "", "| outcome | documents |", "| --- | ---: |",
@@ -41,6 +52,7 @@ def render(manifest: dict) -> str:
     lines += ["", f"input = kept + dropped + quarantined: {docs['input']} = {total}", "",
               "## PII redacted (in kept documents)", "", "| type | spans |", "| --- | ---: |"]
     lines += [f"| {t} | {n} |" for t, n in manifest["pii"].items()] or ["| none | 0 |"]
+    lines += _pii_examples(manifest.get("pii_examples", {}))
     lines += ["", "## Tokens", "", "| split | rows | tokens |", "| --- | ---: | ---: |"]
     lines += [f"| {s} | {manifest['rows'][s]} | {tokens[s]} |" for s in tokens]
     lines += ["", f"seq_len {manifest['seq_len']}, vocab_size {manifest['vocab_size']}", "",
