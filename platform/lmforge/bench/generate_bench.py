@@ -15,27 +15,11 @@ from pathlib import Path
 
 import torch
 
-from lmforge import config as cfgmod
 from lmforge.bench import write_result
 from lmforge.bench.config import GenerateBenchConfig
+from lmforge.bench.models import prepare_models
 
 PROMPT = "The history of the city of Seoul begins"
-
-
-def _prepare_models(cfg: GenerateBenchConfig) -> tuple[Path, dict[str, Path]]:
-    from lmforge.export import onnx_export
-    from lmforge.export.config import ExportConfig
-    from lmforge.model import importer
-    from lmforge.model.config import ImportConfig
-
-    work = Path(cfg.work_dir)
-    hf = importer.run(cfgmod.from_dict(ImportConfig, {"source": cfg.source, "output": str(work / "hf")}))
-    exports = {}
-    for p in cfg.precisions:
-        quantize = "none" if p == "fp32" else p
-        exports[p] = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf), "output": str(work / p),
-                                                                     "quantize": quantize, "ppl_text": cfg.ppl_text}))
-    return hf, exports
 
 
 Measure = Callable[[], dict]  # one timed run of a loaded, warmed-up engine
@@ -157,7 +141,7 @@ def _batch_row(cfg: GenerateBenchConfig, hf: Path, exports: dict[str, Path], bat
 
 
 def run(cfg: GenerateBenchConfig) -> dict:
-    hf, exports = _prepare_models(cfg)
+    hf, exports = prepare_models(cfg.source, cfg.work_dir, cfg.precisions, cfg.ppl_text)
     result: dict = {"model": cfg.source, "threads": cfg.threads, "new_tokens": cfg.new_tokens, "cores": os.cpu_count(),
                     "repeats": cfg.repeats,
                     "ratios": "median over rounds of the two engines' decode tokens/s in the same round"}

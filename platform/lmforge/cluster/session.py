@@ -45,7 +45,7 @@ def ray_session(cfg: RayConfig | None = None) -> Iterator[None]:
         ray.init(address=address, **kwargs)
     else:
         # The dashboard serves the state API that Train and Tune use to clean up placement groups.
-        ray.init(num_cpus=cfg.num_cpus, **kwargs)
+        ray.init(num_cpus=cfg.num_cpus, _metrics_export_port=cfg.metrics_export_port, **kwargs)
     if notices is not None:
         _ray_logs_to_file(notices)
     try:
@@ -76,6 +76,17 @@ def _hold_startup_notices() -> logging.Handler:
     logger = logging.getLogger(_STARTUP_NOTICES)
     logger.handlers, logger.propagate = [held], False
     return held
+
+
+def metrics_address() -> str | None:
+    """Where this node's Prometheus metrics are served (Ray's metrics agent), or None when unknown."""
+    import ray
+
+    try:
+        node = ray._private.worker._global_node
+        return f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics"
+    except AttributeError:  # Ray Client
+        return None
 
 
 def _ray_logs_to_file(notices: logging.Handler) -> None:

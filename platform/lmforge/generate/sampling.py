@@ -30,3 +30,17 @@ def _top_p(probs: np.ndarray, top_p: float) -> np.ndarray:
     np.put_along_axis(keep, order, keep_sorted, axis=-1)
     probs = np.where(keep, probs, 0.0)
     return probs / probs.sum(axis=-1, keepdims=True)
+
+
+def sample_row(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng: np.random.Generator) -> int:
+    """One token id from one row of logits ``[V]``."""
+    if temperature <= 0.0:
+        return int(logits.argmax())
+    return int(sample_next(logits[None, :], temperature, top_k, top_p, rng)[0])
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities from logits along the last axis, in float64 (exact to ~1e-12 for scoring)."""
+    x = logits.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))

@@ -1,124 +1,219 @@
-"""Ray Serve glue: the FastAPI ingress deployment and ``build_app(cfg) -> Application``.
+"""Ray Serve glue: the deployments behind ``lmforge serve`` and ``build_app(cfg) -> Application``.
 
-Endpoints: ``GET /healthz``, ``GET /v1/models``, ``POST /v1/completions`` (OpenAI shape, ``stream``
-as server-sent events). Each replica holds one :class:`OnnxGenerator`. With ``serve.api_keys`` set,
-requests need ``Authorization: Bearer <key>``.
+One ``ModelServer`` deployment per served model: its replicas each run one engine with continuous
+batching. With one model it is also the HTTP front; with several, a ``Gateway`` front routes each
+request by its ``model`` field to that model's deployment through a handle. Why one deployment per
+model rather than Serve's model multiplexing: each model gets its own replicas, resources and
+autoscaling (a base and a fine-tuned model see different traffic), an update of one model rolls only its
+replicas, and an engine batching a model's requests lives as long as its replica instead of being
+evicted from a per-replica model cache. Why no gateway for one model: every streamed token would cross
+one more process, which on a small host costs a fifth of a core (docs/benchmarks.md, "Serving").
+``app_builder(args)`` serves ``serve deploy`` with a Serve config file (``infra/serve.yaml``).
 """
 
 # No `from __future__ import annotations`: Serve's ingress wrapper hides string annotations from FastAPI.
 
-import json
-import secrets
+import re
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import Request
 from ray import serve
+from ray.serve.config import BackpressureConfig
 
-from lmforge.generate.onnx_generator import OnnxGenerator
-from lmforge.serve import openai_api
-from lmforge.serve.config import ServeConfig
-from lmforge.serve.openai_api import CompletionRequest
+from lmforge import config as cfgmod
+from lmforge.serve import auth, catalog, responses
+from lmforge.serve.config import ServeConfig, ServeOptions
+from lmforge.serve.http import Front, make_api
+from lmforge.serve.openai_api import ChatCompletionRequest, CompletionRequest
 
-api = FastAPI(title="lmforge", description="OpenAI-compatible completions served by lmforge")
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-    return JSONResponse(openai_api.error_body(f"{param}: {first.get('msg', 'invalid request')}",
-                                              param=param), status_code=400)
+gateway_api = make_api()
+model_api = make_api()
 
 
-class _HTTPError(Exception):
-    def __init__(self, status: int, body: dict):
-        self.status, self.body = status, body
+def _own_front(api, key_digests: list, retry_after_s: float, front: Front, max_in_flight: int) -> None:
+    from lmforge.serve.metrics import GatewayMetrics
+
+    api.state.key_digests = list(key_digests)
+    api.state.metrics = GatewayMetrics()
+    front.retry_after = str(max(1, round(retry_after_s)))
+    front.max_in_flight = max_in_flight
 
 
-@api.exception_handler(_HTTPError)
-async def _http_error(request: Request, exc: _HTTPError) -> JSONResponse:
-    return JSONResponse(exc.body, status_code=exc.status)
+class _ModelReplica:
+    """One model's replica: its engine (continuous batching) and the OpenAI endpoints' work."""
+
+    def __init__(self, name: str, model_dir: str, options: dict, key_digests: list, retry_after_s: float):
+        from lmforge.generate.async_engine import AsyncEngine
+        from lmforge.generate.engine import Engine
+        from lmforge.generate.onnx_model import OnnxModel
+        from lmforge.serve.handlers import ModelEndpoints
+        from lmforge.serve.metrics import ModelMetrics
+
+        opts = cfgmod.from_dict(ServeOptions, options)
+        model = OnnxModel(model_dir, opts.engine.intra_op_threads, device=opts.device)
+        self.metrics = ModelMetrics(name)
+        self.engine = AsyncEngine(Engine(model, opts.engine.max_running, opts.engine.max_prefill_tokens),
+                                  on_step=self.metrics.engine_state)
+        self.endpoints = ModelEndpoints(self.engine, name, opts, self.metrics)
+        self._info = catalog.model_info(model_dir)
+        self.model_names = [name]
+
+    def info(self) -> dict:
+        return self._info
+
+    async def completions(self, body, request_id):
+        return await self.endpoints.completions(body, request_id)
+
+    async def completions_stream(self, body, request_id):
+        async for item in self.endpoints.completions_stream(body, request_id):
+            yield item
+
+    async def chat(self, body, request_id):
+        return await self.endpoints.chat(body, request_id)
+
+    async def chat_stream(self, body, request_id):
+        async for item in self.endpoints.chat_stream(body, request_id):
+            yield item
+
+    def check_health(self) -> None:
+        if not self.engine._thread.is_alive():
+            raise RuntimeError("the engine thread has stopped")
+
+    def __del__(self):
+        self.engine.stop()
 
 
-@serve.deployment(name="lmforge")
-@serve.ingress(api)
-class CompletionServer:
-    """One replica: an onnxruntime generator behind the OpenAI routes."""
-
-    def __init__(self, model_dir: str, model_name: str, api_keys: list[str], intra_op_threads: int,
-                 max_tokens_limit: int):
-        self.generator = OnnxGenerator(model_dir, intra_op_threads=intra_op_threads)
-        self.model_name = model_name
-        self.api_keys = list(api_keys)
-        self.max_tokens_limit = max_tokens_limit
-
-    def _authorize(self, request: Request) -> None:
-        if not self.api_keys:
-            return
-        header = request.headers.get("authorization", "")
-        token = header[len("Bearer "):] if header.startswith("Bearer ") else ""
-        if not any(secrets.compare_digest(token, k) for k in self.api_keys):
-            raise _HTTPError(401, openai_api.error_body("invalid or missing API key",
-                                                        "authentication_error", code="invalid_api_key"))
-
-    @api.get("/healthz")
-    def healthz(self) -> dict:
-        return {"status": "ok", "model": self.model_name}
-
-    @api.get("/v1/models")
-    def models(self, request: Request) -> dict:
-        self._authorize(request)
-        return openai_api.models_body(self.model_name)
-
-    @api.post("/v1/completions")
-    def completions(self, body: CompletionRequest, request: Request):
-        self._authorize(request)
-        if body.model not in (None, self.model_name):
-            raise _HTTPError(404, openai_api.error_body(f"model {body.model!r} is not served here",
-                                                        param="model", code="model_not_found"))
-        if body.max_tokens > self.max_tokens_limit:
-            raise _HTTPError(400, openai_api.error_body(
-                f"max_tokens: {body.max_tokens} exceeds this server's limit {self.max_tokens_limit}",
-                param="max_tokens"))
-        if body.stream:
-            return StreamingResponse(self._stream(body), media_type="text/event-stream")
-        completions = self.generator.generate(body.prompts(), body.sampling())
-        return openai_api.completion_body(self.model_name, completions)
-
-    def _stream(self, body: CompletionRequest):
-        """Server-sent events: one chunk per new piece of text, the finish reason last, ``[DONE]``."""
-        sent, closed = [""] * len(body.prompts()), set()
-        base = openai_api.completion_body(self.model_name, [])
-        for step in self.generator.stream(body.prompts(), body.sampling()):
-            for i, c in enumerate(step):
-                if i in closed:
-                    continue
-                delta, sent[i] = c.text[len(sent[i]):], c.text
-                if c.finish_reason:
-                    closed.add(i)
-                if delta or c.finish_reason:
-                    choice = {"index": i, "text": delta, "logprobs": None, "finish_reason": c.finish_reason}
-                    yield f"data: {json.dumps(dict(base, choices=[choice]))}\n\n"
-        yield "data: [DONE]\n\n"
+@serve.deployment
+class ModelServer(_ModelReplica):
+    """A model among several: the gateway calls its methods through a handle."""
 
 
-def default_model_name(model_dir: str) -> str:
-    """``runs/quickstart/onnx`` -> ``quickstart-onnx``: the run's name plus the artifact's."""
-    path = Path(model_dir)
-    return f"{path.parent.name}-{path.name}" if path.parent.name else path.name
+@serve.deployment
+@serve.ingress(model_api)
+class ModelFront(_ModelReplica, Front):
+    """The only model served: its replicas are the HTTP front too (one process less per streamed token)."""
+
+    def __init__(self, name: str, model_dir: str, options: dict, key_digests: list, retry_after_s: float):
+        super().__init__(name, model_dir, options, key_digests, retry_after_s)
+        opts = self.endpoints.opts
+        _own_front(model_api, key_digests, retry_after_s, self, opts.max_ongoing_requests + opts.max_queued_requests)
+
+    @model_api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "models": self.model_names}
+
+    @model_api.get("/v1/models")
+    async def list_models(self) -> dict:
+        return responses.models_body({self.model_names[0]: self._info})
+
+    @model_api.post("/v1/completions")
+    async def http_completions(self, body: CompletionRequest, request: Request):
+        return await self._dispatch("completions", body, request)
+
+    @model_api.post("/v1/chat/completions")
+    async def http_chat(self, body: ChatCompletionRequest, request: Request):
+        return await self._dispatch("chat", body, request)
+
+    async def _complete(self, endpoint, name, body, request_id):
+        return await getattr(self, endpoint)(body, request_id)
+
+    def _events(self, endpoint, name, body, request_id):
+        return getattr(self, f"{endpoint}_stream")(body, request_id)
+
+
+@serve.deployment
+@serve.ingress(gateway_api)
+class Gateway(Front):
+    """The HTTP front for several models: auth, validation, routing by ``model``, request metrics."""
+
+    def __init__(self, models: dict, key_digests: list, retry_after_s: float, max_in_flight: int):
+        self.models = models
+        self.model_names = sorted(models)
+        _own_front(gateway_api, key_digests, retry_after_s, self, max_in_flight)
+
+    @gateway_api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "models": self.model_names}
+
+    @gateway_api.get("/v1/models")
+    async def list_models(self) -> dict:
+        return responses.models_body({name: await h.info.remote() for name, h in sorted(self.models.items())})
+
+    @gateway_api.post("/v1/completions")
+    async def http_completions(self, body: CompletionRequest, request: Request):
+        return await self._dispatch("completions", body, request)
+
+    @gateway_api.post("/v1/chat/completions")
+    async def http_chat(self, body: ChatCompletionRequest, request: Request):
+        return await self._dispatch("chat", body, request)
+
+    async def _complete(self, endpoint, name, body, request_id):
+        return await getattr(self.models[name], endpoint).remote(body, request_id)
+
+    def _events(self, endpoint, name, body, request_id):
+        return getattr(self.models[name].options(stream=True), f"{endpoint}_stream").remote(body, request_id)
+
+
+# ---------------------------------------------------------------- building the application
+
+def _deployment_name(model: str) -> str:
+    return "model-" + re.sub(r"[^A-Za-z0-9_.-]", "_", model)
+
+
+def _limits(opts: ServeOptions, front_in_flight: int | None) -> dict:
+    """Serve's queue limits. A front admits ``front_in_flight`` requests itself (its 503 is OpenAI-shaped);
+    Serve's own limits sit above that, a bound on requests waiting for a replica, not a second policy.
+    Deployments behind the gateway keep the configured limits: their refusals become the gateway's 503."""
+    ongoing, queued = opts.max_ongoing_requests, opts.max_queued_requests
+    if front_in_flight is not None:
+        ongoing = queued = 4 * front_in_flight + 16
+    return {"max_ongoing_requests": ongoing, "max_queued_requests": queued,
+            "logging_config": {"encoding": "JSON", "enable_access_log": False},
+            "backpressure_config": BackpressureConfig(status_code=opts.backpressure_status,
+                                                      retry_after_s=opts.retry_after_s)}
+
+
+def _model_deployment(name: str, model_dir: str, opts: ServeOptions, digests: list[str], front: bool):
+    """A model's deployment: the front when it is the only model, else behind the gateway."""
+    a = opts.autoscaling
+    scaling = {"num_replicas": a.min_replicas}
+    if a.max_replicas > a.min_replicas:
+        scaling = {"autoscaling_config": {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+                                          "target_ongoing_requests": a.target_ongoing_requests,
+                                          "upscale_delay_s": a.upscale_delay_s,
+                                          "downscale_delay_s": a.downscale_delay_s,
+                                          "metrics_interval_s": a.metrics_interval_s,
+                                          "look_back_period_s": a.look_back_period_s}}
+    options = cfgmod.to_dict(opts)
+    options.update(api_keys=[], api_keys_file=None)  # replicas never see a key, only its digest
+    return (ModelFront if front else ModelServer).options(
+        name=_deployment_name(name), ray_actor_options={"num_cpus": opts.replica_cpus, "num_gpus": opts.replica_gpus},
+        graceful_shutdown_timeout_s=120,
+        graceful_shutdown_wait_loop_s=1, health_check_period_s=2,
+        **_limits(opts, opts.max_ongoing_requests + opts.max_queued_requests if front else None), **scaling,
+    ).bind(name, model_dir, options, digests, opts.retry_after_s)
 
 
 def build_app(cfg: ServeConfig):
-    """The Serve application for ``cfg`` (runnable with ``serve.run``)."""
+    """The Serve application for ``cfg`` (runnable with ``serve.run``; running it again updates in place)."""
     opts = cfg.serve
-    model_dir = str(Path(cfg.model).resolve())
-    name = opts.model_name or default_model_name(model_dir)
-    scaling = {"num_replicas": opts.autoscaling.min_replicas}
-    if opts.autoscaling.max_replicas > opts.autoscaling.min_replicas:
-        scaling = {"autoscaling_config": {"min_replicas": opts.autoscaling.min_replicas,
-                                          "max_replicas": opts.autoscaling.max_replicas,
-                                          "target_ongoing_requests": 2}}
-    deployment = CompletionServer.options(ray_actor_options={"num_cpus": opts.replica_cpus}, **scaling)
-    return deployment.bind(model_dir, name, opts.api_keys, opts.intra_op_threads, opts.max_tokens_limit)
+    models = catalog.served_models(cfg)
+    for name, model_dir in models.items():
+        if not (Path(model_dir) / "model.onnx").is_file():
+            raise FileNotFoundError(f"model {name}: {model_dir} has no model.onnx; serve takes `lmforge export` "
+                                    "outputs")
+    digests = [auth.digest(k) for k in auth.load_keys(opts.api_keys, opts.api_keys_env, opts.api_keys_file)]
+    deployments = {name: _model_deployment(name, d, opts, digests, front=len(models) == 1)
+                   for name, d in models.items()}
+    if len(deployments) == 1:
+        return next(iter(deployments.values()))  # the model is its own front: one process less per token
+    in_flight = len(deployments) * (opts.max_ongoing_requests + opts.max_queued_requests)
+    return Gateway.options(
+        num_replicas=opts.ingress_replicas, ray_actor_options={"num_cpus": opts.ingress_cpus},
+        **_limits(opts, in_flight),
+    ).bind(deployments, digests, opts.retry_after_s, in_flight)
+
+
+def app_builder(args: dict):
+    """For ``serve deploy`` / ``serve run`` with a config file: ``args`` are ``lmforge serve``'s keys."""
+    return build_app(cfgmod.from_dict(ServeConfig, args))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from lmforge.cluster.config import RayConfig
 from lmforge.config import check
@@ -10,34 +11,80 @@ from lmforge.config import check
 
 @dataclasses.dataclass(kw_only=True)
 class AutoscalingConfig:
+    """Serve's autoscaling of each model's replicas (the keys map to Serve's ``autoscaling_config``)."""
+
     min_replicas: int = 1  # replicas kept up when idle
-    max_replicas: int = 1  # more than min_replicas turns Serve's autoscaling on
+    max_replicas: int = 1  # more than min_replicas turns autoscaling on
+    target_ongoing_requests: float = 4.0  # requests per replica Serve scales towards
+    upscale_delay_s: float = 10.0  # load must last this long before a replica is added
+    downscale_delay_s: float = 60.0  # and be gone this long before one is removed
+    metrics_interval_s: float = 2.0  # how often replicas report their load
+    look_back_period_s: float = 10.0  # the window the load is averaged over
 
     def __post_init__(self):
         check(self.min_replicas >= 1, "min_replicas", "must be >= 1")
         check(self.max_replicas >= self.min_replicas, "max_replicas", "must be >= min_replicas")
+        check(self.target_ongoing_requests > 0, "target_ongoing_requests", "must be > 0")
+
+
+@dataclasses.dataclass(kw_only=True)
+class EngineConfig:
+    """Continuous batching inside each replica."""
+
+    max_running: int = 16  # sequences decoded together; more requests wait in the replica's queue
+    max_prefill_tokens: int = 4096  # prompt tokens admitted per step (a longer prompt still runs alone)
+    intra_op_threads: int = 0  # onnxruntime threads per replica; 0 lets it choose
+
+    def __post_init__(self):
+        check(self.max_running >= 1, "max_running", "must be >= 1")
+        check(self.max_prefill_tokens >= 1, "max_prefill_tokens", "must be >= 1")
 
 
 @dataclasses.dataclass(kw_only=True)
 class ServeOptions:
     host: str = "127.0.0.1"  # 0.0.0.0 listens on every interface
     port: int = 8000  # HTTP port of the OpenAI API
-    api_keys: list[str] = dataclasses.field(default_factory=list)  # empty: no auth (local use)
-    model_name: str | None = None  # the id /v1/models reports; default: the model dir's name
+    models: dict[str, str] = dataclasses.field(default_factory=dict)  # served name -> export dir, side by side
+    model_name: str | None = None  # the name `model` is served under; default: its dir's run and name
+    # API keys (requests need "Authorization: Bearer <key>"): listed here, comma-separated in the
+    # environment variable api_keys_env, and one per line in api_keys_file; none at all: no auth
+    api_keys: list[str] = dataclasses.field(default_factory=list)
+    api_keys_env: str = "LMFORGE_API_KEYS"  # environment variable read on the cluster
+    api_keys_file: str | None = None  # a file with one key per line
     autoscaling: AutoscalingConfig = dataclasses.field(default_factory=AutoscalingConfig)
-    replica_cpus: float = 1.0  # CPUs Ray reserves per replica
-    intra_op_threads: int = 0  # onnxruntime threads per replica; 0 lets it choose
-    max_tokens_limit: int = 1024  # requests asking for more are rejected with a 400
-    startup_timeout_s: float = 120.0  # how long to wait for /healthz after deploying
+    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
+    replica_cpus: float = 1.0  # CPUs Ray reserves per model replica
+    replica_gpus: float = 0.0  # GPUs per model replica (with device=cuda)
+    device: Literal["cpu", "cuda"] = "cpu"  # onnxruntime's execution provider
+    ingress_replicas: int = 1  # replicas of the HTTP front (auth, validation, routing by model)
+    ingress_cpus: float = 0.1  # CPUs per front replica: it waits on the models, it does not compute
+    max_ongoing_requests: int = 32  # per model replica; more wait in Serve's queue
+    max_queued_requests: int = 64  # per deployment; past them 503 (or 429) with Retry-After
+    backpressure_status: Literal[503, 429] = 503  # the status of a refused request
+    retry_after_s: float = 1.0  # the Retry-After of a refused request
+    max_tokens_limit: int = 1024  # requests asking for more get a 400 naming this limit
+    default_max_tokens: int = 256  # chat completions that set no max_tokens (capped by the context)
+    max_n: int = 4  # most choices per request
+    log_prompts: bool = False  # request logs carry the prompt text (they never do by default)
+    startup_timeout_s: float = 180.0  # how long to wait for /healthz after deploying
+    detach: bool = False  # deploy (or update a running app in place) and return, instead of serving until Ctrl-C
 
     def __post_init__(self):
         check(1 <= self.port <= 65535, "port", "must be a TCP port")
         check(self.replica_cpus > 0, "replica_cpus", "must be > 0")
+        check(self.ingress_replicas >= 1, "ingress_replicas", "must be >= 1")
         check(self.max_tokens_limit >= 1, "max_tokens_limit", "must be >= 1")
+        check(self.max_ongoing_requests >= 1, "max_ongoing_requests", "must be >= 1")
+        check(self.max_queued_requests >= 0, "max_queued_requests", "must be >= 0")
+        check(self.max_n >= 1, "max_n", "must be >= 1")
+        check(self.device == "cpu" or self.replica_gpus > 0, "replica_gpus", "device=cuda needs replica_gpus > 0")
 
 
 @dataclasses.dataclass(kw_only=True)
 class ServeConfig:
-    model: str  # an export output dir (model.onnx + tokenizer)
+    model: str | None = None  # an export dir (model.onnx + tokenizer); or name several in serve.models
     serve: ServeOptions = dataclasses.field(default_factory=ServeOptions)  # the server's own settings
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+    def __post_init__(self):
+        check(bool(self.model) or bool(self.serve.models), "model", "set `model` or `serve.models` (name -> dir)")

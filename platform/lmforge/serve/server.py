@@ -2,6 +2,10 @@
 
 Run: ``lmforge serve model=runs/onnx serve.port=8000``, then
 ``curl 127.0.0.1:8000/v1/completions -d '{"prompt": "The", "max_tokens": 16}'``.
+
+Running it again against the same cluster (``ray.address=...``, ``serve.detach=true``) with a new export
+under the same name updates that model's replicas in place, without downtime; the previous export is
+brought back the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from lmforge.cluster.session import ray_session
 from lmforge.serve.config import ServeConfig
@@ -28,25 +31,23 @@ def base_url(cfg: ServeConfig) -> str:
     return f"http://{host}:{cfg.serve.port}"
 
 
-def check_model_dir(model: str) -> None:
-    if not (Path(model) / "model.onnx").is_file():
-        raise FileNotFoundError(f"model: {model} has no model.onnx; serve takes an `lmforge export` output")
-
-
 def start(cfg: ServeConfig) -> str:
-    """Deploy the app on the connected Ray cluster and wait until it answers; returns its base URL."""
+    """Deploy the app on the connected Ray cluster (or update the one running in place) and wait until it
+    answers; returns its base URL."""
     from ray import serve
 
-    from lmforge.cluster.session import keep_ray_logs_off_terminal
+    from lmforge.cluster.session import keep_ray_logs_off_terminal, metrics_address
     from lmforge.serve.app import build_app
+    from lmforge.serve.catalog import served_models
 
     keep_ray_logs_off_terminal("ray.serve")
-    check_model_dir(cfg.model)
+    app = build_app(cfg)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     url = base_url(cfg)
     wait_healthy(url, cfg.serve.startup_timeout_s)
-    log.info("serve: %s is up (OpenAI API at %s/v1)", cfg.model, url)
+    log.info("serve: %s up; OpenAI API at %s/v1; Prometheus metrics at %s", ", ".join(served_models(cfg)), url,
+             metrics_address() or "each node's Ray metrics port")
     return url
 
 
@@ -85,13 +86,23 @@ def complete(url: str, prompt: str, max_tokens: int = 32, temperature: float = 0
 
 
 def run(cfg: ServeConfig) -> None:
-    """Serve in the foreground until SIGINT or SIGTERM, then shut Serve (and a local Ray) down."""
+    """Serve in the foreground until SIGINT or SIGTERM, then shut Serve (and a local Ray) down; with
+    ``serve.detach``, deploy to the cluster and return."""
+    import os
+
+    from lmforge.config import ConfigError
+
+    if cfg.serve.detach and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        raise ConfigError("serve.detach: needs ray.address (or RAY_ADDRESS): a local cluster ends with the command")
     stopping = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ray_session(cfg.ray):
             url = start(cfg)
-            print(f"lmforge serving {cfg.model} at {url}/v1 — Ctrl-C to stop", flush=True)
+            if cfg.serve.detach:
+                print(f"lmforge deployed to the cluster: {url}/v1", flush=True)
+                return
+            print(f"lmforge serving at {url}/v1 — Ctrl-C to stop", flush=True)
             try:
                 while not stopping.wait(0.5):
                     pass

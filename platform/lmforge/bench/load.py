@@ -1,0 +1,94 @@
+"""A bounded load generator for an OpenAI-compatible server, on the official ``openai`` client.
+
+``concurrency`` clients each send requests back to back until ``duration_s`` (or ``requests`` in all)
+is reached, streamed or not, with the client's default retries (what a user's client does). Returns
+TTFT (streamed: to the first chunk with text; else the whole request), inter-token latency, tokens/s,
+requests/s and every error, with p50/p99.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+for _name in ("httpx", "httpx2", "openai"):  # one INFO line per request would bury the results
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+@dataclass
+class LoadResult:
+    requests: int = 0
+    errors: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # whole request
+    ttfts: list[float] = field(default_factory=list)
+    itls: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        return {"requests": self.requests, "errors": len(self.errors), "error_samples": self.errors[:5],
+                "seconds": round(self.seconds, 2), "requests_per_s": self.requests / max(self.seconds, 1e-9),
+                "tokens_per_s": self.tokens / max(self.seconds, 1e-9),
+                "latency_s": percentiles(self.latencies), "ttft_s": percentiles(self.ttfts),
+                "inter_token_latency_s": percentiles(self.itls)}
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p99": None, "mean": None}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return {"p50": pick(0.5), "p99": pick(0.99), "mean": sum(ordered) / len(ordered)}
+
+
+async def _one(client, model: str, prompt: str, max_tokens: int, stream: bool, result: LoadResult,
+               extra: dict) -> None:
+    start = time.perf_counter()
+    try:
+        if not stream:
+            resp = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, **extra)
+            result.tokens += resp.usage.completion_tokens
+            result.ttfts.append(time.perf_counter() - start)
+        else:
+            last = None
+            chunks = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, stream=True,
+                                                     stream_options={"include_usage": True}, **extra)
+            async for chunk in chunks:
+                now = time.perf_counter()
+                if chunk.choices and chunk.choices[0].text:
+                    if last is None:
+                        result.ttfts.append(now - start)
+                    else:
+                        result.itls.append(now - last)
+                    last = now
+                if chunk.usage is not None:
+                    result.tokens += chunk.usage.completion_tokens
+        result.latencies.append(time.perf_counter() - start)
+        result.requests += 1
+    except Exception as e:  # every failure the client saw after its retries
+        result.errors.append(f"{type(e).__name__}: {str(e)[:200]}")
+
+
+async def run_load(url: str, model: str, api_key: str | None = None, concurrency: int = 8, duration_s: float = 30,
+                   requests: int | None = None, prompt: str = "The history of the city", max_tokens: int = 32,
+                   stream: bool = True, extra: dict | None = None, timeout_s: float = 120) -> LoadResult:
+    """Drive ``url`` (``http://host:port``) with ``concurrency`` clients; see the module docstring."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=api_key or "none", timeout=timeout_s)
+    result, deadline = LoadResult(), time.perf_counter() + duration_s
+    sent = 0
+
+    async def worker() -> None:
+        nonlocal sent
+        while time.perf_counter() < deadline and (requests is None or sent < requests):
+            sent += 1
+            await _one(client, model, prompt, max_tokens, stream, result, extra or {"temperature": 0})
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.seconds = time.perf_counter() - start
+    await client.close()
+    return result

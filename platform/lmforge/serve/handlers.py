@@ -1,0 +1,276 @@
+"""The OpenAI endpoints' work for one model, on its engine: no Ray, no HTTP.
+
+:class:`ModelEndpoints` turns a validated request into engine requests (one per prompt and choice, all
+running at once), and their outputs into a response body or a stream of server-sent events. Errors a
+client caused come back as ``(status, body)`` before any event is sent, never as a 500. Timing and
+token counts go to an :class:`Observer` (the Ray glue makes them Prometheus metrics) and to one JSON
+log line per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from lmforge.generate.async_engine import AsyncEngine
+from lmforge.generate.engine import ContextLengthError
+from lmforge.serve import responses
+from lmforge.serve.chat import chat_prompt
+from lmforge.serve.config import ServeOptions
+from lmforge.serve.openai_api import ChatCompletionRequest, CompletionRequest, RequestError, error_body
+
+log = logging.getLogger("lmforge.serve.requests")
+
+Result = tuple[int, dict]  # (HTTP status, JSON body)
+
+
+class Observer:
+    """Hooks for metrics; the default records nothing."""
+
+    def first_token(self, seconds: float) -> None: ...
+    def next_token(self, seconds: float) -> None: ...
+    def finished(self, endpoint: str, prompt_tokens: int, completion_tokens: int, seconds: float) -> None: ...
+
+
+class _Timer:
+    def __init__(self, observer: Observer):
+        self.observer, self.start, self.last = observer, time.perf_counter(), None
+        self.ttft: float | None = None
+
+    def token(self) -> None:
+        now = time.perf_counter()
+        if self.last is None:
+            self.ttft = now - self.start
+            self.observer.first_token(self.ttft)
+        else:
+            self.observer.next_token(now - self.last)
+        self.last = now
+
+
+class ModelEndpoints:
+    def __init__(self, engine: AsyncEngine, name: str, opts: ServeOptions, observer: Observer | None = None):
+        self.engine, self.name, self.opts = engine, name, opts
+        self.tokenizer = engine.engine.model.tokenizer
+        self.max_positions = engine.engine.model.max_positions
+        self.observer = observer or Observer()
+
+    # ------------------------------------------------------------------ completions
+    def _completion_jobs(self, req: CompletionRequest) -> list[tuple[int, list[int], object, tuple | None]]:
+        """(choice index, prompt ids, sampling params, echo) for every prompt x n, validated."""
+        req.check()
+        max_tokens = 16 if req.max_tokens is None else req.max_tokens
+        self._check_limits(max_tokens, req.n, req.logprobs)
+        jobs = []
+        for p, prompt in enumerate(req.prompts()):
+            ids = self.tokenizer(prompt, verbose=False).input_ids if isinstance(prompt, str) else prompt
+            self._check_ids(ids, "prompt")
+            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids, skip_special_tokens=True)
+            echo = (text, ids) if req.echo else None
+            for j in range(req.n):
+                params = req.sampling(max_tokens, req.logprobs, prompt_logprobs=req.echo and req.logprobs is not None,
+                                      choice=j)
+                jobs.append((p * req.n + j, ids, params, echo))
+            self.engine.engine.check(ids, jobs[-1][2])  # the context: refused before anything runs
+        return jobs
+
+    async def completions(self, req: CompletionRequest, request_id: str) -> Result:
+        start = time.perf_counter()
+        try:
+            jobs = self._completion_jobs(req)
+            choices = await self._run_all(jobs, request_id)
+        except (RequestError, ContextLengthError) as e:
+            return _client_error(e, "prompt")
+        body = [responses.completion_choice(self.tokenizer, c, req.logprobs is not None, echo)
+                for c, (_, _, _, echo) in zip(choices, jobs)]
+        return 200, self._finish(responses.completion_body, request_id, "completions", body, choices, jobs, req, start)
+
+    async def completions_stream(self, req: CompletionRequest, request_id: str) -> AsyncIterator:
+        """First item: ``None`` (the stream starts) or a :data:`Result` (an error); then SSE strings."""
+        try:
+            jobs = self._completion_jobs(req)
+        except (RequestError, ContextLengthError) as e:
+            yield _client_error(e, "prompt")
+            return
+        yield None
+
+        async for item in self._stream(jobs, request_id, "completions", req, responses.completion_chunk,
+                                       lambda index, out, first: _completion_delta(self.tokenizer, req, jobs[index],
+                                                                                   out, first)):
+            yield item
+
+    # ------------------------------------------------------------------ chat
+    def _chat_jobs(self, req: ChatCompletionRequest) -> list[tuple[int, list[int], object, None]]:
+        req.check()
+        ids, extra_stop = chat_prompt(self.tokenizer, req.chat())
+        self._check_ids(ids, "messages")
+        requested = req.requested_max_tokens()
+        if requested is None:
+            room = self.max_positions - len(ids)
+            if room < 1:
+                raise ContextLengthError(f"This model's maximum context length is {self.max_positions} tokens. "
+                                         f"However, your messages resulted in {len(ids)} tokens.")
+            max_tokens = min(self.opts.default_max_tokens, self.opts.max_tokens_limit, room)
+        else:
+            max_tokens = requested
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        self._check_limits(max_tokens, req.n, top)
+        jobs = []
+        for j in range(req.n):
+            params = req.sampling(max_tokens, top, choice=j)
+            params.stop = params.stop + extra_stop
+            jobs.append((j, ids, params, None))
+        self.engine.engine.check(ids, jobs[0][2])
+        return jobs
+
+    async def chat(self, req: ChatCompletionRequest, request_id: str) -> Result:
+        start = time.perf_counter()
+        try:
+            jobs = self._chat_jobs(req)
+            choices = await self._run_all(jobs, request_id)
+        except (RequestError, ContextLengthError) as e:
+            return _client_error(e, "messages")
+        body = [responses.chat_choice(self.tokenizer, c, req.logprobs) for c in choices]
+        return 200, self._finish(responses.chat_body, request_id, "chat", body, choices, jobs, req, start)
+
+    async def chat_stream(self, req: ChatCompletionRequest, request_id: str) -> AsyncIterator:
+        try:
+            jobs = self._chat_jobs(req)
+        except (RequestError, ContextLengthError) as e:
+            yield _client_error(e, "messages")
+            return
+        yield None
+        async for item in self._stream(jobs, request_id, "chat", req, responses.chat_chunk,
+                                       lambda index, out, first: _chat_delta(self.tokenizer, req, index, out, first)):
+            yield item
+
+    # ------------------------------------------------------------------ shared
+    def _check_limits(self, max_tokens: int, n: int, logprobs: int | None) -> None:
+        if max_tokens > self.opts.max_tokens_limit:
+            raise RequestError(f"max_tokens: {max_tokens} exceeds this server's limit of {self.opts.max_tokens_limit}",
+                               "max_tokens")
+        if n > self.opts.max_n:
+            raise RequestError(f"n: {n} exceeds this server's limit of {self.opts.max_n}", "n")
+
+    def _check_ids(self, ids: list[int], param: str) -> None:
+        vocab = len(self.tokenizer)
+        if any(t >= vocab for t in ids):
+            raise RequestError(f"{param}: token ids must be below the vocabulary size {vocab}", param)
+
+    async def _run_all(self, jobs, request_id: str) -> list[responses.Choice]:
+        """Run every job at once; their choices, in job order."""
+        async def one(index: int, ids: list[int], params) -> responses.Choice:
+            choice, timer = responses.Choice(index), _Timer(self.observer)
+            async for out in self.engine.generate(f"{request_id}-{index}", ids, params):
+                if out.token_ids:
+                    timer.token()
+                choice.add(out)
+            choice.ttft = timer.ttft
+            return choice
+
+        return list(await asyncio.gather(*(one(i, ids, params) for i, ids, params, _ in jobs)))
+
+    async def _stream(self, jobs, request_id: str, endpoint: str, req, make_chunk, delta) -> AsyncIterator[str]:
+        """Every job's outputs as SSE chunks as they come, then the usage chunk if asked, then [DONE]."""
+        queue: asyncio.Queue = asyncio.Queue()
+        start, totals, timers = time.perf_counter(), {}, {}
+
+        async def pump(index: int, ids: list[int], params) -> None:
+            first = True
+            try:
+                async for out in self.engine.generate(f"{request_id}-{index}", ids, params):
+                    await queue.put((index, out, first))
+                    first = False
+            finally:
+                await queue.put((index, None, False))  # done, or failed: the stream learns it either way
+
+        tasks = [asyncio.create_task(pump(i, ids, params)) for i, ids, params, _ in jobs]
+        try:
+            running = len(tasks)
+            while running:
+                index, out, first = await queue.get()
+                if out is None:
+                    running -= 1
+                    continue
+                if out.token_ids:
+                    timers.setdefault(index, _Timer(self.observer)).token()
+                totals[index] = (out.prompt_tokens, out.completion_tokens)
+                choice = delta(index, out, first)
+                if choice is not None:
+                    yield f"data: {json.dumps(make_chunk(request_id, self.name, choice))}\n\n"
+            for task in tasks:
+                task.result()  # a failed job fails the stream
+            prompt_tokens = _prompt_total(jobs, totals)
+            completion_tokens = sum(c for _, c in totals.values())
+            if req.include_usage():
+                usage = responses.usage(prompt_tokens, completion_tokens)
+                yield f"data: {json.dumps(make_chunk(request_id, self.name, None, usage))}\n\n"
+            yield "data: [DONE]\n\n"
+            self._log(request_id, endpoint, 200, prompt_tokens, completion_tokens, time.perf_counter() - start,
+                      min((t.ttft for t in timers.values() if t.ttft is not None), default=None), req)
+        finally:
+            for task in tasks:
+                task.cancel()  # a client that went away: every job's request is aborted
+
+    def _finish(self, make_body, request_id: str, endpoint: str, body: list[dict], choices, jobs, req,
+                start: float) -> dict:
+        prompt_tokens = _prompt_total(jobs, {c.index: (c.prompt_tokens, c.completion_tokens) for c in choices})
+        completion_tokens = sum(c.completion_tokens for c in choices)
+        ttft = min((c.ttft for c in choices if c.ttft is not None), default=None)
+        self._log(request_id, endpoint, 200, prompt_tokens, completion_tokens, time.perf_counter() - start, ttft, req)
+        return make_body(request_id, self.name, body, prompt_tokens, completion_tokens)
+
+    def _log(self, request_id: str, endpoint: str, status: int, prompt_tokens: int, completion_tokens: int,
+             seconds: float, ttft: float | None, req) -> None:
+        self.observer.finished(endpoint, prompt_tokens, completion_tokens, seconds)
+        entry = {"event": "request", "request_id": request_id, "model": self.name, "endpoint": endpoint,
+                 "status": status, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "ttft_s": ttft, "stream": req.stream, "n": req.n}
+        if self.opts.log_prompts:
+            entry["prompt"] = getattr(req, "prompt", None) or req.chat()
+        log.info(json.dumps(entry, ensure_ascii=False))
+
+
+def _prompt_total(jobs, totals: dict[int, tuple[int, int]]) -> int:
+    """Prompt tokens counted once per prompt, not once per choice (as OpenAI counts them)."""
+    seen, total = set(), 0
+    for index, ids, _, _ in jobs:
+        if id(ids) not in seen:
+            seen.add(id(ids))
+            total += totals.get(index, (len(ids), 0))[0]
+    return total
+
+
+def _client_error(e: Exception, default_param: str) -> Result:
+    if isinstance(e, ContextLengthError):
+        return 400, error_body(str(e), param=default_param, code="context_length_exceeded")
+    return getattr(e, "status", 400), error_body(str(e), param=e.param, code=e.code)
+
+
+def _completion_delta(tokenizer, req: CompletionRequest, job, out, first: bool) -> dict | None:
+    index, _, _, echo = job
+    text = out.text
+    if echo is not None and first:
+        text = echo[0] + text
+    logprobs = None
+    if req.logprobs is not None:
+        base = len(echo[0]) if echo else 0
+        logprobs = responses.legacy_logprobs(tokenizer, out.token_ids, out.logprobs or [],
+                                             [base + o for o in out.text_offsets])
+        if echo is not None and first:
+            prompt = responses.legacy_logprobs(tokenizer, echo[1], out.prompt_logprobs or [None] * len(echo[1]),
+                                               responses.text_offsets(tokenizer, echo[1]))
+            logprobs = responses.merge_logprobs(prompt, logprobs)
+    if not text and not out.finish_reason and not out.token_ids:
+        return None
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": out.finish_reason}
+
+
+def _chat_delta(tokenizer, req: ChatCompletionRequest, index: int, out, first: bool) -> dict | None:
+    delta = {"role": "assistant", "content": out.text} if first else {"content": out.text}
+    if not first and not out.text and not out.finish_reason:
+        return None
+    logprobs = responses.chat_logprobs(tokenizer, out.token_ids, out.logprobs or []) if req.logprobs else None
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": out.finish_reason}

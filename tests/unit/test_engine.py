@@ -1,0 +1,211 @@
+"""The continuous-batching engine on a tiny exported model: joins, leaves, limits, logprobs (no Ray)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lmforge.generate.async_engine import AsyncEngine
+from lmforge.generate.engine import ContextLengthError, Engine, SamplingParams
+from lmforge.generate.onnx_model import OnnxModel
+
+PROMPTS = ["The river", "서울은 대한민국의", "A much longer prompt that has a few more tokens in it than the others"]
+
+
+@pytest.fixture(scope="module")
+def model(onnx_dir):
+    return OnnxModel(onnx_dir)
+
+
+def _ids(model, text):
+    return model.tokenizer(text).input_ids
+
+
+def _run(engine: Engine, max_steps: int = 500) -> dict[str, list]:
+    outs: dict[str, list] = {}
+    for _ in range(max_steps):
+        if not engine.has_work():
+            break
+        for out in engine.step():
+            outs.setdefault(out.request_id, []).append(out)
+    return outs
+
+
+def _tokens(outs) -> list[int]:
+    return [t for o in outs for t in o.token_ids]
+
+
+def _alone(model, prompt: str, params: SamplingParams) -> list[int]:
+    engine = Engine(model, max_running=1)
+    engine.add("x", _ids(model, prompt), params)
+    return _tokens(_run(engine)["x"])
+
+
+@pytest.mark.parametrize("params", [SamplingParams(max_tokens=12, temperature=0, ignore_eos=True),
+                                    SamplingParams(max_tokens=12, temperature=0.9, top_p=0.9, seed=7,
+                                                   ignore_eos=True)], ids=["greedy", "seeded"])
+def test_requests_joining_mid_stream_get_the_tokens_they_get_alone(model, params):
+    """A request admitted while others decode (left-padded into their batch, at its own positions) gives
+    exactly the tokens it gives alone; so do the ones already running."""
+    engine = Engine(model, max_running=8)
+    engine.add("0", _ids(model, PROMPTS[0]), params)
+    outs: dict[str, list] = {}
+    for step in range(40):
+        if step == 3:
+            engine.add("1", _ids(model, PROMPTS[1]), params)
+        if step == 5:
+            engine.add("2", _ids(model, PROMPTS[2]), params)
+        for out in engine.step():
+            outs.setdefault(out.request_id, []).append(out)
+    for i, prompt in enumerate(PROMPTS):
+        assert _tokens(outs[str(i)]) == _alone(model, prompt, params), i
+    assert not engine.has_work() and engine.mask.shape == (0, 0) or not engine.running
+
+
+def test_at_most_max_running_and_the_rest_wait(model):
+    engine = Engine(model, max_running=2)
+    for i in range(5):
+        engine.add(str(i), _ids(model, PROMPTS[i % 3]), SamplingParams(max_tokens=4, ignore_eos=True))
+    seen = []
+    while engine.has_work():
+        engine.step()
+        seen.append((engine.num_running, engine.num_waiting))
+    assert max(r for r, _ in seen) == 2 and seen[0] == (2, 3)
+    assert seen[-1] == (0, 0)
+
+
+def test_prefill_budget_admits_what_fits_and_a_long_prompt_alone(model):
+    engine = Engine(model, max_running=8, max_prefill_tokens=10)
+    long, short = _ids(model, PROMPTS[2]), _ids(model, PROMPTS[0])
+    assert len(long) > 10
+    engine.add("long", long, SamplingParams(max_tokens=2))
+    engine.add("short", short, SamplingParams(max_tokens=2))
+    first = {o.request_id for o in engine.step()}
+    assert first == {"long"}  # the long prompt alone, over budget; the short one waits a step
+    assert "short" in {o.request_id for o in engine.step()}
+
+
+def test_abort_frees_the_slot_at_the_next_step(model):
+    engine = Engine(model, max_running=1)
+    engine.add("a", _ids(model, PROMPTS[0]), SamplingParams(max_tokens=40, ignore_eos=True))
+    engine.add("b", _ids(model, PROMPTS[1]), SamplingParams(max_tokens=3, ignore_eos=True))
+    engine.step()
+    engine.step()
+    engine.abort("a")
+    outs = engine.step()
+    assert [(o.request_id, o.finish_reason) for o in outs if o.request_id == "a"] == [("a", "abort")]
+    assert [s.id for s in engine.running] == ["b"]  # admitted in the same step
+
+
+def test_context_is_checked_before_a_request_is_accepted(model):
+    engine = Engine(model)
+    with pytest.raises(ContextLengthError, match="maximum context length is 64 tokens"):
+        engine.add("x", list(range(3, 60)), SamplingParams(max_tokens=10))
+    with pytest.raises(ContextLengthError):
+        engine.add("y", [], SamplingParams(max_tokens=1))
+    assert not engine.has_work()
+
+
+def test_stop_strings_cut_the_text_and_finish(model):
+    full = "".join(o.text for o in _run_one(model, SamplingParams(max_tokens=10, ignore_eos=True)))
+    assert len(full) > 4
+    stop = full[2:4]
+    outs = _run_one(model, SamplingParams(max_tokens=10, ignore_eos=True, stop=[stop]))
+    assert "".join(o.text for o in outs) == full[: full.find(stop)] and outs[-1].finish_reason == "stop"
+
+
+def _run_one(model, params, prompt=PROMPTS[0]):
+    engine = Engine(model)
+    engine.add("x", _ids(model, prompt), params)
+    return _run(engine)["x"]
+
+
+def test_logprobs_and_echoed_prompt_logprobs_equal_pytorch(model, hf_dir):
+    """Echo with logprobs: every prompt token's logprob given the ones before it (the first has none),
+    then each new token's, equal to the model's own log-softmax in PyTorch."""
+    ids = _ids(model, PROMPTS[2])
+    outs = _run_one(model, SamplingParams(max_tokens=5, temperature=0, logprobs=3, prompt_logprobs=True,
+                                          ignore_eos=True), PROMPTS[2])
+    prompt_lp = outs[0].prompt_logprobs
+    generated = _tokens(outs)
+    token_lp = [lp for o in outs for lp in (o.logprobs or [])]
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(hf(torch.tensor([ids + generated])).logits[0].double(), -1)
+    want_prompt = [logp[j - 1, ids[j]].item() for j in range(1, len(ids))]
+    assert prompt_lp[0] is None and len(prompt_lp) == len(ids)
+    assert np.allclose([lp.logprob for lp in prompt_lp[1:]], want_prompt, atol=1e-3)
+    want_new = [logp[len(ids) - 1 + k, t].item() for k, t in enumerate(generated)]
+    assert np.allclose([lp.logprob for lp in token_lp], want_new, atol=1e-3)
+    top = token_lp[0].top
+    assert len(top) == 3 and top[0][0] == generated[0]  # greedy: the chosen token is the most likely
+    assert [t for t, _ in top] == torch.topk(logp[len(ids) - 1], 3).indices.tolist()
+
+
+def test_max_tokens_zero_scores_the_prompt_only(model):
+    outs = _run_one(model, SamplingParams(max_tokens=0, prompt_logprobs=True, logprobs=0))
+    assert len(outs) == 1 and outs[0].token_ids == [] and outs[0].finish_reason == "length"
+    assert len(outs[0].prompt_logprobs) == len(_ids(model, PROMPTS[0]))
+
+
+def test_korean_text_streams_whole_characters(model):
+    """Byte-level BPE splits a Hangul syllable over tokens: a delta never ends in half of one (held back
+    until the rest comes; a random model may leave bytes that never complete, flushed at the end)."""
+    outs = _run_one(model, SamplingParams(max_tokens=20, temperature=1.0, seed=3, ignore_eos=True), PROMPTS[1])
+    assert not any(o.text.endswith("\ufffd") for o in outs[:-1])
+    assert "".join(o.text for o in outs) == model.tokenizer.decode(_tokens(outs), skip_special_tokens=True)
+
+
+def test_async_engine_serves_concurrent_callers_and_aborts_the_ones_that_leave(model):
+    async def main():
+        engine = AsyncEngine(Engine(model, max_running=4))
+        params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+
+        async def collect(i):
+            return [t async for out in engine.generate(str(i), _ids(model, PROMPTS[i]), params)
+                    for t in out.token_ids]
+
+        results = await asyncio.gather(*(collect(i) for i in range(3)))
+        gen = engine.generate("leaver", _ids(model, PROMPTS[0]), SamplingParams(max_tokens=50, ignore_eos=True))
+        await gen.__anext__()
+        await gen.aclose()  # the client went away
+        for _ in range(100):
+            if not engine.engine.has_work():
+                break
+            await asyncio.sleep(0.02)
+        with pytest.raises(ContextLengthError):
+            async for _ in engine.generate("big", list(range(3, 60)), SamplingParams(max_tokens=10)):
+                pass
+        engine.stop()
+        return results, engine.engine.has_work()
+
+    results, busy = asyncio.run(main())
+    assert results == [_alone(model, p, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+                       for p in PROMPTS]
+    assert not busy  # the abandoned request's slot was freed
+
+
+def test_a_refused_request_fails_alone_and_any_seed_works(model):
+    async def main():
+        engine = AsyncEngine(Engine(model))
+        params = SamplingParams(max_tokens=3, temperature=1.0, seed=-1)  # OpenAI lets seeds be negative
+        got = [t async for out in engine.generate("a", _ids(model, PROMPTS[0]), params) for t in out.token_ids]
+        add = engine.engine.add
+
+        def refusing_add(request_id, ids, p):  # a request the engine thread itself refuses
+            if request_id == "bad":
+                raise ValueError("refused")
+            add(request_id, ids, p)
+
+        engine.engine.add = refusing_add
+        with pytest.raises(ValueError, match="refused"):
+            async for _ in engine.generate("bad", _ids(model, PROMPTS[0]), params):
+                pass
+        again = [t async for out in engine.generate("b", _ids(model, PROMPTS[0]), params) for t in out.token_ids]
+        engine.stop()
+        return got, again
+
+    got, again = asyncio.run(main())
+    assert len(got) >= 1 and got == again  # same seed, same tokens; the engine survived the bad request
