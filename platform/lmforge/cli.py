@@ -14,6 +14,7 @@ import sys
 from lmforge import __version__
 from lmforge import config as cfgmod
 from lmforge.stages import STAGES, Stage, load
+from lmforge.tasks.jsonl import DataError
 
 FLAGS = ("--dry-run", "--help")
 
@@ -24,7 +25,10 @@ def usage() -> str:
     width = max(len(name) for name in STAGES) + 2
     lines = ["usage: lmforge <stage> [CONFIG.yaml] [dotted.key=value ...] [--dry-run] [--help]", "", "stages:"]
     lines += [f"  {name:<{width}}{stage.summary}" for name, stage in STAGES.items()]
-    lines += [f"  {'bench':<{width}}benchmarks, JSON out: lmforge bench {'|'.join(BENCHES)}", "",
+    lines += [f"  {'bench':<{width}}benchmarks, JSON out: lmforge bench {'|'.join(BENCHES)}",
+              f"  {'submit':<{width}}a stage as a job on a Ray cluster: lmforge submit <stage> CONFIG [--address URL]",
+              f"  {'jobs':<{width}}lmforge jobs list | logs ID [--follow] | stop ID",
+              f"  {'cluster':<{width}}lmforge cluster up|down|status --cloud aws|gcp|azure (ray up, token auth)", "",
               "Override values are parsed as YAML: pack.seq_len=256  inputs=[a.jsonl,b.jsonl]",
               "Ray: ray.address=... or RAY_ADDRESS; none starts a local cluster for the command.",
               "`lmforge <stage> --help` lists every key of a stage with its type, default and meaning."]
@@ -64,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "--version":
         print(__version__)
         return 0
+    if argv[0] in ("submit", "jobs", "cluster"):
+        from lmforge.cluster import jobs
+
+        return jobs.main(argv)
     found = _find(argv)
     if isinstance(found, int):
         return found
@@ -97,7 +105,7 @@ def _run(command: str, stage: Stage, path: str | None, overrides: list[str], dry
     except cfgmod.ConfigError as e:
         print(f"lmforge {command}: config error: {e}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
+    except (FileNotFoundError, DataError) as e:
         print(f"lmforge {command}: {e}", file=sys.stderr)
         return 2
     if isinstance(result, dict):

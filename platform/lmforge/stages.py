@@ -48,7 +48,7 @@ def load(target: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-_MODEL_FROM_TRAINING = Input("model", (("pretrain", "model"), ("import", "")))
+_TRAINED = (("finetune", "model"), ("pretrain", "model"), ("import", ""))  # the newest model a recipe makes
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("prepare", "corpus files -> cleaned, deduplicated, PII-redacted documents, a BPE tokenizer and packed "
@@ -59,9 +59,18 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           inputs=(Input("data", (("prepare", ""),)),)),
     Stage("import", "an HF model dir or a .gguf file -> an HF model dir that every other stage takes",
           "lmforge.model.config:ImportConfig", "lmforge.model.importer:run", subdir="import"),
+    Stage("finetune", "supervised fine-tuning (LoRA or full) on prompt/response or chat data, on Ray Train",
+          "lmforge.finetune.config:FinetuneConfig", "lmforge.finetune.finetune:run", subdir="finetune",
+          inputs=(Input("model.init_from", (("pretrain", "model"), ("import", ""))),)),
+    Stage("tune", "hyperparameter sweep over a pretrain or finetune config (Ray Tune: ASHA, random or Optuna, "
+          "resumable)", "lmforge.tune.config:TuneConfig", "lmforge.tune.tune:run",
+          dry_run="lmforge.tune.tune:resolved_dict"),
+    Stage("eval", "task metrics (ROUGE, BLEU, chrF, EM/F1, accuracy, perplexity), bias and canary audits",
+          "lmforge.evaluate.config:EvalConfig", "lmforge.evaluate.evaluation:run", subdir="eval",
+          inputs=(Input("model", _TRAINED),)),
     Stage("export", "HF model dir -> ONNX with KV cache (fp32, int8, int4, fp16), parity-checked against PyTorch",
           "lmforge.export.config:ExportConfig", "lmforge.export.onnx_export:run", subdir="onnx",
-          inputs=(_MODEL_FROM_TRAINING,)),
+          inputs=(Input("model", _TRAINED),)),
     Stage("serve", "OpenAI-compatible HTTP API on Ray Serve and onnxruntime (foreground until Ctrl-C)",
           "lmforge.serve.config:ServeConfig", "lmforge.serve.server:run", subdir="",
           inputs=(Input("model", (("export", ""),)),), recipe_run="lmforge.serve.server:answer_prompts"),

@@ -47,7 +47,8 @@ def test_finalize_batch_writes_every_output_and_counts_each_record_once(tmp_path
     rows[4].update(text="", reason="quarantine:invalid_json", raw=b"{broken")
     example = json.dumps([["EMAIL", "…write to <EMAIL aaa@aaa.aa> today…"]])
     batch = pa.Table.from_pylist([{**r, **{c: int(c == "pii_EMAIL" and i == 7) for c in PII_COLUMNS},
-                                   "pii_examples": example if i == 7 else ""} for i, r in enumerate(rows)])
+                                   "pii_examples": example if i == 7 else "",
+                                   "canaries": "canary-1,canary-2" if i in (8, 9) else ""} for i, r in enumerate(rows)])
     marks = {105: ("near_duplicate", "d6")}
     tok = train_bpe(texts, 300).to_str()
     for sub in outputs.OUTPUT_DIRS:
@@ -58,6 +59,7 @@ def test_finalize_batch_writes_every_output_and_counts_each_record_once(tmp_path
     assert stats["reasons"] == {"": 37, "quality:word_count": 1, "quarantine:invalid_json": 1, "near_duplicate": 1}
     assert stats["pii"]["EMAIL"] == 1 and sum(stats["lengths"]) == 37
     assert stats["pii_examples"] == {"EMAIL": ["…write to <EMAIL aaa@aaa.aa> today…"]}
+    assert stats["canaries"] == {"canary-1": ["d8", "d9"], "canary-2": ["d8", "d9"]}  # kept documents only
     docs = pq.read_table(tmp_path / "documents").to_pylist()
     rejected = {r["id"]: r for r in pq.read_table(tmp_path / "rejected").to_pylist()}
     assert len(docs) == 37 and set(rejected) == {"d3", "d4", "d5"}

@@ -87,6 +87,19 @@ class PiiConfig:
 
 
 @dataclasses.dataclass(kw_only=True)
+class CanaryConfig:
+    """Random secrets planted for the privacy audit (``lmforge eval`` task ``canary``)."""
+
+    count: int = 0  # secrets to plant (e-mails, phone numbers, resident registration numbers, API keys); 0: none
+    copies: int = 10  # documents each one goes into, about
+    seed: int = 0  # of the secrets and their codenames
+
+    def __post_init__(self):
+        check(self.count >= 0, "count", "must be >= 0")
+        check(self.copies >= 1, "copies", "must be >= 1")
+
+
+@dataclasses.dataclass(kw_only=True)
 class PrepareConfig:
     inputs: list[str]  # local paths, directories, globs, s3://bucket/prefix (or glob), pkg://package/path
     output: str  # the prepared dataset dir (layout: README, "Artifacts")
@@ -98,6 +111,7 @@ class PrepareConfig:
     pii: PiiConfig = dataclasses.field(default_factory=PiiConfig)
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     pack: PackConfig = dataclasses.field(default_factory=PackConfig)
+    canaries: CanaryConfig = dataclasses.field(default_factory=CanaryConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     force: bool = False  # redo even when output holds a finished run of the same config
 

@@ -8,11 +8,12 @@ duplicate key and (batched, in :func:`curate_all`) the MinHash signature that th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pyarrow as pa
 
-from lmforge.data import clean, dedup, pii, quality, sources
+from lmforge.data import canaries, clean, dedup, pii, quality, sources
 from lmforge.data.config import PrepareConfig
 
 PII_COLUMNS = [f"pii_{t}" for t in pii.PII_TYPES]
@@ -20,19 +21,22 @@ PII_COLUMNS = [f"pii_{t}" for t in pii.PII_TYPES]
 LEDGER_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("order", pa.int64()),
                           ("text", pa.string()), ("reason", pa.string()), ("raw", pa.binary()),
                           *((c, pa.int64()) for c in PII_COLUMNS), ("pii_examples", pa.string()),
-                          ("exact_key", pa.int64()), ("minhash", pa.binary())])
+                          ("canaries", pa.string()), ("exact_key", pa.int64()), ("minhash", pa.binary())])
 EXAMPLES_PER_DOC = 3  # masked examples of redactions kept per document, for the report
 
 
-def curate(rec: dict, cfg: PrepareConfig) -> dict:
-    """Fill ``text``, ``reason``, ``pii_*``, ``exact_key`` and ``minhash`` of one record."""
-    rec.update({c: 0 for c in PII_COLUMNS}, pii_examples="", exact_key=0, minhash=b"")
+def curate(rec: dict, cfg: PrepareConfig, plan: CanaryPlan | None = None) -> dict:
+    """Fill ``text``, ``reason``, ``pii_*``, ``canaries``, ``exact_key`` and ``minhash`` of one record."""
+    rec.update({c: 0 for c in PII_COLUMNS}, pii_examples="", canaries="", exact_key=0, minhash=b"")
     if rec["reason"]:  # quarantined while reading
         return rec
     text = clean.clean(rec["text"])
     if not text:
         rec.update(text="", reason="empty")
         return rec
+    if plan is not None:  # the privacy audit's secrets go in before quality rules and PII redaction see the text
+        text, planted = canaries.plant(text, rec["id"], plan.canaries, plan.rate)
+        rec["canaries"] = ",".join(planted)
     rule = quality.failed_rule(text, cfg.quality)
     if rule:
         rec.update(text=text, reason=f"quality:{rule}")
@@ -48,9 +52,17 @@ def curate(rec: dict, cfg: PrepareConfig) -> dict:
     return rec
 
 
-def curate_all(records, cfg: PrepareConfig, chunk: int = 4096) -> list[dict]:
+@dataclasses.dataclass
+class CanaryPlan:
+    """The canaries to plant and the share of documents each goes into (see :mod:`.canaries`)."""
+
+    canaries: list[canaries.Canary]
+    rate: float
+
+
+def curate_all(records, cfg: PrepareConfig, chunk: int = 4096, plan: CanaryPlan | None = None) -> list[dict]:
     """:func:`curate` every record, then MinHash the kept ones a chunk at a time (vectorised per chunk)."""
-    out = [curate(rec, cfg) for rec in records]
+    out = [curate(rec, cfg, plan) for rec in records]
     for i in range(0, len(out), chunk):
         _add_signatures(out[i : i + chunk], cfg)
     return out
@@ -66,10 +78,10 @@ def _add_signatures(records: list[dict], cfg: PrepareConfig) -> None:
         rec["minhash"] = sig.tobytes()
 
 
-def curate_file(path: str, file_index: int, cfg: PrepareConfig) -> pa.Table:
+def curate_file(path: str, file_index: int, cfg: PrepareConfig, plan: CanaryPlan | None = None) -> pa.Table:
     """Read one input file and curate every record into ledger rows (:data:`LEDGER_SCHEMA`), built
     column by column (a row-at-a-time builder cost more than the reading)."""
     records = curate_all(sources.read_records(path, file_index, cfg.text_field, cfg.id_field, cfg.max_doc_bytes),
-                         cfg)
+                         cfg, plan=plan)
     return pa.table({f.name: pa.array([r[f.name] for r in records], f.type) for f in LEDGER_SCHEMA},
                     schema=LEDGER_SCHEMA)

@@ -23,6 +23,8 @@ def build(stats: dict, tok, seq_len: int, files: list[str]) -> dict:
                       "quarantined": sum(quarantine.values()), "quarantine_reasons": quarantine},
         "pii": {t: n for t, n in sorted(stats["pii"].items()) if n},
         "pii_examples": {t: stats["pii_examples"][t] for t in sorted(stats.get("pii_examples", {}))},
+        "canaries": {"planted": sum(len(d) for d in stats.get("canaries", {}).values()),
+                     "secrets": len(stats.get("canaries", {}))},
         "tokens": {s: tokens[s]["tokens"] for s in tokens},
         "rows": {s: tokens[s]["rows"] for s in tokens},
         "seq_len": seq_len,

@@ -54,6 +54,7 @@ def finalize_batch(batch: pa.Table, marks: dict, tokenizer_json: str, seq_len: i
         "reasons": Counter(batch.column("reason").to_pylist()),
         "pii": {c.removeprefix("pii_"): pc.sum(kept.column(c)).as_py() or 0 for c in PII_COLUMNS},
         "pii_examples": _examples(kept.column("pii_examples").to_pylist()),
+        "canaries": _planted(ids, kept.column("canaries").to_pylist()),
         "lengths": report.length_histogram(np.array([len(t.split()) for t in texts])).tolist(),
         "tokens": {split: {"rows": tables[split].num_rows,
                            "tokens": pc.sum(tables[split].column("n_tokens")).as_py() or 0}
@@ -75,6 +76,15 @@ def _examples(cells: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def _planted(ids: list[str], cells: list[str]) -> dict[str, list[str]]:
+    """``{canary id: ids of the kept documents it is in}`` for a batch."""
+    out: dict[str, list[str]] = {}
+    for doc_id, cell in zip(ids, cells):
+        for canary_id in filter(None, cell.split(",")):
+            out.setdefault(canary_id, []).append(doc_id)
+    return out
+
+
 def apply_marks(batch: pa.Table, marks: dict) -> pa.Table:
     """Set reason/duplicate_of of the documents dedup chose to drop; add the ``duplicate_of`` column."""
     reasons = batch.column("reason").to_pylist()
@@ -89,11 +99,13 @@ def apply_marks(batch: pa.Table, marks: dict) -> pa.Table:
 def sum_stats(rows: list[dict]) -> dict:
     """The per-batch JSON counts of :func:`finalize_batch`, added up."""
     total = {"reasons": Counter(), "pii": Counter(), "lengths": np.zeros(len(report.LENGTH_BINS) - 1, np.int64),
-             "tokens": {"train": Counter(), "val": Counter()}, "pii_examples": {}}
+             "tokens": {"train": Counter(), "val": Counter()}, "pii_examples": {}, "canaries": {}}
     for row in rows:
         part = json.loads(row["stats"])
         total["reasons"].update(part["reasons"])
         total["pii"].update(part["pii"])
+        for canary_id, docs in part["canaries"].items():
+            total["canaries"].setdefault(canary_id, []).extend(docs)
         for kind, examples in part["pii_examples"].items():
             kept = total["pii_examples"].setdefault(kind, [])
             kept += examples[: EXAMPLES_PER_TYPE - len(kept)]

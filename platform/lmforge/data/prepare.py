@@ -25,9 +25,9 @@ import pyarrow as pa
 
 from lmforge import stage, storage
 from lmforge.cluster.session import ray_session
-from lmforge.data import dedup_ray, manifest, outputs, report, sources
+from lmforge.data import canaries, dedup_ray, manifest, outputs, report, sources
 from lmforge.data.config import PrepareConfig
-from lmforge.data.curate import curate_file
+from lmforge.data.curate import CanaryPlan, curate_file
 from lmforge.data.tokenizer import to_hf, train_bpe
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path) -> dict:
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # deterministic
     clock = _Clock()
-    ledger = _read_ledger(cfg, files).materialize()
+    plan = _canary_plan(cfg, files)
+    ledger = _read_ledger(cfg, files, plan).materialize()
     clock.lap("read + curate")
     marks = dedup_ray.find_duplicates(ledger.filter(expr="reason == ''"), cfg.dedup)
     clock.lap("dedup")
@@ -74,6 +75,10 @@ def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path) -> dict:
     stats = _write_outputs(ledger, ray.put(marks), tok.to_str(), cfg, out)
     clock.lap("write + tokenize")
     result = manifest.build(stats, tok, cfg.pack.seq_len, files)
+    if plan is not None:  # recorded outside the corpus, for the privacy audit
+        for canary in plan.canaries:
+            canary.documents = stats["canaries"].get(canary.id, [])
+        canaries.write(plan.canaries, out / "canaries.jsonl")
     report.plot_lengths(stats["lengths"], out / "doc_lengths.png")
     (out / "report.md").write_text(report.render(result))
     return result
@@ -91,7 +96,18 @@ class _Clock:
         self.last = now
 
 
-def _read_ledger(cfg: PrepareConfig, files: list[str]):
+def _canary_plan(cfg: PrepareConfig, files: list[str]) -> CanaryPlan | None:
+    """The canaries and the share of documents that gets each, for about ``copies`` copies of each."""
+    if cfg.canaries.count == 0:
+        return None
+    records = sum(sources.count_records(f) for f in files)
+    rate = min(1.0, cfg.canaries.copies / max(1, records))
+    log.info("prepare: planting %d canaries, each in ~%d of ~%d documents", cfg.canaries.count,
+             cfg.canaries.copies, records)
+    return CanaryPlan(canaries.make(cfg.canaries.count, cfg.canaries.seed), rate)
+
+
+def _read_ledger(cfg: PrepareConfig, files: list[str], plan: CanaryPlan | None):
     import ray
 
     items = [{"path": f, "file_index": i} for i, f in enumerate(files)]
@@ -99,13 +115,14 @@ def _read_ledger(cfg: PrepareConfig, files: list[str]):
     if any(f.startswith("s3://") for f in files):
         remote_args["runtime_env"] = {"env_vars": storage.aws_env()}
     ds = ray.data.from_items(items, override_num_blocks=len(files))
-    return ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": cfg}, **remote_args)
+    return ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "plan": plan},
+                          **remote_args)
 
 
-def _read_files(batch: pa.Table, cfg: PrepareConfig) -> pa.Table:
+def _read_files(batch: pa.Table, cfg: PrepareConfig, plan: CanaryPlan | None) -> pa.Table:
     """Ray task body: files -> curated ledger rows (kept, dropped with a reason, quarantined)."""
     paths, indices = batch.column("path").to_pylist(), batch.column("file_index").to_pylist()
-    return pa.concat_tables([curate_file(path, index, cfg) for path, index in zip(paths, indices)])
+    return pa.concat_tables([curate_file(path, index, cfg, plan) for path, index in zip(paths, indices)])
 
 
 def _sample_texts(ledger, marks: dict, max_chars: int):

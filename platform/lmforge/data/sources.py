@@ -44,6 +44,17 @@ def read_records(uri: str, file_index: int = 0, text_field: str = "text", id_fie
                                file_index)
 
 
+def count_records(uri: str) -> int:
+    """About how many documents a file holds (non-blank lines, or parquet rows): for sizing, not the ledger."""
+    with storage.open_input(uri) as raw_stream:
+        if uri.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(raw_stream).metadata.num_rows
+        lines = _gzip_lines(gzip.GzipFile(fileobj=raw_stream)) if uri.endswith(".gz") else iter(raw_stream)
+        return sum(1 for line in lines if line.strip())
+
+
 def _gzip_lines(stream) -> Iterator[bytes]:
     """Lines of a gzip stream; a corrupt or truncated one ends with a marker line instead of raising.
     Only decompression errors are caught: an I/O error of the storage itself must fail the task

@@ -61,16 +61,18 @@ class OnnxGenerator:
                     out[i].append(tok)
         return out
 
-    def stream(self, prompts: list[str], params: SamplingParams) -> Iterator[list[Completion]]:
-        """Yield the completions so far after every step; ``finish_reason`` is set once a prompt is done."""
-        engine = self._engine([self.tokenizer(p).input_ids for p in prompts], params)
+    def stream(self, prompts: list[str | list[int]], params: SamplingParams) -> Iterator[list[Completion]]:
+        """Yield the completions so far after every step; ``finish_reason`` is set once a prompt is done.
+        A prompt is text or token ids."""
+        ids = [p if isinstance(p, list) else self.tokenizer(p, verbose=False).input_ids for p in prompts]
+        engine = self._engine(ids, params)
         state = [Completion("", None, 0, 0) for _ in prompts]
         while engine.has_work():
             for out in engine.step():
                 _update(state[int(out.request_id)], out)
             yield [replace(c) for c in state]
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+    def generate(self, prompts: list[str | list[int]], params: SamplingParams) -> list[Completion]:
         """Complete every prompt (one batch); returns one Completion per prompt, in order."""
         result = [Completion("", None, 0, 0) for _ in prompts]
         for result in self.stream(prompts, params):  # noqa: B007 (the last step's completions are the result)

@@ -14,9 +14,30 @@ from lmforge.model.presets import PRESETS
 class ModelConfig:
     preset: str = "tiny"  # tiny | mini | small | 20m | 125m | 350m | 1b (Llama-style, lmforge.model.presets)
     init_from: str | None = None  # an HF model dir to continue from instead of a fresh preset
+    # The preset's width, resized (a sweep's "width"): the preset's attention heads must divide it; the
+    # MLP keeps the preset's ratio. Fresh presets only.
+    hidden_size: int | None = None
+    num_layers: int | None = None  # the preset's depth, resized: decoder blocks (fresh presets only)
 
     def __post_init__(self):
         check(self.preset in PRESETS, "preset", f"unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+        heads = PRESETS[self.preset]["num_attention_heads"]
+        check(self.hidden_size is None or (self.hidden_size > 0 and self.hidden_size % heads == 0), "hidden_size",
+              f"must be a positive multiple of the {self.preset} preset's {heads} attention heads")
+        check(self.num_layers is None or self.num_layers >= 1, "num_layers", "must be >= 1")
+        check(self.init_from is None or (self.hidden_size is None and self.num_layers is None), "hidden_size",
+              "hidden_size and num_layers resize a fresh preset; init_from brings its own shape")
+
+    def overrides(self) -> dict:
+        """The preset's HF config fields this config changes."""
+        out = {}
+        if self.hidden_size is not None:
+            base = PRESETS[self.preset]
+            out["hidden_size"] = self.hidden_size
+            out["intermediate_size"] = base["intermediate_size"] * self.hidden_size // base["hidden_size"]
+        if self.num_layers is not None:
+            out["num_hidden_layers"] = self.num_layers
+        return out
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -93,11 +114,13 @@ class WorkerSpec:
     # the model to train: an HF dir, or a preset sized by vocab_size / seq_len / special_tokens
     init_from: str | None = None
     preset: str = "tiny"
+    model_overrides: dict = dataclasses.field(default_factory=dict)  # preset fields resized (ModelConfig.overrides)
     vocab_size: int = 0
     special_tokens: dict[str, int] = dataclasses.field(default_factory=dict)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     checkpoint_root: str  # local dir or s3:// prefix; checkpoints land in <root>/checkpoints/step_N
     stage: str = "train"  # the name in log lines
+    lora: dict | None = None  # LoRA adapters on a frozen init_from (r, alpha, dropout, target_modules)
 
 
 def accumulation_steps(cfg: TrainConfig, seq_len: int, world_size: int) -> int:

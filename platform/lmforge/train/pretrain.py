@@ -5,7 +5,7 @@ Run: ``lmforge pretrain jobs/pretrain.yaml data=runs/data output=runs/model trai
 The run, step by step: check the data dir; open ``<output>.partial/`` (an interrupted run's, or the
 finished output's when its checkpoints should carry over, with ``train.resume=auto``); describe the job
 to the workers as token rows and a model (:class:`~lmforge.train.config.WorkerSpec`); train, on Ray
-Train (:mod:`.ray_trainer`) or in this process with ``train.num_workers=0`` (:mod:`.worker`), with
+Train or in this process with ``train.num_workers=0`` (:mod:`.launch`), with
 ``metrics.jsonl`` growing as it goes (:mod:`.progress`); write the best checkpoint's model, the
 metrics, loss plot and summary (:mod:`.results`); publish the dir as ``output``.
 """
@@ -16,15 +16,13 @@ import logging
 import time
 from pathlib import Path
 
-from lmforge import config as cfgmod
 from lmforge import stage
-from lmforge.cluster.session import ray_session
 from lmforge.data import manifest as prepared
-from lmforge.train import checkpoint, ray_trainer
+from lmforge.train import checkpoint
 from lmforge.train.config import PretrainConfig, WorkerSpec
+from lmforge.train.launch import checkpoint_root, launch
 from lmforge.train.progress import MetricsLog
 from lmforge.train.results import write_results
-from lmforge.train.worker import train_worker
 
 log = logging.getLogger(__name__)
 
@@ -36,39 +34,26 @@ def run(cfg: PretrainConfig) -> Path:
     manifest = prepared.read(cfg.data)  # fail early, with a clear message, on a wrong data dir
     fresh = cfg.train.resume == "never" or cfg.force
     partial = stage.begin(cfg, cfg.output, resume=not fresh)
-    spec = worker_spec(cfg, manifest, partial)
+    spec = worker_spec(cfg, manifest, checkpoint_root(cfg.train.checkpoint_dir, partial))
     if fresh:
         checkpoint.wipe(spec.checkpoint_root)
     metrics = MetricsLog(partial, "pretrain", cfg.train.max_steps)
     log.info("pretrain: metrics in %s (tensorboard --logdir %s)", metrics.path, metrics.tb_dir)
     start = time.perf_counter()
-    train(spec, metrics, cfg)
+    launch(spec, metrics, cfg.ray)
     write_results(partial, spec.checkpoint_root, time.perf_counter() - start, "pretrain")
     return stage.publish(partial, cfg.output)
 
 
-def train(spec: WorkerSpec, metrics: MetricsLog, cfg) -> None:
-    """Run the workers: on Ray Train, or this process alone with ``train.num_workers=0``."""
-    if spec.train.num_workers == 0:
-        try:
-            train_worker({"spec": cfgmod.to_dict(spec), "progress": metrics})
-        finally:
-            metrics.close()
-        return
-    with ray_session(cfg.ray):
-        ray_trainer.fit(spec, metrics)
-
-
-def worker_spec(cfg: PretrainConfig, manifest: dict, partial: Path) -> WorkerSpec:
+def worker_spec(cfg: PretrainConfig, manifest: dict, ckpt_root: str) -> WorkerSpec:
     """The job as workers get it: prepare's rows and tokenizer, a preset sized to them (or an HF dir),
     local paths made absolute (workers run in another directory)."""
     data = Path(cfg.data).resolve()
-    root = cfg.train.checkpoint_dir or str(partial)
-    root = root if root.startswith("s3://") else str(Path(root).resolve())
     init_from = cfg.model.init_from
     return WorkerSpec(
         train_rows=str(data / "train"), val_rows=str(data / "val"), seq_len=manifest["seq_len"],
         pad_id=manifest["special_tokens"]["pad"], tokenizer=str(data / "tokenizer"),
         init_from=str(Path(init_from).resolve()) if init_from and "://" not in init_from else init_from,
-        preset=cfg.model.preset, vocab_size=manifest["vocab_size"], special_tokens=manifest["special_tokens"],
-        train=cfg.train, checkpoint_root=root, stage="pretrain")
+        preset=cfg.model.preset, model_overrides=cfg.model.overrides(), vocab_size=manifest["vocab_size"],
+        special_tokens=manifest["special_tokens"],
+        train=cfg.train, checkpoint_root=ckpt_root, stage="pretrain")

@@ -26,8 +26,10 @@ def worker_cpus(num_workers: int, configured: float | None) -> float:
     return configured or min(1.0, round(0.95 * cluster_cpus() / num_workers, 2))
 
 
-def fit(spec: WorkerSpec, metrics: MetricsLog) -> None:
-    """Train ``spec`` on ``spec.train.num_workers`` Ray Train workers; returns when training is done."""
+def fit(spec: WorkerSpec, metrics: MetricsLog | None, callbacks: list | None = None) -> None:
+    """Train ``spec`` on ``spec.train.num_workers`` Ray Train workers; returns when training is done.
+    ``metrics``: where rank 0's rows go live (None: only into the checkpoints' history, as in a sweep's
+    trial); ``callbacks``: Ray Train callbacks (a sweep passes Tune's, which forwards every report)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -37,10 +39,10 @@ def fit(spec: WorkerSpec, metrics: MetricsLog) -> None:
     cpus = worker_cpus(t.num_workers, t.cpus_per_worker)
     root = spec.checkpoint_root
     fs, path = storage.filesystem(root)
-    progress = RayProgress(metrics)
+    progress = RayProgress(metrics) if metrics is not None else None
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"spec": cfgmod.to_dict(spec), "progress": progress.queue},
+        train_loop_config={"spec": cfgmod.to_dict(spec), "progress": progress.queue if progress else None},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": cpus}),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -48,11 +50,12 @@ def fit(spec: WorkerSpec, metrics: MetricsLog) -> None:
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints, checkpoint_score_attribute="val_loss",
                                                checkpoint_score_order="min"),
-            logging_config=LoggingConfig(log_level="WARNING")),
+            logging_config=LoggingConfig(log_level="WARNING"), callbacks=callbacks),
     )
     log.info("%s: Ray Train, %d workers x %.2f CPU%s, checkpoints in %s/%s", spec.stage, t.num_workers, cpus,
              " + GPU" if t.use_gpu else "", root, RUN_NAME)
     try:
         trainer.fit()
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()

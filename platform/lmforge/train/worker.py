@@ -72,13 +72,20 @@ def train_worker(config: dict) -> None:
 
 
 def build_model(spec: WorkerSpec, checkpoint_model: Path | None = None):
-    """The checkpoint's model when resuming, else ``init_from``, else a fresh preset."""
+    """The checkpoint's model when resuming, else ``init_from``, else a fresh preset; with ``lora``, the
+    frozen ``init_from`` with adapters (the checkpoint's when resuming)."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+    if spec.lora is not None:
+        from lmforge.finetune import lora
+
+        base = AutoModelForCausalLM.from_pretrained(str(spec.init_from), dtype=torch.float32)
+        return lora.wrap(base, spec.lora, checkpoint_model)
     source = checkpoint_model or spec.init_from
     if source:
         return AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
-    return LlamaForCausalLM(presets.build_config(spec.preset, spec.vocab_size, spec.seq_len, spec.special_tokens))
+    return LlamaForCausalLM(presets.build_config(spec.preset, spec.vocab_size, spec.seq_len, spec.special_tokens,
+                                                  **spec.model_overrides))
 
 
 def _quiet_transformers() -> None:
@@ -136,6 +143,7 @@ class WorkerContext:
                 return
             import ray.train
 
-            report = {"step": state.step, "val_loss": checkpoint.last_val_loss(state.history)}
+            # What a sweep's scheduler sees (Tune's callback forwards rank 0's report).
+            report = checkpoint.report_of(dataclasses.asdict(state))
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if self.rank == 0 else None,
                              checkpoint_dir_name=name)

@@ -1,0 +1,38 @@
+"""Ray Data glue for evaluation: requests go through model actors in batches; results come back.
+
+Each actor loads the model once (:func:`lmforge.evaluate.backends.load_backend`) and runs
+:func:`lmforge.evaluate.tasks.execute` on its batches. Requests travel as JSON strings (their shapes
+differ by kind).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+
+class _ModelActor:
+    def __init__(self, model_dir: str, threads: int, batch_size: int):
+        from lmforge.evaluate.backends import load_backend
+
+        self.backend, self.batch_size = load_backend(model_dir, threads), batch_size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from lmforge.evaluate.tasks import execute
+
+        requests = [json.loads(r) for r in batch.column("request").to_pylist()]
+        results = execute(self.backend, requests, self.batch_size)
+        return pa.table({"result": [json.dumps({"rid": r["rid"], **results[r["rid"]]}) for r in requests]})
+
+
+def execute_on_ray(model_dir: str, requests: list[dict], batch_size: int, threads: int, actors: int,
+                   actor_cpus: float) -> dict[str, dict]:
+    import ray
+
+    ds = ray.data.from_items([{"request": json.dumps(r)} for r in requests])
+    scored = ds.map_batches(_ModelActor, fn_constructor_kwargs={"model_dir": model_dir, "threads": threads,
+                                                                "batch_size": batch_size},
+                            batch_size=max(16, 4 * batch_size), batch_format="pyarrow", concurrency=actors,
+                            num_cpus=actor_cpus)
+    return {r["rid"]: r for r in (json.loads(row["result"]) for row in scored.take_all())}

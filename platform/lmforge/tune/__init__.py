@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps (``lmforge tune``): pretrain or finetune trials on Ray Tune, with early stopping."""

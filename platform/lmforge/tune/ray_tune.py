@@ -1,0 +1,163 @@
+"""Ray Tune glue: the sweep's Tuner (new or restored), its trials, and what they reported.
+
+Each trial is a Tune function trainable that runs the stage's own Ray Train ``TorchTrainer``
+(:func:`lmforge.train.ray_trainer.fit`) with Tune's callback for Train, which forwards every report of
+the rank-0 worker (step, val_loss, loss at each evaluation) to the scheduler. A trial stopped by ASHA
+takes its trainer's actors with it. Trials checkpoint under ``<storage>/trials/<trial id>``, so a
+resumed trial's trainer continues from its own newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from lmforge import storage as store
+from lmforge.tune.config import TuneConfig
+from lmforge.tune.plan import Plan
+from lmforge.tune.results import Trial
+from lmforge.tune.space import Param
+
+log = logging.getLogger("lmforge.tune")
+
+EXPERIMENT = "ray_tune"  # Tune's experiment dir under the storage root
+REPORTED = ("step", "val_loss", "loss", "stopped_early")  # what a training worker reports at each evaluation
+
+
+def search_space(params: list[Param]) -> dict:
+    """The space in Tune's own terms (randint's hi included, as lmforge documents it)."""
+    make = {"loguniform": lambda a: tune.loguniform(*a), "uniform": lambda a: tune.uniform(*a),
+            "randint": lambda a: tune.randint(a[0], a[1] + 1), "choice": lambda a: tune.choice(list(a))}
+    return {p.key: make[p.kind](p.args) for p in params}
+
+
+def _search(cfg: TuneConfig, concurrent: int):
+    """Tune applies max_concurrent_trials to Searchers (Optuna) itself, but not to a variant generator
+    passed in (random search): that one is told here."""
+    if cfg.search == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(max_concurrent=concurrent, random_state=cfg.seed)
+
+
+def _scheduler(cfg: TuneConfig, max_steps: int, eval_every: int):
+    if cfg.scheduler == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=cfg.asha.grace_period or eval_every,
+                         reduction_factor=cfg.asha.reduction_factor)
+
+
+def trainable(build_spec: Callable[[dict, str], Any], storage: str, plan: Plan):
+    """The Tune function trainable: ``build_spec(params, checkpoint_root)`` -> the trial's WorkerSpec."""
+    def trial(params: dict) -> None:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from lmforge.train import checkpoint, ray_trainer
+
+        root = f"{storage}/trials/{tune.get_context().get_trial_id()}"
+        spec = build_spec(params, root)
+        state = checkpoint.newest_state(root)
+        if state and (state["step"] >= spec.train.max_steps or state.get("stopped_early")):
+            # Finished before the sweep was interrupted, but after Tune last saved its state (it does so
+            # every 10 s or more): report the result again instead of starting a trainer.
+            tune.report(checkpoint.report_of(state))
+            return
+        ray_trainer.fit(spec, None, callbacks=[TuneReportCallback()])
+
+    return tune.with_resources(trial, {"CPU": plan.driver_cpus})
+
+
+class Progress(tune.Callback):
+    """One log line per trial event and report, and ``trial_events.jsonl`` (when each trial started,
+    finished or failed, so a resumed sweep shows which trials ran again)."""
+
+    def __init__(self, events: Path, metric: str, max_steps: int):
+        self.events, self.metric, self.max_steps = events, metric, max_steps
+
+    def _event(self, kind: str, trial, **extra) -> None:
+        with self.events.open("a") as f:
+            f.write(json.dumps({"time": time.time(), "event": kind, "trial_id": trial.trial_id, **extra}) + "\n")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._event("start", trial, params=trial.config)
+        log.info("tune: trial %s started: %s", trial.trial_id,
+                 ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items()))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        log.info("tune: trial %s step %s/%d %s %s", trial.trial_id, result.get("step"), self.max_steps,
+                 self.metric, _short(value))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        step = (trial.last_result or {}).get("step")
+        self._event("complete", trial, step=step)
+        log.info("tune: trial %s finished at step %s", trial.trial_id, step)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._event("error", trial)
+        log.warning("tune: trial %s failed (its error is in %s)", trial.trial_id, trial.path)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_sweep(cfg: TuneConfig, params: list[Param], build_spec: Callable[[dict, str], Any], storage: str,
+              plan: Plan, max_steps: int, eval_every: int, events: Path, resume: bool):
+    """Fit a new sweep, or restore an interrupted one under ``storage`` and finish it; the ResultGrid."""
+    fs, path = store.filesystem(storage)
+    remote = storage.startswith("s3://")
+    experiment = f"{path.rstrip('/')}/{EXPERIMENT}"  # with the filesystem given, a path within it
+    fn = trainable(build_spec, storage, plan)
+    if resume and tune.Tuner.can_restore(experiment, storage_filesystem=fs if remote else None):
+        log.info("tune: resuming the sweep in %s (finished trials are kept, the rest continue)", experiment)
+        tuner = tune.Tuner.restore(experiment, trainable=fn, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=fs if remote else None)
+        return tuner.fit()
+    tuner = tune.Tuner(
+        fn, param_space=search_space(params),
+        tune_config=tune.TuneConfig(
+            metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples, search_alg=_search(cfg, plan.concurrent),
+            scheduler=_scheduler(cfg, max_steps, eval_every), max_concurrent_trials=plan.concurrent,
+            trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT, storage_path=path, storage_filesystem=fs if remote else None, verbose=0,
+            callbacks=[Progress(events, cfg.metric, max_steps)]),
+    )
+    return tuner.fit()
+
+
+def collect(grid, keys: list[str]) -> list[Trial]:
+    """Every trial of a ResultGrid with its sampled values and each report it made."""
+    trials = []
+    for result in grid:
+        frame = result.metrics_dataframe
+        history = []
+        if frame is not None and len(frame):
+            cols = [c for c in REPORTED if c in frame.columns]
+            history = [{k: _plain(v) for k, v in row.items()} for row in frame[cols].to_dict("records")]
+        metrics = result.metrics or {}
+        # Tune's own id (a trial restarted into an existing dir gets a suffixed dir name, not a new id)
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        trials.append(Trial(trial_id=trial_id, params={k: _plain(result.config.get(k)) for k in keys},
+                            history=history, error=str(result.error) if result.error else None,
+                            wall_s=float(metrics.get("time_total_s", 0.0))))
+    return sorted(trials, key=lambda t: t.trial_id)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python ones (for CSV, JSON and YAML)."""
+    return value.item() if hasattr(value, "item") else value

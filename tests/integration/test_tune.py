@@ -1,0 +1,132 @@
+"""Sweeps on the session's real Ray cluster: ASHA stops trials, best.yaml runs as is, and a sweep whose
+process is SIGKILLed mid-run finishes on the next run without redoing its finished trials."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from lmforge import config as cfgmod
+from lmforge.data import prepare
+from lmforge.data.config import PrepareConfig
+from lmforge.train import pretrain
+from lmforge.train.config import PretrainConfig
+from lmforge.tune import tune
+from lmforge.tune.config import TuneConfig
+
+STEPS, EVAL = 40, 10
+
+
+@pytest.fixture(scope="module")
+def data(ray_cluster, corpus_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tune") / "data"
+    return prepare.run(cfgmod.load(PrepareConfig, None, [f"inputs=[{corpus_dir}]", f"output={out}",
+                                                         "pack.seq_len=64", "tokenizer.vocab_size=1024"]))
+
+
+def sweep_yaml(data: Path, out: Path, num_samples: int) -> Path:
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "base": {"data": str(data), "model": {"preset": "tiny"},
+                 "train": {"num_workers": 1, "max_steps": STEPS, "micro_batch_size": 8, "warmup_steps": 5,
+                           "eval_every": EVAL, "eval_batches": 2, "log_every": EVAL}},
+        "space": {"train.lr": {"loguniform": [1e-4, 3e-2]}, "model.hidden_size": {"choice": [32, 64]}},
+        "num_samples": num_samples, "output": str(out), "asha": {"reduction_factor": 2}}))
+    return path
+
+
+def read_csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(path.open()))
+
+
+def events(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "trial_events.jsonl").read_text().splitlines()]
+
+
+def test_asha_sweep_stops_trials_and_best_yaml_runs_as_is(data, tmp_path):
+    out = tune.run(cfgmod.load(TuneConfig, sweep_yaml(data, tmp_path / "sweep", 6)))
+    rows = read_csv(out / "trials.csv")
+    assert len(rows) == 6 and {r["status"] for r in rows} <= {"completed", "stopped_by_scheduler"}
+    stopped = [r for r in rows if r["status"] == "stopped_by_scheduler"]
+    assert stopped and any(r["status"] == "completed" for r in rows)  # ASHA acted, and let the best finish
+    assert all(int(r["steps"]) < STEPS for r in stopped)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trial_steps"] == sum(int(r["steps"]) for r in rows) < 6 * STEPS
+    best = min(rows, key=lambda r: float(r["best_val_loss"]))
+    assert summary["best"]["trial_id"] == best["trial_id"]
+    # every trial reported at each evaluation it reached, with val_loss from its own model
+    assert len({r["best_val_loss"] for r in rows}) == 6
+    assert (out / "curves.png").stat().st_size > 0 and (out / "params.png").stat().st_size > 0
+
+    best_cfg = cfgmod.load(PretrainConfig, out / "best.yaml", [f"output={tmp_path / 'best-run'}"])
+    assert best_cfg.train.lr == pytest.approx(float(best["train.lr"]))
+    assert best_cfg.model.hidden_size == int(best["model.hidden_size"])
+    assert (best_cfg.train.max_steps, best_cfg.data) == (STEPS, str(data))
+    run = pretrain.run(best_cfg)
+    rerun = json.loads((run / "summary.json").read_text())
+    # the same config and seed as the trial: the full run reaches the trial's best val_loss again
+    assert rerun["best_val_loss"] == pytest.approx(float(best["best_val_loss"]), rel=0.02)
+
+
+def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tmp_path, ray_cluster):
+    """The sweep's process is SIGKILLed once a trial has finished; the same command finishes the rest.
+    Tune's experiment and the trials' checkpoints live on the S3 server, as on a cluster without a
+    shared disk; the Optuna searcher's state comes back with the experiment (4 trials, not more)."""
+    boto3.client("s3").create_bucket(Bucket="sweeps")
+    out = tmp_path / "resumed"
+    cmd = [sys.executable, "-m", "lmforge", "tune", str(sweep_yaml(data, out, 4)), f"ray.address={ray_cluster}",
+           "max_concurrent_trials=2", "scheduler=none", "search=optuna", "tune.storage=s3://sweeps/tiny"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    partial = Path(f"{out}.partial")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (partial / "trial_events.jsonl").is_file() or not any(
+                e["event"] == "complete" for e in events(partial)):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "no trial finished in 5 minutes"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    before = events(partial)
+    finished = {e["trial_id"] for e in before if e["event"] == "complete"}
+    assert finished and len(finished) < 4
+    assert not out.exists()  # nothing published by the killed run
+    s3 = boto3.client("s3")
+
+    def checkpoints(trial_id: str = "") -> dict:
+        listing = s3.list_objects_v2(Bucket="sweeps", Prefix=f"tiny/trials/{trial_id}/" if trial_id else "tiny/trials/")
+        return {o["Key"]: o["ETag"] for o in listing.get("Contents", [])}
+
+    kept = {t: checkpoints(t) for t in finished}
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "resuming the sweep" in rerun.stderr
+    rows = read_csv(out / "trials.csv")
+    assert len(rows) == 4 and all(r["status"] == "completed" and int(r["steps"]) == STEPS for r in rows)
+    after = events(out)[len(before):]
+    assert {e["trial_id"] for e in after if e["event"] == "complete"} >= {r["trial_id"] for r in rows} - finished
+    # A finished trial may be started again if Tune had not saved its end yet (it saves every 10 s or
+    # more), but it trains no further: not one checkpoint object of it changed.
+    assert {t: checkpoints(t) for t in finished} == kept
+    # the trials cut off by the kill went on from their own checkpoints in S3, not from step 0
+    assert {k.split("/")[2] for k in checkpoints()} - {""} == {r["trial_id"] for r in rows}
+    for trial_id in {e["trial_id"] for e in after if e["event"] == "start"}:
+        listing = s3.list_objects_v2(Bucket="sweeps", Prefix=f"tiny/ray_tune/{trial_id}")["Contents"]
+        for key in [o["Key"] for o in listing if o["Key"].endswith("/result.json")]:
+            body = s3.get_object(Bucket="sweeps", Key=key)["Body"].read().decode()
+            steps = [json.loads(line)["step"] for line in body.splitlines()]
+            assert steps == sorted(steps), f"{trial_id} went back to an earlier step: {steps}"

@@ -1,0 +1,131 @@
+"""The sweep's pure parts: the space checked against the stage's config, trial resources that always fit,
+and the tables a sweep leaves. The sweeps themselves run in tests/integration/test_tune.py."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import yaml
+
+from lmforge import config as cfgmod
+from lmforge.config import ConfigError
+from lmforge.finetune.config import FinetuneConfig
+from lmforge.train.config import PretrainConfig
+from lmforge.tune import plan, results, space
+from lmforge.tune.config import TuneConfig
+
+BASE = {"data": "runs/data", "model": {"preset": "tiny"}, "train": {"max_steps": 100, "eval_every": 25}}
+SET = {"output": "runs/t/trial"}
+
+
+def parse(sp: dict, cls=PretrainConfig, stage="pretrain", base=BASE):
+    return space.parse(sp, cls, stage, base, SET)
+
+
+def test_space_accepts_each_kind_and_both_spellings():
+    params = parse({"train.lr": {"loguniform": [1e-4, 1e-2]}, "train": {"weight_decay": {"uniform": [0, 0.2]}},
+                    "model.hidden_size": {"choice": [32, 64, 128]}, "model.num_layers": {"randint": [1, 3]}})
+    assert [(p.key, p.kind) for p in params] == [
+        ("train.lr", "loguniform"), ("train.weight_decay", "uniform"), ("model.hidden_size", "choice"),
+        ("model.num_layers", "randint")]
+    values = {"train.lr": 0.001, "model.hidden_size": 32}
+    trial = cfgmod.from_dict(PretrainConfig, space.trial_dict(BASE, values, SET))
+    assert (trial.train.lr, trial.model.hidden_size, trial.train.max_steps, trial.output) == (
+        0.001, 32, 100, "runs/t/trial")
+
+
+@pytest.mark.parametrize("sp, message", [
+    ({"train.lrr": {"uniform": [0.1, 0.2]}},
+     "space.train.lrr: not a key of the pretrain config (did you mean train.lr?)"),
+    ({"train.lr": {"loguniform": [0, 0.1]}}, "space.train.lr: loguniform needs 0 < lo"),
+    ({"train.lr": {"loguniform": [-1e-3, 0.1]}}, "space.train.lr: loguniform needs 0 < lo"),
+    ({"train.lr": {"uniform": [0.2, 0.1]}}, "space.train.lr: uniform needs lo < hi"),
+    ({"model.preset": {"choice": []}}, "space.model.preset: choice needs a non-empty list"),
+    ({"model.num_layers": {"randint": [1.5, 3]}}, "space.model.num_layers: randint needs [lo, hi], two integers"),
+    ({"train.lr": 0.1}, "space.train.lr: expected one of"),
+    ({"train.lr": {"normal": [0, 1]}}, "space.train.lr: expected one of"),
+    ({"model.preset": {"choice": ["tiny", "huge"]}}, "space.model.preset: 'huge' is refused by the pretrain config"),
+    ({"model.hidden_size": {"choice": [30, 64]}}, "space.model.hidden_size: 30 is refused"),
+    ({"train.max_steps": {"randint": [0, 10]}}, "space.train.max_steps: 0 is refused"),
+    ({"train.num_workers": {"choice": [1, 2]}}, "space.train.num_workers: cannot be swept"),
+    ({"output": {"choice": ["a", "b"]}}, "space.output: cannot be swept"),
+    ({"ray.num_cpus": {"choice": [1, 2]}}, "space.ray.num_cpus: cannot be swept"),
+])
+def test_bad_space_is_refused_naming_the_key(sp, message):
+    with pytest.raises(ConfigError) as err:
+        parse(sp)
+    assert message in str(err.value)
+
+
+def test_finetune_space_cannot_change_the_shared_rows():
+    base = {"data": "xsum", "model": {"init_from": "runs/smollm2"}}
+    parse({"finetune.lora.r": {"choice": [8, 16]}}, FinetuneConfig, "finetune", base)
+    with pytest.raises(ConfigError, match="space.finetune.max_seq_len: cannot be swept: the training rows"):
+        parse({"finetune.max_seq_len": {"choice": [256, 512]}}, FinetuneConfig, "finetune", base)
+
+
+def test_tune_config_from_yaml_and_cli_overrides(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({"base": BASE, "output": "runs/t", "space": {"train.lr": {"uniform": [0.1, 0.2]}}}))
+    cfg = cfgmod.load(TuneConfig, path, ["tune.resume=never", "search=optuna", "num_samples=3"])
+    assert (cfg.tune.resume, cfg.search, cfg.num_samples, cfg.scheduler, cfg.metric) == ("never", "optuna", 3, "asha",
+                                                                                          "val_loss")
+    with pytest.raises(ConfigError, match="scheduler: must be one of"):
+        cfgmod.load(TuneConfig, path, ["scheduler=hyperband"])
+
+
+@pytest.mark.parametrize("cpus, workers, samples, limit, concurrent", [
+    (2, 1, 6, None, 2), (2, 2, 6, None, 1), (2, 1, 1, None, 1), (16, 2, 6, None, 6), (16, 2, 6, 3, 3),
+    (2, 1, 6, 4, 4),  # more than one CPU per worker fits: workers get a fraction each
+])
+def test_trials_at_once_always_fit_their_workers_and_drivers(cpus, workers, samples, limit, concurrent):
+    p = plan.plan(cpus, 0, workers=workers, use_gpu=False, num_samples=samples, max_concurrent=limit)
+    assert p.concurrent == concurrent
+    assert p.concurrent * (p.driver_cpus + p.workers * p.worker_cpus) <= 0.95 * cpus + 1e-9
+    assert 0.1 <= p.worker_cpus <= 1.0 and p.driver_cpus > 0
+
+
+def test_plan_refuses_what_cannot_fit():
+    with pytest.raises(ConfigError, match="max_concurrent_trials"):
+        plan.plan(2, 0, workers=2, use_gpu=False, num_samples=20, max_concurrent=20)
+    with pytest.raises(ConfigError, match="GPU"):
+        plan.plan(16, 1, workers=2, use_gpu=True, num_samples=4)
+    with pytest.raises(ConfigError, match="num_workers"):
+        plan.plan(16, 0, workers=0, use_gpu=False, num_samples=4)
+    assert plan.plan(32, 8, workers=2, use_gpu=True, num_samples=8).concurrent == 4
+
+
+def _trial(tid, lr, curve, **kw):
+    return results.Trial(tid, {"train.lr": lr}, [{"step": 25 * (i + 1), "val_loss": v} for i, v in enumerate(curve)],
+                         **kw)
+
+
+def test_trials_table_best_and_summary(tmp_path):
+    trials = [_trial("a", 0.01, [3.0, 2.5, 2.4, 2.3]), _trial("b", 0.1, [3.5]),
+              _trial("c", 0.001, [2.9, 2.2, 2.6, 2.7]),  # best at step 50, then overfits
+              results.Trial("d", {"train.lr": 0.5}, [], error="RuntimeError: boom")]
+    trials[1].history[-1]["stopped_early"] = False
+    params = [space.Param("train.lr", "loguniform", (1e-4, 1.0))]
+    rows = results.table(trials, params, "val_loss", "min", 100)
+    assert [(r["trial_id"], r["status"], r["steps"], r["best_val_loss"], r["best_step"]) for r in rows] == [
+        ("a", "completed", 100, 2.3, 100), ("b", "stopped_by_scheduler", 25, 3.5, 25),
+        ("c", "completed", 100, 2.2, 50), ("d", "error", 0, None, None)]
+    assert results.best_trial(trials, "val_loss", "min").trial_id == "c"
+    assert results.best_trial(trials, "val_loss", "max").trial_id == "b"
+    results.write_csv(rows, tmp_path / "trials.csv")
+    read = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert [r["train.lr"] for r in read] == ["0.01", "0.1", "0.001", "0.5"] and read[3]["error"] == "RuntimeError: boom"
+    s = results.summary(trials, "val_loss", "min", 100, 12.0)
+    assert (s["trial_steps"], s["trial_steps_if_all_completed"], s["completed"], s["stopped_by_scheduler"],
+            s["error"]) == (225, 400, 2, 1, 1)
+    assert s["best"] == {"trial_id": "c", "val_loss": 2.2, "step": 50, "params": {"train.lr": 0.001}}
+    results.plot_curves(trials, "val_loss", tmp_path / "curves.png", results.best_trial(trials, "val_loss", "min"))
+    results.plot_params(trials, params, "val_loss", "min", tmp_path / "params.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "params.png").stat().st_size > 0
+
+
+def test_patience_stop_is_not_counted_as_the_schedulers():
+    t = _trial("a", 0.01, [3.0, 3.1, 3.2])
+    t.history[-1]["stopped_early"] = True
+    assert t.status(100) == "early_stopped"
