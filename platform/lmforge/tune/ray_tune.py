@@ -131,7 +131,8 @@ def run_sweep(cfg: TuneConfig, params: list[Param], build_spec: Callable[[dict, 
         fn, param_space=search_space(params),
         tune_config=tune.TuneConfig(
             metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples, search_alg=_search(cfg, plan.concurrent),
-            scheduler=_scheduler(cfg, max_steps, eval_every), max_concurrent_trials=plan.concurrent,
+            scheduler=_scheduler(cfg, max_steps, eval_every),
+            max_concurrent_trials=plan.concurrent if cfg.search == "optuna" else None,
             trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(
             name=EXPERIMENT, storage_path=path, storage_filesystem=fs if remote else None, verbose=0,

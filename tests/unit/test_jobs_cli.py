@@ -1,0 +1,43 @@
+"""What `lmforge submit` sends, before any cluster is involved: the job's command line, the runtime
+env that carries this project, and where the token comes from."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from lmforge.cluster import jobs
+
+
+def test_entrypoint_runs_the_stage_with_the_config_relative_to_the_shipped_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "x.yaml").write_text("{}")
+    line = jobs.entrypoint("run", str(tmp_path / "jobs" / "x.yaml"), ["prompts=[The river, a b]", "max_tokens=8"])
+    assert shlex.split(line) == ["python", "-m", "lmforge", "run", "jobs/x.yaml", "prompts=[The river, a b]",
+                                 "max_tokens=8"]
+    with pytest.raises(jobs.SubmitError, match="must be inside the current directory"):
+        jobs.entrypoint("run", "/etc/hostname", [])
+
+
+def test_runtime_env_ships_this_dir_and_the_package_but_no_outputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    env = jobs.runtime_env()
+    assert env["working_dir"] == str(tmp_path) and "runs" in env["excludes"]
+    assert Path(env["py_modules"][0]).name == "lmforge" and (Path(env["py_modules"][0]) / "cli.py").is_file()
+    assert env["env_vars"]["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
+
+
+def test_token_source_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    assert jobs.token_source() is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("t")
+    assert jobs.token_source() == str(tmp_path / ".ray" / "auth_token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t2")
+    assert jobs.token_source() == "RAY_AUTH_TOKEN"
