@@ -16,7 +16,9 @@ from tests.unit.conftest import PPL_TEXT
 
 def test_export_layout_and_parity(onnx_dir):
     report = json.loads((onnx_dir / "export.json").read_text())
-    assert report["kv_cache"] and report["parity"]["max_abs_diff"] <= 1e-3
+    # what the export achieves (6e-7 here), with a margin; not the exporter's own gate (parity_atol 1e-3),
+    # which a numerics slip of 1e-4 would pass
+    assert report["kv_cache"] and report["parity"]["max_abs_diff"] <= 1e-5
     assert set(report["parity"]["steps"]) == {"prefill", "decode_1", "decode_2", "decode_3", "decode_4"}
     assert report["greedy_matches_transformers"] is True
     assert report["perplexity"]["fp32"] > 1
@@ -96,7 +98,7 @@ def test_gpt2_exports_with_parity(hf_dir, tmp_path):
     GPT2LMHeadModel(config).save_pretrained(gpt2)
     out = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(gpt2), "output": str(tmp_path / "onnx")}))
     report = json.loads((out / "export.json").read_text())
-    assert report["parity"]["max_abs_diff"] <= 1e-4, report["parity"]
+    assert report["parity"]["max_abs_diff"] <= 1e-5, report["parity"]  # achieved: 2.4e-7
     assert report["greedy_matches_transformers"] is True
     (got,) = OnnxGenerator(out).generate(["The river"], SamplingParams(max_tokens=8, temperature=0))
     assert got.completion_tokens == 8 or got.finish_reason == "stop"
