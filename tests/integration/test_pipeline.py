@@ -94,15 +94,27 @@ def test_prepare_rows_are_seq_len_and_tokens_add_up(prepared):
     assert tok.decode(tok("한국어 and English").input_ids, skip_special_tokens=True) == "한국어 and English"
 
 
+def _mtimes(out: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+
 def test_prepare_is_deterministic_and_skips_a_finished_run(prepared, corpus_dir, tmp_path):
     cfg = cfgmod.load(PrepareConfig, prepared / "config.yaml")
-    assert prepare.run(cfg) == prepared  # skipped: same config, finished
+    before = _mtimes(prepared)
+    assert prepare.run(cfg) == prepared  # skipped: same config, finished ...
+    assert _mtimes(prepared) == before  # ... and nothing in it was written again
     again = prepare.run(cfgmod.load(PrepareConfig, prepared / "config.yaml", [f"output={tmp_path / 'again'}"]))
     first, second = (json.loads((p / "manifest.json").read_text()) for p in (prepared, again))
     assert first["tokenizer_sha256"] == second["tokenizer_sha256"]
     assert first["tokens"] == second["tokens"] and first["documents"] == second["documents"]
     rows = [pq.read_table(p / "train").column("input_ids").to_pylist() for p in (prepared, again)]
     assert rows[0] == rows[1]
+
+
+def test_finished_pretrain_is_skipped_without_writing_anything(trained):
+    before = _mtimes(trained)
+    assert pretrain.run(cfgmod.load(PretrainConfig, trained / "config.yaml")) == trained
+    assert _mtimes(trained) == before
 
 
 def test_pretrain_on_ray_train_loss_falls_and_model_loads(trained):
