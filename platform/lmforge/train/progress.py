@@ -89,11 +89,16 @@ class RayProgress:
     """A Ray queue the rank-0 worker puts messages on, drained into a :class:`MetricsLog` by a thread."""
 
     def __init__(self, metrics: MetricsLog):
+        import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.metrics = metrics
         # num_cpus=0: an actor needs a free CPU to be placed by default, and training holds them all.
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        # On the driver's node, as Ray Train's controller is: a queue on a worker node would die with it,
+        # and a node loss that training survives must not take the progress reports down with it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="lmforge-progress", daemon=True)
         self._thread.start()
