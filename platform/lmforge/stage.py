@@ -1,7 +1,9 @@
 """What every stage shares: skip-if-finished, atomic publishing of an output dir, logging set-up.
 
 A stage builds its output in ``<output>.partial/`` and renames it into place only when it finished,
-so a crashed run never leaves a half-written output that a later stage would trust. A finished
+so a crashed run never leaves a half-written output that a later stage would trust. An ``s3://`` output
+is built in a local staging dir (this node's mirror of it, :func:`lmforge.storage.mirror_path`) and
+published by uploading it, the ``.done`` marker last. A finished
 output whose ``config.yaml`` equals the new resolved config (``force`` and ``ray``, which say how to run
 rather than what, aside) is skipped unless ``force`` is set.
 """
@@ -13,11 +15,13 @@ import logging
 import os
 import shutil
 import sys
+import uuid
 from pathlib import Path
 
 import yaml
 
 from lmforge import config as cfgmod
+from lmforge import storage
 
 log = logging.getLogger("lmforge")
 
@@ -55,25 +59,41 @@ def identity(config: dict) -> dict:
 
 def is_finished(cfg, output: str | os.PathLike) -> bool:
     """True when ``output`` holds a completed run of this config (run-control keys aside)."""
+    if storage.is_remote(os.fspath(output)):
+        uri = os.fspath(output).rstrip("/")
+        if storage.read_remote_text(f"{uri}/{DONE_MARKER}") is None:
+            return False
+        written = storage.read_remote_text(f"{uri}/config.yaml")
+        return written is not None and _same_run(written, cfg)
     out = Path(output)
     marker, written = out / DONE_MARKER, out / "config.yaml"
     if not (marker.is_file() and written.is_file()):
         return False
-    return identity(yaml.safe_load(written.read_text()) or {}) == identity(yaml.safe_load(_written(cfg)))
+    return _same_run(written.read_text(), cfg)
 
 
-def already_done(cfg, name: str) -> Path | None:
-    """The stage preamble: reject object-store outputs; return the output dir when it already holds a
-    finished run of this config (and ``force`` is not set), else None."""
-    require_local(cfg.output, "output")
+def _same_run(written: str, cfg) -> bool:
+    return identity(yaml.safe_load(written) or {}) == identity(yaml.safe_load(_written(cfg)))
+
+
+def already_done(cfg, name: str) -> Path | str | None:
+    """The stage preamble: the output (a local dir or an ``s3://`` URI) when it already holds a finished
+    run of this config and ``force`` is not set, else None."""
+    check_output(cfg.output, "output")
     if not getattr(cfg, "force", False) and is_finished(cfg, cfg.output):
         log.info("%s: %s already holds this run; skipping (force=true to redo)", name, cfg.output)
-        return Path(cfg.output)
+        return cfg.output if storage.is_remote(cfg.output) else Path(cfg.output)
     return None
 
 
+def staging(output: str | os.PathLike) -> Path:
+    """Where an output is built: itself when local, this node's mirror of it when remote."""
+    output = os.fspath(output)
+    return storage.mirror_path(output) if storage.is_remote(output) else Path(output)
+
+
 def partial_dir(output: str | os.PathLike) -> Path:
-    return Path(f"{os.fspath(output).rstrip('/')}.partial")
+    return Path(f"{os.fspath(staging(output)).rstrip('/')}.partial")
 
 
 def begin(cfg, output: str | os.PathLike, *, resume: bool = False) -> Path:
@@ -81,9 +101,10 @@ def begin(cfg, output: str | os.PathLike, *, resume: bool = False) -> Path:
 
     A fresh run starts from an empty dir. With ``resume`` (training), an interrupted run's partial dir is
     kept, or else a finished ``output`` becomes the partial dir again so that its checkpoints carry over;
-    either way the dir is published as ``output`` only when this run finishes.
+    either way the dir is published as ``output`` only when this run finishes. (A remote output keeps
+    its checkpoints remote, where training resumes from them.)
     """
-    partial, out = partial_dir(output), Path(output)
+    partial, out = partial_dir(output), staging(output)
     if not resume:
         shutil.rmtree(partial, ignore_errors=True)
     elif not partial.exists() and out.is_dir():
@@ -94,17 +115,39 @@ def begin(cfg, output: str | os.PathLike, *, resume: bool = False) -> Path:
     return partial
 
 
-def publish(partial: Path, output: str | os.PathLike) -> Path:
-    """Mark ``partial`` finished and move it to ``output``, replacing an older run."""
-    (partial / DONE_MARKER).write_text("")
-    out = Path(output)
+def parts_root(output: str, partial: Path) -> str:
+    """Where a stage's Ray tasks write its bulky parts: the partial dir, or for a remote output the
+    output itself, emptied first and unmarked (no ``.done``) until :func:`publish`."""
+    if not storage.is_remote(output):
+        return str(partial)
+    uri = output.rstrip("/")
+    storage.delete_remote(f"{uri}/{DONE_MARKER}")
+    for rel in storage.remote_files(uri):
+        storage.delete_remote(f"{uri}/{rel}")
+    return uri
+
+
+def publish(partial: Path, output: str | os.PathLike, keep: tuple[str, ...] = ("checkpoints",)) -> Path | str:
+    """Mark ``partial`` finished and move it to ``output``, replacing an older run. A remote output is
+    uploaded (its old ``.done`` removed first, the new one written last; the ``keep`` sub-dirs, written
+    there directly (checkpoints, parts), are left as they are) and the local copy stays as this node's
+    staging dir."""
+    (partial / DONE_MARKER).write_text(uuid.uuid4().hex)  # a run id: mirrors of an older run are stale
+    output = os.fspath(output)
+    if storage.is_remote(output):
+        uri = output.rstrip("/")
+        storage.delete_remote(f"{uri}/{DONE_MARKER}")
+        storage.upload_dir(partial, uri, keep=keep, last=DONE_MARKER)
+        log.info("published %s", uri)
+    out = staging(output)
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
-    return out
+    return output if storage.is_remote(output) else out
 
 
-def require_local(path: str, key: str) -> None:
-    """Stages that write with local file APIs reject object-store outputs with a clear message."""
-    if "://" in path:
-        raise cfgmod.ConfigError(f"{key}: {path!r} must be a local path for this stage")
+def check_output(path: str, key: str) -> None:
+    """Outputs are local paths or ``s3://`` URIs."""
+    if "://" in path and not path.startswith("s3://"):
+        raise cfgmod.ConfigError(f"{key}: {path!r} must be a local path or an s3:// URI")
+

@@ -138,3 +138,137 @@ def open_input(uri: str) -> BinaryIO:
         # pyarrow's stream reads in large chunks but is not line-iterable; BufferedReader makes it so.
         return io.BufferedReader(s3_filesystem().open_input_stream(uri[len("s3://"):]), buffer_size=1 << 20)
     return open(resolve_local(uri), "rb")
+
+
+# --- Stage outputs on object storage -------------------------------------------------------------------
+# A stage whose ``output`` is ``s3://...`` builds it in a local staging dir, as it does a local output,
+# and publishing uploads it (the ``.done`` marker last, so a reader never trusts a half-uploaded dir).
+# A stage reading an ``s3://`` dir gets a local copy: this node's mirror of it, downloaded once and
+# re-downloaded only when the remote run changed (its ``.done`` marker holds a run id). Every node makes
+# its own mirror, so a multi-node run needs object storage and no shared disk.
+
+def cache_root() -> Path:
+    """Where remote dirs are mirrored on this node (``LMFORGE_CACHE``, default ``~/.cache/lmforge``)."""
+    return Path(os.environ.get("LMFORGE_CACHE") or Path.home() / ".cache" / "lmforge")
+
+
+def mirror_path(uri: str) -> Path:
+    """This node's local place for the remote dir ``uri`` (``s3://b/k`` -> ``<cache>/s3/b/k``)."""
+    return cache_root() / "s3" / uri[len("s3://"):].strip("/")
+
+
+def read_remote_text(uri: str) -> str | None:
+    """The text of one remote object, or None when there is none."""
+    from pyarrow import fs
+
+    s3 = s3_filesystem()
+    path = uri[len("s3://"):]
+    if s3.get_file_info(path).type != fs.FileType.File:
+        return None
+    with s3.open_input_stream(path) as f:
+        return f.read().decode("utf-8")
+
+
+def write_remote_text(uri: str, text: str) -> None:
+    with s3_filesystem().open_output_stream(uri[len("s3://"):]) as f:
+        f.write(text.encode("utf-8"))
+
+
+def delete_remote(uri: str) -> None:
+    """Delete one remote object if it is there."""
+    from pyarrow import fs
+
+    s3 = s3_filesystem()
+    path = uri[len("s3://"):]
+    if s3.get_file_info(path).type == fs.FileType.File:
+        s3.delete_file(path)
+
+
+def remote_files(uri: str) -> list[str]:
+    """Paths (relative to ``uri``) of every object under the remote dir ``uri``."""
+    from pyarrow import fs
+
+    s3 = s3_filesystem()
+    base = uri[len("s3://"):].rstrip("/")
+    if s3.get_file_info(base).type == fs.FileType.NotFound:
+        return []
+    infos = s3.get_file_info(fs.FileSelector(base, recursive=True))
+    return sorted(i.path[len(base) + 1:] for i in infos if i.type == fs.FileType.File)
+
+
+def download_dir(uri: str, dest: Path, exclude: tuple[str, ...] = ()) -> Path:
+    """Copy the remote dir ``uri`` (less its ``exclude`` sub-dirs) to ``dest``, replacing it, through a
+    temp dir renamed into place: two processes mirroring at once never see a half-written copy."""
+    import shutil
+    import tempfile
+
+    from pyarrow import fs
+
+    s3, base = s3_filesystem(), uri[len("s3://"):].rstrip("/")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    for rel in remote_files(uri):
+        if not any(rel.startswith(k.rstrip("/") + "/") for k in exclude):
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            fs.copy_files(f"{base}/{rel}", str(tmp / rel), source_filesystem=s3,
+                          destination_filesystem=fs.LocalFileSystem())
+    old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
+    if dest.exists():
+        dest.rename(old)
+    try:
+        tmp.rename(dest)
+    except OSError:  # another process put its copy in place first: the same run, keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def upload_dir(src: Path, uri: str, keep: tuple[str, ...] = (), last: str | None = None) -> None:
+    """Make the remote dir ``uri`` hold exactly ``src``'s files: remote files ``src`` lacks are deleted
+    (except under the ``keep`` sub-dirs, such as checkpoints written there directly), and ``last`` (a
+    file name in ``src``) is uploaded after everything else."""
+    from pyarrow import fs
+
+    s3 = s3_filesystem()
+    base = uri[len("s3://"):].rstrip("/")
+    local = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    for stale in set(remote_files(uri)) - set(local):
+        if not any(stale.startswith(k.rstrip("/") + "/") for k in keep):
+            s3.delete_file(f"{base}/{stale}")
+    for rel in sorted(local, key=lambda r: r == last):
+        fs.copy_files(str(src / rel), f"{base}/{rel}", source_filesystem=fs.LocalFileSystem(),
+                      destination_filesystem=s3)
+
+
+MIRROR_STAMP = ".lmforge-mirror"  # in a mirrored dir: the remote run's .done marker it was copied from
+
+
+def local_dir(uri: str) -> str:
+    """A local path holding the dir ``uri``: itself when local (``pkg://`` resolved), else this node's
+    mirror of it, where ``uri`` is a finished remote stage output or a sub-dir of one (``.../data/train``).
+    Only that dir is copied (a stage output's ``checkpoints/`` stay remote), once per remote run."""
+    if not uri.startswith("s3://"):
+        return resolve_local(uri)
+    uri = uri.rstrip("/")
+    root, marker = uri, None
+    for _ in range(3):  # the stage output holding uri: uri itself or up to two levels above it
+        marker = read_remote_text(f"{root}/.done")
+        if marker is not None or root.count("/") <= 3:
+            break
+        root = root.rpartition("/")[0]
+    if marker is None:
+        raise FileNotFoundError(f"{uri}: not in a finished stage output (no .done marker there or above)")
+    dest = mirror_path(uri)
+    stamp = dest / MIRROR_STAMP
+    if not (stamp.is_file() and stamp.read_text() == marker):
+        log.info("downloading %s to %s", uri, dest)
+        download_dir(uri, dest, exclude=("checkpoints",) if uri == root else ())
+        (dest / MIRROR_STAMP).write_text(marker)
+    return str(dest)
+
+
+def join(root: str, *parts: str) -> str:
+    """``root/part/...`` for a local path or a URI (``Path`` would fold ``s3://`` into ``s3:/``)."""
+    if "://" in root:
+        return "/".join([root.rstrip("/"), *parts])
+    return str(Path(root, *parts))

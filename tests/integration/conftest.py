@@ -15,7 +15,7 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(s3_server):
+def ray_cluster(s3_server, tmp_path_factory):
     """``ray.init`` once per session (start-up costs ~4 s); stages reuse it instead of starting their own.
 
     The S3 server comes first so that every Ray process starts with the AWS settings in its environment,
@@ -23,9 +23,12 @@ def ray_cluster(s3_server):
     import ray
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # mirrors of s3:// stage outputs in a temp dir, not in the user's ~/.cache (every worker sees it)
+    os.environ["LMFORGE_CACHE"] = str(tmp_path_factory.mktemp("lmforge-cache"))
     # Metrics reported every second (Ray's default is ten), so the serving tests see them soon.
     ray.init(num_cpus=2, log_to_driver=False, _system_config={"metrics_report_interval_ms": 1000},
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
+                                       "LMFORGE_CACHE": os.environ["LMFORGE_CACHE"]}})
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

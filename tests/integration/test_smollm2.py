@@ -52,6 +52,14 @@ def test_export_quantized_parity_greedy_and_perplexity(imported, tmp_path, preci
         "ppl_window": 256}))
     report = json.loads((out / "export.json").read_text())
     print(json.dumps(report, indent=1))
-    assert report["parity"]["max_abs_diff"] <= 1e-3
+    # fp32 graph: observed 8.5e-5 (135M parameters, 30 layers; 5e-7 on the tiny preset), bound with a margin
+    # under the exporter's own gate of 1e-3
+    assert report["parity"]["max_abs_diff"] <= 5e-4
     assert report["greedy_matches_transformers"] is True
-    assert report["perplexity"]["increase"] <= {"int8": 0.05, "int4": 0.10}[precision]
+    # the shipped int8 / int4 graph itself against PyTorch fp32: perplexity observed +0.5% / +0.2%, logits
+    # within 2.3 of PyTorch's (largest |logit| 38), the same next token at 97% / 95% of 64 teacher-forced
+    # positions, and the first 37 / 8 greedy tokens as PyTorch's
+    assert report["perplexity"]["increase"] <= 0.02
+    assert report["quantized_parity"]["max_abs_diff"] <= 4.0, report["quantized_parity"]
+    agree = report["quantized_agreement"]
+    assert agree["top1_agreement"] >= 0.9 and agree["greedy_prefix"] >= {"int8": 16, "int4": 4}[precision], agree

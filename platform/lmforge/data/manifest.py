@@ -36,8 +36,15 @@ def build(stats: dict, tok, seq_len: int, files: list[str]) -> dict:
 
 
 def read(data_dir: str | Path) -> dict:
-    """The manifest of a prepare output, with a clear error when ``data_dir`` is not one."""
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
+    """The manifest of a prepare output (a local dir or an ``s3://`` one), with a clear error when
+    ``data_dir`` is not one."""
+    from lmforge import storage
+
+    if storage.is_remote(str(data_dir)):
+        text = storage.read_remote_text(f"{str(data_dir).rstrip('/')}/manifest.json")
+    else:
+        path = Path(data_dir) / "manifest.json"
+        text = path.read_text() if path.is_file() else None
+    if text is None:
         raise FileNotFoundError(f"data: {data_dir} is not a prepare output (no manifest.json)")
-    return json.loads(path.read_text())
+    return json.loads(text)

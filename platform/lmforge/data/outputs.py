@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from lmforge import storage
 from lmforge.data import report
 from lmforge.data.curate import PII_COLUMNS
 from lmforge.data.packing import PACKED_SCHEMA, tokenize_and_pack
@@ -47,9 +48,10 @@ def finalize_batch(batch: pa.Table, marks: dict, tokenizer_json: str, seq_len: i
     tables = {"documents": kept.select(OUTPUT_SCHEMAS["documents"].names),
               "rejected": rejected.select(OUTPUT_SCHEMAS["rejected"].names),
               **tokenize_and_pack(texts, ids, tokenizer_json, seq_len, val_fraction)}
+    filesystem, root = storage.filesystem(out)  # a local dir, or straight to s3:// (no shared disk needed)
     for sub, table in tables.items():
         if table.num_rows:
-            pq.write_table(table, f"{out}/{sub}/{name}")
+            pq.write_table(table, f"{root}/{sub}/{name}", filesystem=filesystem)
     stats = {
         "reasons": Counter(batch.column("reason").to_pylist()),
         "pii": {c.removeprefix("pii_"): pc.sum(kept.column(c)).as_py() or 0 for c in PII_COLUMNS},
@@ -115,15 +117,19 @@ def sum_stats(rows: list[dict]) -> dict:
     return total
 
 
-def make_dirs(out: Path) -> None:
-    for sub in OUTPUT_DIRS:
-        (out / sub).mkdir(parents=True, exist_ok=True)
+def make_dirs(out: str) -> None:
+    if not storage.is_remote(out):  # object stores have no dirs
+        for sub in OUTPUT_DIRS:
+            Path(out, sub).mkdir(parents=True, exist_ok=True)
 
 
-def write_empty_parts(out: Path) -> None:
+def write_empty_parts(out: str) -> None:
     """A split or table with no rows still gets one empty part with its schema, so readers work."""
     import pyarrow.parquet as pq
 
+    filesystem, root = storage.filesystem(out)
     for sub, schema in OUTPUT_SCHEMAS.items():
-        if not any((out / sub).glob("*.parquet")):
-            pq.write_table(schema.empty_table(), str(out / sub / "part-empty.parquet"))
+        parts = storage.remote_files(storage.join(out, sub)) if storage.is_remote(out) else \
+            [p.name for p in Path(out, sub).glob("*.parquet")]
+        if not any(p.endswith(".parquet") for p in parts):
+            pq.write_table(schema.empty_table(), f"{root}/{sub}/part-empty.parquet", filesystem=filesystem)

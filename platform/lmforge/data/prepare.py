@@ -41,9 +41,9 @@ def run(cfg: PrepareConfig) -> Path:
     log.info("prepare: %d input files", len(files))
     partial = stage.begin(cfg, cfg.output)
     with ray_session(cfg.ray):
-        result = _run_pipeline(cfg, files, partial)
+        result = _run_pipeline(cfg, files, partial, stage.parts_root(cfg.output, partial))
     (partial / "manifest.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    out = stage.publish(partial, cfg.output)
+    out = stage.publish(partial, cfg.output, keep=outputs.OUTPUT_DIRS)
     log.info("prepare: %s", json.dumps(result["documents"]))
     return out
 
@@ -58,7 +58,9 @@ def list_inputs(inputs: list[str]) -> list[str]:
     return files
 
 
-def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path) -> dict:
+def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path, parts: str) -> dict:
+    """Curate, dedup, train the tokenizer, pack: small files into ``out``, the parquet parts (documents/,
+    rejected/, train/, val/) where ``parts`` says (``out``, or the remote output itself)."""
     import ray
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # deterministic
@@ -72,7 +74,7 @@ def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path) -> dict:
                     cfg.tokenizer.min_frequency)
     to_hf(tok, cfg.pack.seq_len).save_pretrained(str(out / "tokenizer"))
     clock.lap("tokenizer trained")
-    stats = _write_outputs(ledger, ray.put(marks), tok.to_str(), cfg, out)
+    stats = _write_outputs(ledger, ray.put(marks), tok.to_str(), cfg, parts)
     clock.lap("write + tokenize")
     result = manifest.build(stats, tok, cfg.pack.seq_len, files)
     if plan is not None:  # recorded outside the corpus, for the privacy audit
@@ -138,7 +140,7 @@ def _sample_texts(ledger, marks: dict, max_chars: int):
                 yield text
 
 
-def _write_outputs(ledger, marks_ref, tokenizer_json: str, cfg: PrepareConfig, out: Path) -> dict:
+def _write_outputs(ledger, marks_ref, tokenizer_json: str, cfg: PrepareConfig, out: str) -> dict:
     """One Ray Data pass over the ledger writes every output (documents/, rejected/, train/, val/) and
     returns the summed per-batch statistics; the driver never holds the corpus."""
     outputs.make_dirs(out)

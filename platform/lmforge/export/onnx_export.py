@@ -4,9 +4,9 @@ Run: ``lmforge export model=runs/quickstart/train/model output=runs/onnx quantiz
 
 The run, step by step: load the HF model; trace the fp32 graph (:mod:`.graph`); copy the tokenizer
 and configs beside it; verify it against PyTorch: logits at prefill and decode, greedy text, perplexity
-on held-out text (:mod:`.verify`); make the reduced-precision variant if asked (:mod:`.quantize`) and
-check its perplexity against fp32; write ``export.json``; fail with every out-of-bounds figure named,
-or publish the dir as ``output``.
+on held-out text (:mod:`.verify`); make the reduced-precision variant if asked (:mod:`.quantize`),
+check its perplexity against fp32 and measure its logits and greedy tokens against PyTorch; write
+``export.json``; fail with every out-of-bounds figure named, or publish the dir as ``output``.
 
 Route chosen: our own ``torch.onnx`` (TorchScript exporter) wrapper around the HF model rather than
 onnxruntime-genai's builder: it exports any causal LM whose forward takes ``cache=`` with no extra
@@ -20,7 +20,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from lmforge import stage
+from lmforge import stage, storage
 from lmforge.export import quantize, verify
 from lmforge.export.config import ExportConfig
 from lmforge.export.graph import export_onnx, load_model
@@ -35,12 +35,13 @@ def run(cfg: ExportConfig) -> Path:
     """Export, verify, quantize if asked, write ``export.json``; returns the output dir."""
     if done := stage.already_done(cfg, "export"):
         return done
-    model = load_model(cfg.model)
+    model_dir = storage.local_dir(cfg.model)  # an s3:// model: this node's mirror of it
+    model = load_model(model_dir)
     text = verify.held_out_text(cfg.ppl_text, cfg.ppl_docs) if cfg.ppl_text else None
     partial = stage.begin(cfg, cfg.output)
     fp32 = partial / ("model.onnx" if cfg.quantize == "none" else "model.fp32.onnx")
     export_onnx(model, fp32, cfg.opset)
-    copy_model_files(Path(cfg.model), partial)
+    copy_model_files(Path(model_dir), partial)
     report = {"precision": "fp32", "opset": cfg.opset, "kv_cache": True, "parity": verify.parity(model, fp32, cfg)}
     report["greedy_matches_transformers"] = verify.greedy_matches(model, partial, fp32, cfg.parity_greedy_tokens)
     if text is not None:
@@ -49,6 +50,11 @@ def run(cfg: ExportConfig) -> Path:
         report.update(precision=cfg.quantize, quantization=reduce_precision(fp32, partial / "model.onnx", cfg))
         ppl = verify.perplexity(partial / "model.onnx", partial, text, cfg.ppl_window)
         report["perplexity"] |= {cfg.quantize: ppl, "increase": ppl / report["perplexity"]["fp32"] - 1}
+        # the shipped graph itself against PyTorch: logits over prefill + decode, and the tokens it picks
+        report["quantized_parity"] = verify.parity(model, partial / "model.onnx", cfg)
+        report["quantized_parity"].pop("atol")  # reported, not gated: perplexity is the gate
+        report["quantized_agreement"] = verify.agreement(model, partial, partial / "model.onnx",
+                                                         cfg.parity_greedy_tokens)
         if not cfg.keep_fp32:
             fp32.unlink()
     report["size_bytes"] = {p.name: p.stat().st_size for p in partial.iterdir() if p.suffix == ".onnx"}

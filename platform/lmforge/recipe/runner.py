@@ -13,10 +13,11 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from lmforge import config as cfgmod
+from lmforge import stage as stage_mod
+from lmforge import storage
 from lmforge.cluster.session import ray_session
 from lmforge.recipe.config import section as recipe_section
 from lmforge.stages import STAGES, Input, load, recipe_stages
@@ -26,8 +27,7 @@ log = logging.getLogger(__name__)
 
 def resolve(recipe) -> dict[str, Any]:
     """``{stage: its typed config}`` for the recipe's stages, in order, with paths wired between them."""
-    root = Path(recipe.output)
-    outputs = {s.name: _default_output(recipe, s.name, root) for s in recipe_stages()}
+    outputs = {s.name: _default_output(recipe, s.name, recipe.output) for s in recipe_stages()}
     resolved = {}
     for name in recipe.stages:
         stage = STAGES[name]
@@ -40,7 +40,7 @@ def resolve(recipe) -> dict[str, Any]:
             if _get(section, needed.key) is None:
                 source = _source(needed, recipe)
                 if source:
-                    _set(section, needed.key, str(Path(outputs[source[0]]) / source[1]) if source[1]
+                    _set(section, needed.key, storage.join(outputs[source[0]], source[1]) if source[1]
                          else outputs[source[0]])
         if "ray" in fields:
             section["ray"] = cfgmod.to_dict(recipe.ray)
@@ -59,7 +59,9 @@ def resolved_dict(recipe) -> dict:
 def run(recipe) -> dict:
     """Run the recipe's stages in order; returns each stage's output, seconds and the served completions."""
     stages = resolve(recipe)
-    cfgmod.write(recipe, recipe.output)
+    cfgmod.write(recipe, stage_mod.staging(recipe.output))
+    if storage.is_remote(recipe.output):
+        storage.write_remote_text(storage.join(recipe.output, "config.yaml"), cfgmod.dump(recipe))
     result: dict = {"outputs": {}, "seconds": {}}
     with ray_session(recipe.ray):
         for name, cfg in stages.items():
@@ -74,8 +76,8 @@ def run(recipe) -> dict:
     return result
 
 
-def _default_output(recipe, name: str, root: Path) -> str:
-    return str(recipe_section(recipe, name).get("output") or root / (STAGES[name].subdir or name))
+def _default_output(recipe, name: str, root: str) -> str:
+    return str(recipe_section(recipe, name).get("output") or storage.join(root, STAGES[name].subdir or name))
 
 
 def _source(needed: Input, recipe) -> tuple[str, str] | None:

@@ -21,6 +21,7 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 
 from lmforge import config as cfgmod
+from lmforge import storage
 from lmforge.serve import auth, catalog, responses
 from lmforge.serve.config import ServeConfig, ServeOptions
 from lmforge.serve.http import Front, make_api
@@ -50,6 +51,7 @@ class _ModelReplica:
         from lmforge.serve.metrics import ModelMetrics
 
         opts = cfgmod.from_dict(ServeOptions, options)
+        model_dir = storage.local_dir(model_dir)  # an s3:// export: this replica's node mirrors it
         model = OnnxModel(model_dir, opts.engine.intra_op_threads, device=opts.device)
         self.metrics = ModelMetrics(name)
         self.engine = AsyncEngine(Engine(model, opts.engine.max_running, opts.engine.max_prefill_tokens),
@@ -199,7 +201,7 @@ def build_app(cfg: ServeConfig):
     opts = cfg.serve
     models = catalog.served_models(cfg)
     for name, model_dir in models.items():
-        if not (Path(model_dir) / "model.onnx").is_file():
+        if not (Path(storage.local_dir(model_dir)) / "model.onnx").is_file():
             raise FileNotFoundError(f"model {name}: {model_dir} has no model.onnx; serve takes `lmforge export` "
                                     "outputs")
     digests = [auth.digest(k) for k in auth.load_keys(opts.api_keys, opts.api_keys_env, opts.api_keys_file)]

@@ -39,8 +39,11 @@ def default_model_name(model_dir: str) -> str:
 
 def served_models(cfg: ServeConfig) -> dict[str, str]:
     """Served name -> absolute export dir: ``serve.models``, plus ``model`` under ``serve.model_name``."""
-    models = {name: str(Path(d).resolve()) for name, d in cfg.serve.models.items()}
+    def absolute(d: str) -> str:  # replicas run in another directory; URIs stay as they are
+        return d if "://" in d else str(Path(d).resolve())
+
+    models = {name: absolute(d) for name, d in cfg.serve.models.items()}
     if cfg.model:
-        path = str(Path(cfg.model).resolve())
+        path = absolute(cfg.model)
         models[cfg.serve.model_name or default_model_name(path)] = path
     return models

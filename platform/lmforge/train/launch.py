@@ -11,9 +11,10 @@ from lmforge.train.config import WorkerSpec
 from lmforge.train.progress import MetricsLog
 
 
-def checkpoint_root(configured: str | None, partial: Path) -> str:
-    """``train.checkpoint_dir`` (local or ``s3://``), else the stage's output dir; local paths absolute."""
-    root = configured or str(partial)
+def checkpoint_root(configured: str | None, default: Path | str) -> str:
+    """``train.checkpoint_dir`` (local or ``s3://``), else ``default`` (the stage's output dir, or the
+    remote output itself); local paths absolute."""
+    root = configured or str(default)
     return root if root.startswith("s3://") else str(Path(root).resolve())
 
 

@@ -16,7 +16,7 @@ import logging
 import time
 from pathlib import Path
 
-from lmforge import stage
+from lmforge import stage, storage
 from lmforge.data import manifest as prepared
 from lmforge.train import checkpoint
 from lmforge.train.config import PretrainConfig, WorkerSpec
@@ -34,7 +34,9 @@ def run(cfg: PretrainConfig) -> Path:
     manifest = prepared.read(cfg.data)  # fail early, with a clear message, on a wrong data dir
     fresh = cfg.train.resume == "never" or cfg.force
     partial = stage.begin(cfg, cfg.output, resume=not fresh)
-    spec = worker_spec(cfg, manifest, checkpoint_root(cfg.train.checkpoint_dir, partial))
+    # a remote output keeps its checkpoints beside it, where every node reads and writes them
+    default_root = cfg.output if storage.is_remote(cfg.output) else partial
+    spec = worker_spec(cfg, manifest, checkpoint_root(cfg.train.checkpoint_dir, default_root))
     if fresh:
         checkpoint.wipe(spec.checkpoint_root)
     metrics = MetricsLog(partial, "pretrain", cfg.train.max_steps)
@@ -48,11 +50,11 @@ def run(cfg: PretrainConfig) -> Path:
 def worker_spec(cfg: PretrainConfig, manifest: dict, ckpt_root: str) -> WorkerSpec:
     """The job as workers get it: prepare's rows and tokenizer, a preset sized to them (or an HF dir),
     local paths made absolute (workers run in another directory)."""
-    data = Path(cfg.data).resolve()
+    data = cfg.data if storage.is_remote(cfg.data) else str(Path(cfg.data).resolve())
     init_from = cfg.model.init_from
-    return WorkerSpec(
-        train_rows=str(data / "train"), val_rows=str(data / "val"), seq_len=manifest["seq_len"],
-        pad_id=manifest["special_tokens"]["pad"], tokenizer=str(data / "tokenizer"),
+    return WorkerSpec(  # remote dirs stay URIs: each worker mirrors them on its own node
+        train_rows=storage.join(data, "train"), val_rows=storage.join(data, "val"), seq_len=manifest["seq_len"],
+        pad_id=manifest["special_tokens"]["pad"], tokenizer=storage.join(data, "tokenizer"),
         init_from=str(Path(init_from).resolve()) if init_from and "://" not in init_from else init_from,
         preset=cfg.model.preset, model_overrides=cfg.model.overrides(), vocab_size=manifest["vocab_size"],
         special_tokens=manifest["special_tokens"],

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from lmforge import config as cfgmod
+from lmforge import storage
 from lmforge.model import presets
 from lmforge.train import checkpoint, loop, parallel
 from lmforge.train import data as tdata
@@ -57,8 +58,8 @@ def train_worker(config: dict) -> None:
     if restored:
         state_dict = torch.load(restored / "optimizer.pt", map_location="cpu", weights_only=False)
         parallel.load_optimizer(model, optimizer, state_dict, ctx.sharded)
-    train_rows = tdata.shard(tdata.load_rows(spec.train_rows), ctx.rank, ctx.world_size)
-    val_rows = tdata.shard(tdata.load_rows(spec.val_rows), ctx.rank, ctx.world_size)
+    train_rows = tdata.shard(tdata.load_rows(storage.local_dir(spec.train_rows)), ctx.rank, ctx.world_size)
+    val_rows = tdata.shard(tdata.load_rows(storage.local_dir(spec.val_rows)), ctx.rank, ctx.world_size)
     batches = tdata.batches(train_rows, tcfg.micro_batch_size, tcfg.seed + ctx.rank,
                             start=state.step * tcfg.grad_accum_steps)
     send = progress.put if (progress is not None and ctx.rank == 0) else (lambda message: None)
@@ -76,12 +77,13 @@ def build_model(spec: WorkerSpec, checkpoint_model: Path | None = None):
     frozen ``init_from`` with adapters (the checkpoint's when resuming)."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+    init_from = storage.local_dir(spec.init_from) if spec.init_from else None  # remote: this node's mirror
     if spec.lora is not None:
         from lmforge.finetune import lora
 
-        base = AutoModelForCausalLM.from_pretrained(str(spec.init_from), dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(init_from, dtype=torch.float32)
         return lora.wrap(base, spec.lora, checkpoint_model)
-    source = checkpoint_model or spec.init_from
+    source = checkpoint_model or init_from
     if source:
         return AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
     return LlamaForCausalLM(presets.build_config(spec.preset, spec.vocab_size, spec.seq_len, spec.special_tokens,
@@ -136,7 +138,8 @@ class WorkerContext:
         model_state, optimizer_state = parallel.full_state(model, optimizer, self.sharded)
         with tempfile.TemporaryDirectory() as tmp:
             if self.rank == 0:
-                checkpoint.write(Path(tmp), parallel.unwrap(model), optimizer, state, self.spec.tokenizer,
+                checkpoint.write(Path(tmp), parallel.unwrap(model), optimizer, state,
+                                 storage.local_dir(self.spec.tokenizer),
                                  model_state, optimizer_state)
             if self.ray_ctx is None:
                 checkpoint.save_local(Path(tmp), self.spec.checkpoint_root, name, self.spec.train.keep_checkpoints)

