@@ -43,6 +43,25 @@ def split_args(args: list[str]) -> tuple[str | None, list[str], list[str]]:
     return path, rest[1:] if path else rest, flags
 
 
+def force_to_overrides(args: list[str]) -> list[str] | int:
+    """``lmforge run RECIPE --force STAGE``: that stage's ``force=true``; the stages after it re-run too,
+    as their finished outputs were made from the run it replaces."""
+    out, forced, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--force" or arg.startswith("--force="):
+            name = arg.partition("=")[2] or (args[i + 1] if i + 1 < len(args) else "")
+            i += 1 if "=" in arg else 2
+            if name not in STAGES or "force" not in STAGES[name].config_class().__dataclass_fields__:
+                print(f"lmforge run: --force takes a stage that writes an output, not {name!r}", file=sys.stderr)
+                return 2
+            forced.append(f"{name}.force=true")
+            continue
+        out.append(arg)
+        i += 1
+    return out + forced  # after the config path, wherever the flag was
+
+
 def _find(argv: list[str]) -> tuple[str, Stage, list[str]] | int:
     """The command name, its registry entry and its arguments; or an exit status after an error."""
     if argv[0] == "bench":
@@ -76,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(found, int):
         return found
     command, stage, args = found
+    if command == "run":
+        args = force_to_overrides(args)
+        if isinstance(args, int):
+            return args
     path, overrides, flags = split_args(args)
     for flag in flags:
         if flag not in (*FLAGS, "-h"):

@@ -62,11 +62,18 @@ def merge(base: dict, override: dict) -> dict:
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
-    """Read a YAML mapping from a file, with a clear error when it is missing or not a mapping."""
-    p = Path(path)
-    if not p.is_file():
+    """Read a YAML mapping from a file (local, or ``s3://``: a stage output's ``config.yaml``), with a clear
+    error when it is missing or not a mapping."""
+    if str(path).startswith("s3://"):
+        from lmforge import storage
+
+        text, p = storage.read_remote_text(str(path)), str(path)
+    else:
+        p = Path(path)
+        text = p.read_text() if p.is_file() else None
+    if text is None:
         raise ConfigError(f"config file {p} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
+    data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p}: top level must be a mapping, got {type(data).__name__}")
     return data

@@ -1,5 +1,9 @@
 """What every stage shares: skip-if-finished, atomic publishing of an output dir, logging set-up.
 
+A finished output's ``.done`` marker holds a run id and the run ids of the stage outputs it read (its
+registry ``inputs``): when an upstream stage runs again, everything downstream of it no longer counts
+as finished, though its own config did not change.
+
 A stage builds its output in ``<output>.partial/`` and renames it into place only when it finished,
 so a crashed run never leaves a half-written output that a later stage would trust. An ``s3://`` output
 is built in a local staging dir (this node's mirror of it, :func:`lmforge.storage.mirror_path`) and
@@ -11,6 +15,7 @@ rather than what, aside) is skipped unless ``force`` is set.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -26,6 +31,7 @@ from lmforge import storage
 log = logging.getLogger("lmforge")
 
 DONE_MARKER = ".done"
+INPUTS_FILE = ".inputs.json"  # in a partial dir: the upstream runs it was started from
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -58,18 +64,64 @@ def identity(config: dict) -> dict:
 
 
 def is_finished(cfg, output: str | os.PathLike) -> bool:
-    """True when ``output`` holds a completed run of this config (run-control keys aside)."""
-    if storage.is_remote(os.fspath(output)):
-        uri = os.fspath(output).rstrip("/")
-        if storage.read_remote_text(f"{uri}/{DONE_MARKER}") is None:
-            return False
-        written = storage.read_remote_text(f"{uri}/config.yaml")
-        return written is not None and _same_run(written, cfg)
-    out = Path(output)
-    marker, written = out / DONE_MARKER, out / "config.yaml"
-    if not (marker.is_file() and written.is_file()):
+    """True when ``output`` holds a completed run of this config (run-control keys aside) made from the
+    same upstream runs as this config's inputs are now."""
+    marker, written = _read(output, DONE_MARKER), _read(output, "config.yaml")
+    if marker is None or written is None or not _same_run(written, cfg):
         return False
-    return _same_run(written.read_text(), cfg)
+    recorded = parse_marker(marker)["inputs"]
+    return recorded is None or recorded == input_runs(cfg)  # None: a marker from before inputs were kept
+
+
+def _read(output: str | os.PathLike, name: str) -> str | None:
+    output = os.fspath(output)
+    if storage.is_remote(output):
+        return storage.read_remote_text(f"{output.rstrip('/')}/{name}")
+    path = Path(output) / name
+    return path.read_text() if path.is_file() else None
+
+
+def parse_marker(text: str) -> dict:
+    """A ``.done`` marker as ``{"run": id, "inputs": {key: upstream run id} | None}``."""
+    try:
+        marker = json.loads(text)
+    except ValueError:
+        marker = None
+    return marker if isinstance(marker, dict) else {"run": text, "inputs": None}
+
+
+def run_of(path: str) -> str | None:
+    """The run id of the finished stage output that holds ``path`` (it, or up to two levels above:
+    ``runs/q/train/model`` is in ``runs/q/train``); None when it is not in one (a user's own dir)."""
+    remote = storage.is_remote(path)
+    path = path.rstrip("/") if remote else os.path.abspath(storage.resolve_local(path))
+    for _ in range(3):
+        text = _read(path, DONE_MARKER)
+        if text is not None:
+            return parse_marker(text)["run"]
+        parent = path.rpartition("/")[0] if remote else os.path.dirname(path)
+        if parent == path or (remote and parent.count("/") < 3):  # not above s3://bucket/x
+            return None
+        path = parent
+    return None
+
+
+def input_runs(cfg) -> dict[str, str | None]:
+    """``{input key: the run id of the stage output it names}`` for the stage ``cfg`` configures."""
+    from lmforge.stages import STAGES
+
+    kind = f"{type(cfg).__module__}:{type(cfg).__qualname__}"
+    stage = next((s for s in STAGES.values() if s.config == kind), None)
+    runs = {}
+    for needed in stage.inputs if stage else ():
+        value = cfg
+        for part in needed.key.split("."):
+            value = getattr(value, part, None)
+        if isinstance(value, str) and value:
+            runs[needed.key] = run_of(value)
+    for name, path in (getattr(cfg, "models", None) or {}).items():  # eval's models, side by side
+        runs[f"models.{name}"] = run_of(path)
+    return runs
 
 
 def _same_run(written: str, cfg) -> bool:
@@ -112,6 +164,8 @@ def begin(cfg, output: str | os.PathLike, *, resume: bool = False) -> Path:
         (partial / DONE_MARKER).unlink(missing_ok=True)
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "config.yaml").write_text(_written(cfg))
+    # the upstream runs this one reads, as they are when it starts; publish puts them in the marker
+    (partial / INPUTS_FILE).write_text(json.dumps(input_runs(cfg)))
     return partial
 
 
@@ -132,7 +186,11 @@ def publish(partial: Path, output: str | os.PathLike, keep: tuple[str, ...] = ("
     uploaded (its old ``.done`` removed first, the new one written last; the ``keep`` sub-dirs, written
     there directly (checkpoints, parts), are left as they are) and the local copy stays as this node's
     staging dir."""
-    (partial / DONE_MARKER).write_text(uuid.uuid4().hex)  # a run id: mirrors of an older run are stale
+    inputs = partial / INPUTS_FILE
+    runs = json.loads(inputs.read_text()) if inputs.is_file() else {}
+    inputs.unlink(missing_ok=True)
+    # a run id (mirrors of an older run are stale, downstream outputs made from one re-run) and its inputs'
+    (partial / DONE_MARKER).write_text(json.dumps({"run": uuid.uuid4().hex, "inputs": runs}))
     output = os.fspath(output)
     if storage.is_remote(output):
         uri = output.rstrip("/")

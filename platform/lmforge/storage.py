@@ -267,6 +267,20 @@ def local_dir(uri: str) -> str:
     return str(dest)
 
 
+def local_file(uri: str) -> str:
+    """A local path holding the file ``uri``: itself when local, else a fresh copy of the remote object
+    (small files only: a manifest, a canaries list), downloaded on every call."""
+    if not uri.startswith("s3://"):
+        return resolve_local(uri)
+    from pyarrow import fs
+
+    dest = mirror_path(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fs.copy_files(uri[len("s3://"):], str(dest), source_filesystem=s3_filesystem(),
+                  destination_filesystem=fs.LocalFileSystem())
+    return str(dest)
+
+
 def join(root: str, *parts: str) -> str:
     """``root/part/...`` for a local path or a URI (``Path`` would fold ``s3://`` into ``s3:/``)."""
     if "://" in root:

@@ -7,6 +7,7 @@ up beside the one these commands start.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -74,3 +75,69 @@ def _kill_once_it_writes(args: list[str], partial) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert partial.is_dir()
+
+
+def test_the_notebook_runs_top_to_bottom(tmp_path):
+    """jobs/quickstart.ipynb, executed by nbclient on tiny settings in a fresh kernel (its own local Ray
+    cluster), so that the walkthrough cannot rot; every cell's output is checked for errors by nbclient."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "jobs" / "quickstart.ipynb", as_version=4)
+    env = {"LMFORGE_NOTEBOOK_TINY": "1", "LMFORGE_NOTEBOOK_RUN": str(tmp_path / "run")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "int8 agreement" in outputs and (tmp_path / "run" / "onnx" / "model.onnx").is_file()
+    images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+              if "image/png" in o.get("data", {})]
+    assert images  # the loss curve
+
+
+def test_an_interrupted_recipe_skips_what_finished_and_resumes_training(corpus_dir, tmp_path):
+    """``lmforge run`` SIGKILLed (with its local Ray cluster) during pretraining, as when a terminal
+    dies: run again, it skips prepare and resumes training from the last checkpoint, not from step 0."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "lmforge", "run", "jobs/quickstart.yaml", f"output={out}",
+            "stages=[prepare,pretrain]", f"prepare.inputs=[{corpus_dir}]", "prepare.text_field=text",
+            "prepare.pack.seq_len=64", "prepare.tokenizer.vocab_size=1024", "pretrain.model.preset=tiny",
+            "pretrain.train.max_steps=120", "pretrain.train.checkpoint_every=20", "pretrain.train.eval_every=20",
+            "pretrain.train.log_every=20", "pretrain.train.micro_batch_size=8"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    before = _ray_servers()
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # its own process group: the driver and its Ray
+    snapshot = out / "train.partial" / "checkpoints" / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + 300
+    while not (snapshot.is_file() and '"step_000040"' in snapshot.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "training never reached step 40"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _stop_leftovers(before)
+    assert (out / "data" / ".done").is_file() and not (out / "train").exists()
+    again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert f"prepare: {out / 'data'} already holds this run; skipping" in again.stderr
+    summary = json.loads((out / "train" / "summary.json").read_text())
+    assert summary["steps"] == 120 and len(summary["resumed_from"]) == 1 and summary["resumed_from"][0] >= 40
+    _stop_leftovers(before)
+
+
+def _stop_leftovers(before: set[int]) -> None:
+    """Ray processes a killed command started and its reaper has not stopped yet, stopped by PID."""
+    deadline = time.monotonic() + 30
+    while (left := _ray_servers() - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+                proc.kill()

@@ -1,11 +1,16 @@
-"""The quickstart recipe with every input and output on ``s3://`` (a moto_server on loopback): the corpus
-is read from the bucket, each stage publishes its output there (parts written by Ray tasks straight to
-the bucket, the ``.done`` marker last), stages read the previous ones' outputs through node-local
-mirrors, and a second run skips every finished stage without writing anything."""
+"""The whole lifecycle in one recipe, shrunk, with every input and output on ``s3://`` (a moto_server on
+loopback): prepare -> pretrain -> finetune -> eval (task, bias and canary audits) -> export int8 -> serve
+with requests through the ``openai`` client, then the one-page report, rendered in headless Chromium.
+The corpus is read from the bucket, each stage publishes there (Ray tasks write their parts straight to
+it, the ``.done`` marker last), stages read earlier outputs through node-local mirrors, and a second
+run skips every finished stage without writing anything (``--force STAGE`` and the re-running of what
+follows a re-run stage are unit tests: tests/unit/test_stage.py, test_cli_help.py)."""
 
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 
 import boto3
 import pytest
@@ -16,7 +21,13 @@ from lmforge.stages import STAGES
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
-STAGES_ON_S3 = ("data", "train", "onnx")
+OUTPUTS = {"prepare": "data", "pretrain": "train", "finetune": "finetune", "eval": "eval", "export": "onnx"}
+SHRUNK = ["prepare.text_field=text", "prepare.pack.seq_len=64", "prepare.tokenizer.vocab_size=1024",
+          "prepare.canaries.count=2", "pretrain.model.preset=tiny", "pretrain.train.max_steps=20",
+          "pretrain.train.eval_every=10", "pretrain.train.log_every=10", "finetune.finetune.max_examples=200",
+          "finetune.train.max_steps=10", "finetune.train.eval_every=5", "finetune.train.checkpoint_every=5",
+          "finetune.train.log_every=5", "finetune.train.micro_batch_size=8", "eval.max_examples=4",
+          "prompts=[The river]", "questions=[who wrote hamlet]", "max_tokens=8"]
 
 
 def _objects(bucket: str, prefix: str) -> dict[str, str]:
@@ -25,31 +36,71 @@ def _objects(bucket: str, prefix: str) -> dict[str, str]:
     return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
 
 
-def test_quickstart_with_everything_on_s3_then_a_rerun_skips_every_stage(ray_cluster, corpus_dir, caplog):
+def _skipped(caplog) -> list[str]:
+    return [r.getMessage().split(":")[0] for r in caplog.records
+            if "already holds this run; skipping" in r.getMessage()]
+
+
+def test_whole_lifecycle_on_s3_reported_then_rerun_skips_every_stage(ray_cluster, corpus_dir, caplog, tmp_path):
     s3 = boto3.client("s3")
     for bucket in ("corpus", "runs"):
         s3.create_bucket(Bucket=bucket)
     for path in sorted(corpus_dir.glob("*.jsonl")):
         s3.upload_file(str(path), "corpus", f"wiki/{path.name}")
-    recipe = cfgmod.load(STAGES["run"].config_class(), "jobs/quickstart.yaml", [
-        "output=s3://runs/quick", "prepare.inputs=[s3://corpus/wiki/]", "prepare.text_field=text",
-        "prepare.pack.seq_len=64", "prepare.tokenizer.vocab_size=1024", "pretrain.model.preset=tiny",
-        "pretrain.train.max_steps=20", "pretrain.train.eval_every=10", "pretrain.train.log_every=10",
-        f"serve.serve.port={free_port()}", "prompts=[The river]", "max_tokens=8"])
+    overrides = ["output=s3://runs/quick", "prepare.inputs=[s3://corpus/wiki/]", *SHRUNK,
+                 f"serve.serve.port={free_port()}"]
+    recipe = cfgmod.load(STAGES["run"].config_class(), "jobs/quickstart.yaml", overrides)
     first = runner.run(recipe)
-    assert first["outputs"] == {"prepare": "s3://runs/quick/data", "pretrain": "s3://runs/quick/train",
-                                "export": "s3://runs/quick/onnx"}
-    assert first["serve"][0]["completion"]
+    assert first["outputs"] == {name: f"s3://runs/quick/{sub}" for name, sub in OUTPUTS.items()}
+    assert [a["kind"] for a in first["serve"]] == ["completion", "chat"]
+    assert all(a["completion"] for a in first["serve"])
     keys = _objects("runs", "quick/")
-    for sub in STAGES_ON_S3:
+    for sub in OUTPUTS.values():
         assert f"quick/{sub}/.done" in keys and f"quick/{sub}/config.yaml" in keys
     assert any(k.startswith("quick/data/train/part-") for k in keys)  # written by Ray Data tasks
     assert any(k.startswith("quick/train/checkpoints/step_") for k in keys)  # by Ray Train
     assert "quick/train/model/model.safetensors" in keys and "quick/onnx/model.onnx" in keys
+    assert "quick/report.html" in keys and "quick/report.md" in keys
+    md = open(first["report"].replace(".html", ".md"), encoding="utf-8").read()
+    for row in ("| nq_open | f1 | base |", "| nq_open | f1 | tuned |", "| perplexity int8 |", "| chat | who wrote"):
+        assert row in md, row  # the eval table side by side, export figures, the served requests
+    for model in ("base", "tuned"):  # a bias row and a canary row per model
+        assert sum(line.startswith(f"| {model} |") for line in md.splitlines()) == 2, model
+    report_html = open(first["report"], encoding="utf-8").read()
 
     caplog.set_level(logging.INFO, logger="lmforge")
     second = runner.run(recipe)
-    skipped = [r.getMessage() for r in caplog.records if "already holds this run; skipping" in r.getMessage()]
-    assert [m.split(":")[0] for m in skipped] == ["prepare", "pretrain", "export"], skipped
-    assert _objects("runs", "quick/") == keys  # not one object rewritten
-    assert second["serve"] == first["serve"]  # the same served model, seeded sampling
+    assert _skipped(caplog) == list(OUTPUTS), _skipped(caplog)
+    stage_keys = {k: v for k, v in _objects("runs", "quick/").items() if not k.startswith("quick/report.")}
+    assert stage_keys == {k: v for k, v in keys.items() if not k.startswith("quick/report.")}  # none rewritten
+    assert second["serve"][0]["completion"] == first["serve"][0]["completion"]  # the same model, seeded
+
+    _check_report_in_chromium(first["report"], report_html, tmp_path)  # last: it skips without chromium
+
+
+def _check_report_in_chromium(path: str, text: str, tmp_path) -> None:
+    """The page (as the first run wrote it) renders in headless Chromium with its sections, and every
+    image decoded (the page's script marks <body data-images-loaded>); a screenshot is taken."""
+    from lmforge.recipe.report import SECTIONS
+
+    report_html = tmp_path / "report.html"
+    report_html.write_text(text, encoding="utf-8")
+    assert path.endswith("report.html")
+    for title in SECTIONS:
+        assert f"<h2>{title}</h2>" in text, title
+    assert text.count("<img ") >= 3  # document lengths, pretrain and finetune loss curves
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium): the report's HTML was "
+                    "checked, not its rendering")
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,4000",
+             "--virtual-time-budget=5000", "--user-data-dir=" + str(tmp_path / "chrome")]
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", f"file://{report_html}"], check=True, capture_output=True,
+                   timeout=120)
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+    dom = subprocess.run([*flags, "--dump-dom", f"file://{report_html}"], check=True, capture_output=True,
+                         text=True, timeout=120).stdout
+    assert 'data-images-loaded="true"' in dom, dom[:500]
+    for title in SECTIONS:
+        assert f"<h2>{title}</h2>" in dom

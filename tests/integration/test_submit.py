@@ -54,7 +54,7 @@ def test_quickstart_recipe_submitted_as_a_job_succeeds_on_two_nodes(cluster, cor
     out = tmp_path / "quickstart"
     result = lmforge(
         "submit", "run", "jobs/quickstart.yaml", f"output={out}", f"prepare.inputs=[{corpus_dir}]",
-        "prepare.text_field=text",
+        "prepare.text_field=text", "stages=[prepare,pretrain,export,serve]", "questions=[]",
         "prepare.pack.seq_len=64", "prepare.tokenizer.vocab_size=1024", "pretrain.model.preset=tiny",
         "pretrain.train.max_steps=20", "pretrain.train.eval_every=10", "pretrain.train.log_every=10",
         f"serve.serve.port={free_port()}", "prompts=[The river]", "max_tokens=8", "--address", address, env=env)
@@ -134,7 +134,7 @@ def test_training_job_survives_the_loss_of_a_node(cluster, corpus_dir, tmp_path)
     temps.append(victim)  # the fixture's teardown stops whatever is left of it
     start_node(head, env, victim, "--num-cpus=2", '--resources={"victim": 1}')
     boto3.client("s3").create_bucket(Bucket="nodeloss")
-    steps = 200
+    steps = 120
     job = subprocess.Popen(
         [sys.executable, "-m", "lmforge", "submit", "pretrain", "jobs/pretrain.yaml", f"data={data}",
          f"output={out}", "model.preset=tiny", "train.num_workers=2", "train.cpus_per_worker=1",

@@ -49,3 +49,14 @@ def test_help_imports_no_ray_torch_or_stage_code():
 def test_every_registered_stage_imports():
     for stage in [*STAGES.values(), *BENCHES.values()]:
         assert dataclasses.is_dataclass(stage.config_class()) and callable(stage.run_fn()), stage.name
+
+
+def test_run_force_names_a_stage_and_becomes_its_override():
+    from lmforge.cli import force_to_overrides
+
+    assert force_to_overrides(["--force", "pretrain", "jobs/quickstart.yaml", "output=x"]) == \
+        ["jobs/quickstart.yaml", "output=x", "pretrain.force=true"]
+    assert force_to_overrides(["jobs/quickstart.yaml", "--force=export"]) == \
+        ["jobs/quickstart.yaml", "export.force=true"]
+    assert force_to_overrides(["jobs/quickstart.yaml", "--force", "serve"]) == 2  # serve writes nothing to redo
+    assert force_to_overrides(["jobs/quickstart.yaml", "--force", "pretrian"]) == 2

@@ -151,3 +151,20 @@ def test_every_job_recipe_validates(path, capsys):
 
     stage = re.search(rf"lmforge (\w+) jobs/{path.name}", path.read_text()).group(1)
     assert cli.main([stage, str(path), "--dry-run"]) == 0, capsys.readouterr().err
+
+
+def test_gpu_recipe_is_the_quickstart_sized_for_gpus():
+    """The same lifecycle as the demo, on 8 GPU workers with FSDP2, on object storage; `{stage}` in a
+    section names that stage's output (eval's base and tuned models, the canary audit's corpus)."""
+    jobs = Path(__file__).resolve().parents[2] / "jobs"
+    cpu = resolve(cfgmod.load(RecipeConfig, str(jobs / "quickstart.yaml"), ["output=runs/q"]))
+    gpu = resolve(cfgmod.load(RecipeConfig, str(jobs / "quickstart_gpu.yaml"), []))
+    assert list(cpu) == list(gpu) == ["prepare", "pretrain", "finetune", "eval", "export", "serve"]
+    for name in ("pretrain", "finetune"):
+        t = gpu[name].train
+        assert (t.use_gpu, t.strategy, t.num_workers) == (True, "fsdp", 8) and t.max_failures >= 1
+    assert gpu["pretrain"].model.preset == "125m" and gpu["prepare"].output.startswith("s3://")
+    assert cpu["eval"].models == {"base": "runs/q/train/model", "tuned": "runs/q/finetune/model"}
+    canary = next(t for t in cpu["eval"].tasks if not isinstance(t, str))
+    assert canary.name == "canary" and canary.data == "runs/q/data"
+    assert cpu["export"].model == "runs/q/finetune/model" and cpu["export"].quantize == "int8"

@@ -69,3 +69,43 @@ def test_begin_resume_carries_checkpoints_over(tmp_path):
     (partial / "checkpoints" / "step_000100").mkdir()
     again = stage.begin(longer, out, resume=True)  # the run was interrupted: its partial dir stays
     assert (again / "checkpoints" / "step_000100").is_dir()
+
+
+def _prepared(out):
+    from lmforge.data.config import PrepareConfig
+
+    cfg = cfgmod.load(PrepareConfig, None, ["inputs=[corpus]", f"output={out}"])
+    partial = stage.begin(cfg, out)
+    (partial / "train").mkdir()
+    return stage.publish(partial, out)
+
+
+def test_a_rerun_upstream_unfinishes_everything_downstream(tmp_path):
+    """pretrain's config names the same data dir before and after prepare ran again, so config alone
+    would skip it on stale data; the marker's record of the upstream run does not."""
+    from lmforge.export.config import ExportConfig
+
+    data, train, onnx = tmp_path / "data", tmp_path / "train", tmp_path / "onnx"
+    _prepared(data)
+    pre = cfgmod.load(PretrainConfig, None, [f"data={data}", f"output={train}"])
+    _finish(pre, train)
+    export = cfgmod.from_dict(ExportConfig, {"model": str(train / "model"), "output": str(onnx)})
+    partial = stage.begin(export, onnx)
+    stage.publish(partial, onnx)
+    marker = stage.parse_marker((onnx / stage.DONE_MARKER).read_text())
+    assert marker["inputs"] == {"model": stage.parse_marker((train / ".done").read_text())["run"]}  # train/model
+    assert stage.is_finished(pre, train) and stage.is_finished(export, onnx)
+    _prepared(data)  # prepare again: a new run
+    assert not stage.is_finished(pre, train)
+    _finish(pre, train)  # and pretrain after it: a new run, so export is stale
+    assert not stage.is_finished(export, onnx)
+
+
+def test_inputs_outside_any_stage_output_do_not_unfinish_a_run(tmp_path):
+    """An input that is no stage's output (a user's own model dir) has no run id to compare."""
+    from lmforge.export.config import ExportConfig
+
+    (tmp_path / "mine").mkdir()
+    export = cfgmod.from_dict(ExportConfig, {"model": str(tmp_path / "mine"), "output": str(tmp_path / "onnx")})
+    stage.publish(stage.begin(export, tmp_path / "onnx"), tmp_path / "onnx")
+    assert stage.input_runs(export) == {"model": None} and stage.is_finished(export, tmp_path / "onnx")

@@ -16,7 +16,7 @@ import logging
 import time
 from pathlib import Path
 
-from lmforge import stage
+from lmforge import stage, storage
 from lmforge.cluster.session import ray_session
 from lmforge.data import canaries
 from lmforge.evaluate import report
@@ -65,8 +65,8 @@ def load_task(spec: str | TaskSpec, cfg: EvalConfig) -> Task:
         return Task(d.name, d.kind, d.metrics, take(d.load(), cfg.split, cfg.max_examples), d.max_tokens, d.stop,
                     chat=cfg.chat)
     if spec.name == "canary":
-        path = Path(spec.data)
-        found = canaries.read(path / "canaries.jsonl" if path.is_dir() else path)
+        data = spec.data if spec.data.endswith(".jsonl") else storage.join(spec.data, "canaries.jsonl")
+        found = canaries.read(Path(storage.local_file(data)))
         return Task("canary", "canary", (), [], canaries=found)
     examples = read_examples(spec.data, cfg.max_examples)
     return Task(spec.name, "generate", tuple(spec.metrics), examples, spec.max_tokens, tuple(spec.stop),
@@ -77,6 +77,7 @@ def _evaluate(model_dir: str, tasks: list[Task], cfg: EvalConfig, rows: list[dic
     from transformers import AutoTokenizer
 
     start = time.perf_counter()
+    model_dir = storage.local_dir(model_dir)  # an s3:// model: this node's mirror of it
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     requests = [r for t in tasks for r in requests_for(t, tokenizer)]
     log.info("eval: %s: %d requests over %d tasks", name, len(requests), len(tasks))

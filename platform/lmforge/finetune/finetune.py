@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from lmforge import config as cfgmod
-from lmforge import stage
+from lmforge import stage, storage
 from lmforge.finetune import data, lora
 from lmforge.finetune.config import FinetuneConfig
 from lmforge.train import checkpoint
@@ -78,7 +78,7 @@ def worker_spec(cfg: FinetuneConfig, base: str, rows: Path, ckpt_root: str) -> W
 
 
 def base_dir(init_from: str) -> str:
-    path = Path(init_from)
+    path = Path(storage.local_dir(init_from))  # an s3:// model: this node's mirror of it
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model.init_from: {init_from} is not an HF model dir (no config.json)")
     return str(path.resolve())

@@ -21,6 +21,7 @@ class RecipeBase:
     # the stages to run, in order; each reads what the stages before it wrote
     stages: list[str] = dataclasses.field(default_factory=lambda: ["prepare", "pretrain", "export", "serve"])
     prompts: list[str] = dataclasses.field(default_factory=list)  # completed over HTTP by the `serve` stage
+    questions: list[str] = dataclasses.field(default_factory=list)  # asked as chat (a user turn) by `serve`
     max_tokens: int = 32  # per prompt completion
     temperature: float = 0.0  # 0 is greedy
     top_p: float = 1.0  # nucleus sampling: the smallest set of tokens with this much probability

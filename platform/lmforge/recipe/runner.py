@@ -4,7 +4,8 @@ Run: ``lmforge run jobs/quickstart.yaml pretrain.train.max_steps=50``.
 
 Every stage's config is resolved and validated (by its own config class) before the first stage starts.
 A stage writes to ``<output>/<subdir>`` (the registry's default) and reads what the stages before it wrote
-(the registry's ``inputs``); any section can set those keys itself. A finished stage with an unchanged
+(the registry's ``inputs``); any section can set those keys itself, and ``{stage}`` in a section's
+strings names that stage's output (``models: {base: "{pretrain}/model"}``). A finished stage with an unchanged
 config is skipped, as when it runs alone.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import time
 from typing import Any
 
@@ -31,7 +33,7 @@ def resolve(recipe) -> dict[str, Any]:
     resolved = {}
     for name in recipe.stages:
         stage = STAGES[name]
-        section = copy.deepcopy(recipe_section(recipe, name))
+        section = _fill(copy.deepcopy(recipe_section(recipe, name)), outputs)
         cls = stage.config_class()
         fields = {f for f in cls.__dataclass_fields__}
         if "output" in fields and stage.subdir:
@@ -73,7 +75,22 @@ def run(recipe) -> dict:
             else:
                 result["outputs"][name] = str(stage.run_fn()(cfg))
             result["seconds"][name] = round(time.perf_counter() - start, 1)
+    from lmforge.recipe import report
+
+    result["report"] = str(report.write(recipe, stages, result))
     return result
+
+
+def _fill(value: Any, outputs: dict[str, str]) -> Any:
+    """``{stage}`` in a section's strings -> that stage's output in this recipe (``{pretrain}/model``), for
+    keys the registry does not wire (an eval's ``models: {base: "{pretrain}/model"}``)."""
+    if isinstance(value, dict):
+        return {k: _fill(v, outputs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, outputs) for v in value]
+    if isinstance(value, str):
+        return re.sub(r"\{(\w+)\}", lambda m: outputs.get(m.group(1), m.group(0)), value)
+    return value
 
 
 def _default_output(recipe, name: str, root: str) -> str:

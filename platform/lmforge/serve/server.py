@@ -10,7 +10,6 @@ brought back the same way.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -72,19 +71,6 @@ def wait_healthy(url: str, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def complete(url: str, prompt: str, max_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int | None = None, api_key: str | None = None, timeout_s: float = 120.0) -> dict:
-    """POST one prompt to ``/v1/completions`` and return the decoded JSON response."""
-    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-                       "seed": seed}).encode()
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    req = urllib.request.Request(f"{url}/v1/completions", data=body, headers=headers)
-    with urllib.request.urlopen(req, timeout=timeout_s) as r:
-        return json.loads(r.read())
-
-
 def run(cfg: ServeConfig) -> None:
     """Serve in the foreground until SIGINT or SIGTERM, then shut Serve (and a local Ray) down; with
     ``serve.detach``, deploy to the cluster and return."""
@@ -115,17 +101,40 @@ def run(cfg: ServeConfig) -> None:
 
 
 def answer_prompts(cfg: ServeConfig, recipe) -> list[dict]:
-    """A recipe's ``serve`` stage: start the server, complete each of the recipe's prompts over HTTP,
-    print it, and shut the server down."""
+    """A recipe's ``serve`` stage: start the server, send each of the recipe's prompts (completions) and
+    questions (chat) through the ``openai`` client, print the answers, and shut the server down. Returns
+    each request with its answer, latency and tokens/s (the recipe's report shows them)."""
+    from openai import OpenAI
+
+    from lmforge.serve.catalog import served_models
+
+    for name in ("httpx", "httpx2"):  # not a line per request between the answers
+        logging.getLogger(name).setLevel(logging.WARNING)
     url = start(cfg)
-    key = cfg.serve.api_keys[0] if cfg.serve.api_keys else None
+    client = OpenAI(base_url=f"{url}/v1", api_key=cfg.serve.api_keys[0] if cfg.serve.api_keys else "none")
+    model = next(iter(served_models(cfg)))
+    sampling = dict(max_tokens=recipe.max_tokens, temperature=recipe.temperature, top_p=recipe.top_p,
+                    seed=recipe.seed)
     out = []
     try:
         for prompt in recipe.prompts:
-            resp = complete(url, prompt, recipe.max_tokens, recipe.temperature, recipe.top_p, recipe.seed, api_key=key)
-            text = resp["choices"][0]["text"]
-            out.append({"prompt": prompt, "completion": text})
-            print(f"\n>>> {prompt}\n{prompt}{text}", flush=True)
+            start_s = time.perf_counter()
+            resp = client.completions.create(model=model, prompt=prompt, **sampling)
+            out.append(_answered("completion", prompt, resp.choices[0].text, resp.usage, start_s))
+            print(f"\n>>> {prompt}\n{prompt}{resp.choices[0].text}", flush=True)
+        for question in getattr(recipe, "questions", []):
+            start_s = time.perf_counter()
+            resp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                                  **sampling)
+            out.append(_answered("chat", question, resp.choices[0].message.content, resp.usage, start_s))
+            print(f"\n>>> (chat) {question}\n{resp.choices[0].message.content}", flush=True)
     finally:
         stop()
     return out
+
+
+def _answered(kind: str, prompt: str, text: str, usage, start_s: float) -> dict:
+    seconds = time.perf_counter() - start_s
+    tokens = usage.completion_tokens if usage else 0
+    return {"kind": kind, "prompt": prompt, "completion": text, "seconds": round(seconds, 3),
+            "completion_tokens": tokens, "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}
