@@ -69,8 +69,10 @@ def is_finished(cfg, output: str | os.PathLike) -> bool:
     marker, written = _read(output, DONE_MARKER), _read(output, "config.yaml")
     if marker is None or written is None or not _same_run(written, cfg):
         return False
-    recorded = parse_marker(marker)["inputs"]
-    return recorded is None or recorded == input_runs(cfg)  # None: a marker from before inputs were kept
+    recorded, current = parse_marker(marker)["inputs"], input_runs(cfg)
+    if recorded is None:  # a marker from before inputs were recorded: trusted only if it read no stage output
+        return not any(current.values())
+    return recorded == current
 
 
 def _read(output: str | os.PathLike, name: str) -> str | None:
@@ -138,6 +140,22 @@ def already_done(cfg, name: str) -> Path | str | None:
     return None
 
 
+def resumable(cfg, output: str | os.PathLike) -> bool:
+    """Whether the work already in ``output`` (an interrupted run's partial dir, or a finished run whose
+    checkpoints would carry over) was made from the upstream runs this config reads now; training from
+    checkpoints of a model trained on other data would resume the wrong run."""
+    runs, partial = input_runs(cfg), partial_dir(output)
+    if partial.is_dir():
+        started = partial / INPUTS_FILE
+        recorded = json.loads(started.read_text()) if started.is_file() else None
+    else:
+        marker = _read(output, DONE_MARKER)
+        if marker is None:
+            return True  # nothing finished here to compare with
+        recorded = parse_marker(marker)["inputs"]
+    return recorded == runs if recorded is not None else not any(runs.values())
+
+
 def staging(output: str | os.PathLike) -> Path:
     """Where an output is built: itself when local, this node's mirror of it when remote."""
     output = os.fspath(output)
@@ -167,6 +185,15 @@ def begin(cfg, output: str | os.PathLike, *, resume: bool = False) -> Path:
     # the upstream runs this one reads, as they are when it starts; publish puts them in the marker
     (partial / INPUTS_FILE).write_text(json.dumps(input_runs(cfg)))
     return partial
+
+
+def share_dir(local: Path, uri: str) -> str:
+    """Upload ``local`` (inputs a stage made for its own workers, such as rendered rows) to ``uri`` as a
+    finished dir of its own (a ``.done`` marker, last), so that workers on any node mirror it; returns
+    ``uri``."""
+    (local / DONE_MARKER).write_text(json.dumps({"run": uuid.uuid4().hex, "inputs": {}}))
+    storage.upload_dir(local, uri, last=DONE_MARKER)
+    return uri
 
 
 def parts_root(output: str, partial: Path) -> str:

@@ -95,7 +95,7 @@ def test_training_demand_adds_nodes_and_idle_nodes_go_away(autoscaling_head, cor
     job = subprocess.Popen(
         [sys.executable, "-m", "lmforge", "pretrain", "jobs/pretrain.yaml", f"data={data}",
          f"output={out}", "model.preset=tiny", "train.num_workers=2", "train.cpus_per_worker=1",
-         "train.max_steps=60", "train.eval_every=20", "train.log_every=20", "train.checkpoint_every=20",
+         "train.max_steps=40", "train.eval_every=20", "train.log_every=20", "train.checkpoint_every=20",
          "train.eval_batches=2", "train.micro_batch_size=8", "train.warmup_steps=10"],
         env=env, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, deadline = 0, time.monotonic() + 480
@@ -106,7 +106,7 @@ def test_training_demand_adds_nodes_and_idle_nodes_go_away(autoscaling_head, cor
         job.kill()
     stdout, stderr = job.communicate()
     assert job.returncode == 0, stdout[-4000:] + stderr[-4000:]
-    assert json.loads((out / "summary.json").read_text())["steps"] == 60
+    assert json.loads((out / "summary.json").read_text())["steps"] == 40
     assert peak >= 2, f"the autoscaler never had two workers up for the two training workers (peak {peak})"
     deadline = time.monotonic() + 120
     while (left := active_workers(gcs, env)) > 0 and time.monotonic() < deadline:

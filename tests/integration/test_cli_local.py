@@ -109,7 +109,7 @@ def test_an_interrupted_recipe_skips_what_finished_and_resumes_training(corpus_d
     args = [sys.executable, "-m", "lmforge", "run", "jobs/quickstart.yaml", f"output={out}",
             "stages=[prepare,pretrain]", f"prepare.inputs=[{corpus_dir}]", "prepare.text_field=text",
             "prepare.pack.seq_len=64", "prepare.tokenizer.vocab_size=1024", "pretrain.model.preset=tiny",
-            "pretrain.train.max_steps=120", "pretrain.train.checkpoint_every=20", "pretrain.train.eval_every=20",
+            "pretrain.train.max_steps=80", "pretrain.train.checkpoint_every=20", "pretrain.train.eval_every=20",
             "pretrain.train.log_every=20", "pretrain.train.micro_batch_size=8"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     before = _ray_servers()
@@ -128,7 +128,7 @@ def test_an_interrupted_recipe_skips_what_finished_and_resumes_training(corpus_d
     assert again.returncode == 0, again.stderr[-4000:]
     assert f"prepare: {out / 'data'} already holds this run; skipping" in again.stderr
     summary = json.loads((out / "train" / "summary.json").read_text())
-    assert summary["steps"] == 120 and len(summary["resumed_from"]) == 1 and summary["resumed_from"][0] >= 40
+    assert summary["steps"] == 80 and len(summary["resumed_from"]) == 1 and summary["resumed_from"][0] >= 40
     _stop_leftovers(before)
 
 

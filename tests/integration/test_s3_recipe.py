@@ -59,6 +59,8 @@ def test_whole_lifecycle_on_s3_reported_then_rerun_skips_every_stage(ray_cluster
         assert f"quick/{sub}/.done" in keys and f"quick/{sub}/config.yaml" in keys
     assert any(k.startswith("quick/data/train/part-") for k in keys)  # written by Ray Data tasks
     assert any(k.startswith("quick/train/checkpoints/step_") for k in keys)  # by Ray Train
+    assert any(k.startswith("quick/finetune/checkpoints/step_") for k in keys)
+    assert any(k.startswith("quick/finetune/data/train/") for k in keys)  # rows every worker mirrors
     assert "quick/train/model/model.safetensors" in keys and "quick/onnx/model.onnx" in keys
     assert "quick/report.html" in keys and "quick/report.md" in keys
     md = open(first["report"].replace(".html", ".md"), encoding="utf-8").read()

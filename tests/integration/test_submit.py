@@ -134,7 +134,7 @@ def test_training_job_survives_the_loss_of_a_node(cluster, corpus_dir, tmp_path)
     temps.append(victim)  # the fixture's teardown stops whatever is left of it
     start_node(head, env, victim, "--num-cpus=2", '--resources={"victim": 1}')
     boto3.client("s3").create_bucket(Bucket="nodeloss")
-    steps = 120
+    steps = 80
     job = subprocess.Popen(
         [sys.executable, "-m", "lmforge", "submit", "pretrain", "jobs/pretrain.yaml", f"data={data}",
          f"output={out}", "model.preset=tiny", "train.num_workers=2", "train.cpus_per_worker=1",

@@ -109,3 +109,38 @@ def test_inputs_outside_any_stage_output_do_not_unfinish_a_run(tmp_path):
     export = cfgmod.from_dict(ExportConfig, {"model": str(tmp_path / "mine"), "output": str(tmp_path / "onnx")})
     stage.publish(stage.begin(export, tmp_path / "onnx"), tmp_path / "onnx")
     assert stage.input_runs(export) == {"model": None} and stage.is_finished(export, tmp_path / "onnx")
+
+
+def test_an_old_marker_without_inputs_is_not_trusted_downstream_of_a_stage(tmp_path):
+    """Outputs published before markers recorded their inputs ("" in .done): such a pretrain output may
+    have been trained on an older prepare run, so it runs again; one that read no stage output is kept."""
+    data, train = tmp_path / "data", tmp_path / "train"
+    _prepared(data)
+    pre = cfgmod.load(PretrainConfig, None, [f"data={data}", f"output={train}"])
+    _finish(pre, train)
+    (train / stage.DONE_MARKER).write_text("")  # as an older lmforge wrote it
+    assert not stage.is_finished(pre, train)
+    from lmforge.export.config import ExportConfig
+
+    (tmp_path / "mine").mkdir()  # a user's own model dir: no stage output upstream
+    export = cfgmod.from_dict(ExportConfig, {"model": str(tmp_path / "mine"), "output": str(tmp_path / "onnx")})
+    stage.publish(stage.begin(export, tmp_path / "onnx"), tmp_path / "onnx")
+    (tmp_path / "onnx" / stage.DONE_MARKER).write_text("")
+    assert stage.is_finished(export, tmp_path / "onnx")
+
+
+def test_training_resumes_only_work_made_from_the_same_upstream_runs(tmp_path):
+    """A pretrain output (or an interrupted partial dir) trained on an older prepare run is not resumed:
+    its checkpoints would continue a model of other data (and, at max_steps already, finish at once)."""
+    data, train = tmp_path / "data", tmp_path / "train"
+    _prepared(data)
+    pre = cfgmod.load(PretrainConfig, None, [f"data={data}", f"output={train}"])
+    assert stage.resumable(pre, train)  # nothing there yet
+    _finish(pre, train)
+    assert stage.resumable(pre, train)
+    _prepared(data)  # a new prepare run
+    assert not stage.resumable(pre, train)
+    stage.begin(pre, train)  # a run started from the new data, then interrupted
+    assert stage.resumable(pre, train)
+    _prepared(data)
+    assert not stage.resumable(pre, train)

@@ -77,15 +77,16 @@ def _evaluate(model_dir: str, tasks: list[Task], cfg: EvalConfig, rows: list[dic
     from transformers import AutoTokenizer
 
     start = time.perf_counter()
-    model_dir = storage.local_dir(model_dir)  # an s3:// model: this node's mirror of it
+    # an s3:// model stays a URI for the actors, each of which mirrors it on its own node
+    shipped = model_dir if storage.is_remote(model_dir) else str(Path(model_dir).resolve())
+    model_dir = storage.local_dir(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     requests = [r for t in tasks for r in requests_for(t, tokenizer)]
     log.info("eval: %s: %d requests over %d tasks", name, len(requests), len(tasks))
     if cfg.engine == "ray":
         from lmforge.evaluate.ray_eval import execute_on_ray
 
-        results = execute_on_ray(str(Path(model_dir).resolve()), requests, cfg.batch_size, cfg.threads, cfg.actors,
-                                 cfg.actor_cpus)
+        results = execute_on_ray(shipped, requests, cfg.batch_size, cfg.threads, cfg.actors, cfg.actor_cpus)
     else:
         from lmforge.evaluate.backends import load_backend
 

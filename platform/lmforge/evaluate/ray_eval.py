@@ -14,9 +14,10 @@ import pyarrow as pa
 
 class _ModelActor:
     def __init__(self, model_dir: str, threads: int, batch_size: int):
+        from lmforge import storage
         from lmforge.evaluate.backends import load_backend
 
-        self.backend, self.batch_size = load_backend(model_dir, threads), batch_size
+        self.backend, self.batch_size = load_backend(storage.local_dir(model_dir), threads), batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from lmforge.evaluate.tasks import execute

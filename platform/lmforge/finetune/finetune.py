@@ -36,10 +36,15 @@ def run(cfg: FinetuneConfig) -> Path:
         return done
     base = base_dir(cfg.model.init_from)
     train, val = data.load_examples(cfg.data, cfg.val_data, cfg.finetune.val_fraction, cfg.finetune.max_examples)
-    fresh = cfg.train.resume == "never" or cfg.force
+    # starting over also when what is there was trained from other upstream runs (a re-run prepare)
+    fresh = cfg.train.resume == "never" or cfg.force or not stage.resumable(cfg, cfg.output)
     partial = stage.begin(cfg, cfg.output, resume=not fresh)
     rows = write_rows(cfg, base, train, val, partial / "data")
-    spec = worker_spec(cfg, base, rows, checkpoint_root(cfg.train.checkpoint_dir, partial))
+    remote = storage.is_remote(cfg.output)
+    if remote:  # the rows go to the bucket, where every worker mirrors them from: no shared disk needed
+        rows = stage.share_dir(rows, storage.join(cfg.output, "data"))
+    # a remote output keeps its checkpoints beside it, where every node reads and writes them
+    spec = worker_spec(cfg, base, rows, checkpoint_root(cfg.train.checkpoint_dir, cfg.output if remote else partial))
     if fresh:
         checkpoint.wipe(spec.checkpoint_root)
     metrics = MetricsLog(partial, "finetune", cfg.train.max_steps)
@@ -68,11 +73,13 @@ def write_rows(cfg: FinetuneConfig, base: str, train: list, val: list, out: Path
     return out.resolve()
 
 
-def worker_spec(cfg: FinetuneConfig, base: str, rows: Path, ckpt_root: str) -> WorkerSpec:
-    """The job as workers get it: the rendered rows, the base model, LoRA settings."""
+def worker_spec(cfg: FinetuneConfig, base: str, rows: Path | str, ckpt_root: str) -> WorkerSpec:
+    """The job as workers get it: the rendered rows, the base model, LoRA settings (an ``s3://`` base or
+    rows stay URIs: each worker mirrors them on its own node)."""
+    base = cfg.model.init_from if storage.is_remote(cfg.model.init_from) else base
     return WorkerSpec(
-        train_rows=str(rows / "train"), val_rows=str(rows / "val"), seq_len=cfg.finetune.max_seq_len,
-        pad_id=None,  # the loss mask covers padding (pad may be eos)
+        train_rows=storage.join(str(rows), "train"), val_rows=storage.join(str(rows), "val"),
+        seq_len=cfg.finetune.max_seq_len, pad_id=None,  # the loss mask covers padding (pad may be eos)
         tokenizer=base, init_from=base, train=cfg.train, checkpoint_root=ckpt_root, stage="finetune",
         lora=cfgmod.to_dict(cfg.finetune.lora) if cfg.finetune.method == "lora" else None)
 

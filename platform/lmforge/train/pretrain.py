@@ -32,7 +32,8 @@ def run(cfg: PretrainConfig) -> Path:
     if done := stage.already_done(cfg, "pretrain"):
         return done
     manifest = prepared.read(cfg.data)  # fail early, with a clear message, on a wrong data dir
-    fresh = cfg.train.resume == "never" or cfg.force
+    # starting over also when what is there was trained from other upstream runs (a re-run prepare)
+    fresh = cfg.train.resume == "never" or cfg.force or not stage.resumable(cfg, cfg.output)
     partial = stage.begin(cfg, cfg.output, resume=not fresh)
     # a remote output keeps its checkpoints beside it, where every node reads and writes them
     default_root = cfg.output if storage.is_remote(cfg.output) else partial
