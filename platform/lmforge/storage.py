@@ -258,12 +258,19 @@ def local_dir(uri: str) -> str:
         root = root.rpartition("/")[0]
     if marker is None:
         raise FileNotFoundError(f"{uri}: not in a finished stage output (no .done marker there or above)")
+    import fcntl
+
     dest = mirror_path(uri)
-    stamp = dest / MIRROR_STAMP
-    if not (stamp.is_file() and stamp.read_text() == marker):
-        log.info("downloading %s to %s", uri, dest)
-        download_dir(uri, dest, exclude=("checkpoints",) if uri == root else ())
-        (dest / MIRROR_STAMP).write_text(marker)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # One download per node: processes asking at once (two training workers) wait for the first, which
+    # must not have its copy replaced under it while it reads.
+    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stamp = dest / MIRROR_STAMP
+        if not (stamp.is_file() and stamp.read_text() == marker):
+            log.info("downloading %s to %s", uri, dest)
+            download_dir(uri, dest, exclude=("checkpoints",) if uri == root else ())
+            stamp.write_text(marker)
     return str(dest)
 
 
