@@ -76,11 +76,7 @@ def is_finished(cfg, output: str | os.PathLike) -> bool:
 
 
 def _read(output: str | os.PathLike, name: str) -> str | None:
-    output = os.fspath(output)
-    if storage.is_remote(output):
-        return storage.read_remote_text(f"{output.rstrip('/')}/{name}")
-    path = Path(output) / name
-    return path.read_text() if path.is_file() else None
+    return storage.read_text(storage.join(os.fspath(output), name))
 
 
 def parse_marker(text: str) -> dict:
@@ -95,17 +91,8 @@ def parse_marker(text: str) -> dict:
 def run_of(path: str) -> str | None:
     """The run id of the finished stage output that holds ``path`` (it, or up to two levels above:
     ``runs/q/train/model`` is in ``runs/q/train``); None when it is not in one (a user's own dir)."""
-    remote = storage.is_remote(path)
-    path = path.rstrip("/") if remote else os.path.abspath(storage.resolve_local(path))
-    for _ in range(3):
-        text = _read(path, DONE_MARKER)
-        if text is not None:
-            return parse_marker(text)["run"]
-        parent = path.rpartition("/")[0] if remote else os.path.dirname(path)
-        if parent == path or (remote and parent.count("/") < 3):  # not above s3://bucket/x
-            return None
-        path = parent
-    return None
+    found = storage.find_above(path, DONE_MARKER)
+    return parse_marker(found[1])["run"] if found else None
 
 
 def input_runs(cfg) -> dict[str, str | None]:

@@ -157,8 +157,11 @@ def mirror_path(uri: str) -> Path:
     return cache_root() / "s3" / uri[len("s3://"):].strip("/")
 
 
-def read_remote_text(uri: str) -> str | None:
-    """The text of one remote object, or None when there is none."""
+def read_bytes(uri: str) -> bytes | None:
+    """The bytes of one file, local or remote, or None when there is none."""
+    if not is_remote(uri):
+        path = Path(resolve_local(uri))
+        return path.read_bytes() if path.is_file() else None
     from pyarrow import fs
 
     s3 = s3_filesystem()
@@ -166,7 +169,35 @@ def read_remote_text(uri: str) -> str | None:
     if s3.get_file_info(path).type != fs.FileType.File:
         return None
     with s3.open_input_stream(path) as f:
-        return f.read().decode("utf-8")
+        return f.read()
+
+
+def read_text(uri: str) -> str | None:
+    """The text of one file, local or remote, or None when there is none."""
+    data = read_bytes(uri)
+    return None if data is None else data.decode("utf-8")
+
+
+def read_remote_text(uri: str) -> str | None:
+    """The text of one remote object, or None when there is none."""
+    return read_text(uri)
+
+
+def find_above(path: str, name: str, levels: int = 3) -> tuple[str, str] | None:
+    """``(dir, text)`` of the file ``name`` in ``path`` or in one of the ``levels - 1`` dirs above it
+    (a stage output's ``.done`` for ``runs/q/train/model``), local or remote; None when there is none.
+    Never above ``s3://bucket/x``."""
+    remote = is_remote(path)
+    path = path.rstrip("/") if remote else os.path.abspath(resolve_local(path))
+    for _ in range(levels):
+        text = read_text(join(path, name))
+        if text is not None:
+            return path, text
+        parent = path.rpartition("/")[0] if remote else os.path.dirname(path)
+        if parent == path or (remote and parent.count("/") < 3):
+            return None
+        path = parent
+    return None
 
 
 def write_remote_text(uri: str, text: str) -> None:
@@ -250,14 +281,10 @@ def local_dir(uri: str) -> str:
     if not uri.startswith("s3://"):
         return resolve_local(uri)
     uri = uri.rstrip("/")
-    root, marker = uri, None
-    for _ in range(3):  # the stage output holding uri: uri itself or up to two levels above it
-        marker = read_remote_text(f"{root}/.done")
-        if marker is not None or root.count("/") <= 3:
-            break
-        root = root.rpartition("/")[0]
-    if marker is None:
+    found = find_above(uri, ".done")  # the stage output holding uri: uri itself or up to two levels above it
+    if found is None:
         raise FileNotFoundError(f"{uri}: not in a finished stage output (no .done marker there or above)")
+    root, marker = found
     import fcntl
 
     dest = mirror_path(uri)

@@ -51,16 +51,7 @@ def write(recipe, stages: dict, result: dict) -> Path:
 
 def _read(output: str, name: str) -> bytes | None:
     """One file of a stage output (local or remote), or None."""
-    if storage.is_remote(output):
-        from pyarrow import fs
-
-        s3, path = storage.s3_filesystem(), f"{output.rstrip('/')[len('s3://'):]}/{name}"
-        if s3.get_file_info(path).type != fs.FileType.File:
-            return None
-        with s3.open_input_stream(path) as f:
-            return f.read()
-    path = Path(output) / name
-    return path.read_bytes() if path.is_file() else None
+    return storage.read_bytes(storage.join(output, name))
 
 
 def _json(output: str | None, name: str) -> dict | None:
