@@ -104,8 +104,8 @@ def input_runs(cfg) -> dict[str, str | None]:
     runs = {}
     for needed in stage.inputs if stage else ():
         value = cfg
-        for part in needed.key.split("."):
-            value = getattr(value, part, None)
+        for part in needed.key.split("."):  # through dataclasses and mappings (a sweep's base)
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
         if isinstance(value, str) and value:
             runs[needed.key] = run_of(value)
     for name, path in (getattr(cfg, "models", None) or {}).items():  # eval's models, side by side
@@ -141,6 +141,13 @@ def resumable(cfg, output: str | os.PathLike) -> bool:
             return True  # nothing finished here to compare with
         recorded = parse_marker(marker)["inputs"]
     return recorded == runs if recorded is not None else not any(runs.values())
+
+
+def interrupted(cfg, output: str | os.PathLike) -> bool:
+    """Whether ``output``'s partial dir holds an interrupted run of this very config (run-control keys
+    aside), started from the upstream runs this config reads now: a run to finish, not to start over."""
+    written = partial_dir(output) / "config.yaml"
+    return written.is_file() and _same_run(written.read_text(), cfg) and resumable(cfg, output)
 
 
 def staging(output: str | os.PathLike) -> Path:

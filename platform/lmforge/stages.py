@@ -16,7 +16,8 @@ from typing import Any
 
 @dataclasses.dataclass(frozen=True)
 class Input:
-    """A config key that a recipe fills from an earlier stage's output, unless the recipe sets it."""
+    """A config key that a recipe fills from an earlier stage's output, unless the recipe sets it. The run
+    id of the stage output it names is recorded in the ``.done`` marker (no sources: recorded only)."""
 
     key: str  # dotted key in this stage's config, e.g. "data" or "model"
     sources: tuple[tuple[str, str], ...]  # (stage, path below its output), the first the recipe runs wins
@@ -34,6 +35,12 @@ class Stage:
     recipe_run: str | None = None
     # `--dry-run` prints fn(config) instead of the config itself (a recipe shows every stage resolved).
     dry_run: str | None = None
+    # In a recipe: fn(section, sections) -> section, given every stage's section with its inputs wired
+    # (a sweep takes the section of the stage it sweeps as its base).
+    recipe_wire: str | None = None
+    # In a recipe: fn(config, later) -> later, after the stage ran, with the typed configs of the stages
+    # still to run (a sweep sets its best values in the stage it swept).
+    recipe_feed: str | None = None
 
     def config_class(self) -> type:
         return load(self.config)
@@ -56,15 +63,19 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "lmforge.data.config:PrepareConfig", "lmforge.data.prepare:run", subdir="data"),
     Stage("pretrain", "train a Llama-style model on prepared shards (Ray Train: DDP or FSDP2, checkpoints, resume)",
           "lmforge.train.config:PretrainConfig", "lmforge.train.pretrain:run", subdir="train",
-          inputs=(Input("data", (("prepare", ""),)),)),
+          inputs=(Input("data", (("prepare", ""),)), Input("tuned_by", ()))),
     Stage("import", "an HF model dir or a .gguf file -> an HF model dir that every other stage takes",
           "lmforge.model.config:ImportConfig", "lmforge.model.importer:run", subdir="import"),
     Stage("finetune", "supervised fine-tuning (LoRA or full) on prompt/response or chat data, on Ray Train",
           "lmforge.finetune.config:FinetuneConfig", "lmforge.finetune.finetune:run", subdir="finetune",
-          inputs=(Input("model.init_from", (("pretrain", "model"), ("import", ""))),)),
+          inputs=(Input("model.init_from", (("pretrain", "model"), ("import", ""))), Input("tuned_by", ()))),
     Stage("tune", "hyperparameter sweep over a pretrain or finetune config (Ray Tune: ASHA, random or Optuna, "
-          "resumable)", "lmforge.tune.config:TuneConfig", "lmforge.tune.tune:run",
-          dry_run="lmforge.tune.tune:resolved_dict"),
+          "resumable)", "lmforge.tune.config:TuneConfig", "lmforge.tune.tune:run", subdir="tune",
+          # not wired (the base is the swept stage's section, inputs and all), but recorded, so that a
+          # re-run upstream stage makes the sweep run again
+          inputs=(Input("base.data", ()), Input("base.model.init_from", ())),
+          dry_run="lmforge.tune.tune:resolved_dict", recipe_wire="lmforge.tune.recipe:wire",
+          recipe_feed="lmforge.tune.recipe:feed"),
     Stage("eval", "task metrics (ROUGE, BLEU, chrF, EM/F1, accuracy, perplexity), bias and canary audits",
           "lmforge.evaluate.config:EvalConfig", "lmforge.evaluate.evaluation:run", subdir="eval",
           inputs=(Input("model", _TRAINED),)),

@@ -97,6 +97,7 @@ def test_the_notebook_runs_top_to_bottom(tmp_path):
                 os.environ[k] = v
     outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "int8 agreement" in outputs and (tmp_path / "run" / "onnx" / "model.onnx").is_file()
+    assert "tuned NQ-open F1:" in outputs and "canary mean exposure" in outputs  # fine-tuned, then scored
     images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
               if "image/png" in o.get("data", {})]
     assert images  # the loss curve

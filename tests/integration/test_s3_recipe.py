@@ -1,5 +1,6 @@
 """The whole lifecycle in one recipe, shrunk, with every input and output on ``s3://`` (a moto_server on
-loopback): prepare -> pretrain -> finetune -> eval (task, bias and canary audits) -> export int8 -> serve
+loopback): prepare -> pretrain -> tune (2 trials) -> finetune with the best learning rate -> eval (task,
+bias and canary audits) -> export int8 -> serve
 with requests through the ``openai`` client, then the one-page report, rendered in headless Chromium.
 The corpus is read from the bucket, each stage publishes there (Ray tasks write their parts straight to
 it, the ``.done`` marker last), stages read earlier outputs through node-local mirrors, and a second
@@ -8,12 +9,14 @@ follows a re-run stage are unit tests: tests/unit/test_stage.py, test_cli_help.p
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
 
 import boto3
 import pytest
+import yaml
 
 from lmforge import config as cfgmod
 from lmforge.recipe import runner
@@ -21,10 +24,12 @@ from lmforge.stages import STAGES
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
-OUTPUTS = {"prepare": "data", "pretrain": "train", "finetune": "finetune", "eval": "eval", "export": "onnx"}
+OUTPUTS = {"prepare": "data", "pretrain": "train", "tune": "tune", "finetune": "finetune", "eval": "eval",
+           "export": "onnx"}
 SHRUNK = ["prepare.text_field=text", "prepare.pack.seq_len=64", "prepare.tokenizer.vocab_size=1024",
           "prepare.canaries.count=2", "pretrain.model.preset=tiny", "pretrain.train.max_steps=20",
-          "pretrain.train.eval_every=10", "pretrain.train.log_every=10", "finetune.finetune.max_examples=200",
+          "pretrain.train.eval_every=10", "pretrain.train.log_every=10", "tune.num_samples=2",
+          "tune.base.train.max_steps=4", "tune.base.train.eval_every=2", "finetune.finetune.max_examples=200",
           "finetune.train.max_steps=10", "finetune.train.eval_every=5", "finetune.train.checkpoint_every=5",
           "finetune.train.log_every=5", "finetune.train.micro_batch_size=8", "eval.max_examples=4",
           "prompts=[The river]", "questions=[who wrote hamlet]", "max_tokens=8"]
@@ -61,10 +66,17 @@ def test_whole_lifecycle_on_s3_reported_then_rerun_skips_every_stage(ray_cluster
     assert any(k.startswith("quick/train/checkpoints/step_") for k in keys)  # by Ray Train
     assert any(k.startswith("quick/finetune/checkpoints/step_") for k in keys)
     assert any(k.startswith("quick/finetune/data/train/") for k in keys)  # rows every worker mirrors
+    # the sweep: Tune's experiment, the trials' checkpoints and their rows in the bucket, not on a disk
+    for sub in ("ray_tune/", "trials/", "data/train/"):
+        assert any(k.startswith(f"quick/tune/{sub}") for k in keys), sub
+    best = json.loads(boto3.resource("s3").Object("runs", "quick/tune/summary.json").get()["Body"].read())["best"]
+    tuned = yaml.safe_load(boto3.resource("s3").Object("runs", "quick/finetune/config.yaml").get()["Body"].read())
+    assert tuned["train"]["lr"] == best["params"]["train.lr"] and tuned["tuned_by"] == "s3://runs/quick/tune"
     assert "quick/train/model/model.safetensors" in keys and "quick/onnx/model.onnx" in keys
     assert "quick/report.html" in keys and "quick/report.md" in keys
     md = open(first["report"].replace(".html", ".md"), encoding="utf-8").read()
-    for row in ("| nq_open | f1 | base |", "| nq_open | f1 | tuned |", "| perplexity int8 |", "| chat | who wrote"):
+    for row in ("| nq_open | f1 | base |", "| nq_open | f1 | tuned |", "| perplexity int8 |", "| chat | who wrote",
+                f"| {best['trial_id']} |", "`finetune` trained with these values"):
         assert row in md, row  # the eval table side by side, export figures, the served requests
     for model in ("base", "tuned"):  # a bias row and a canary row per model
         assert sum(line.startswith(f"| {model} |") for line in md.splitlines()) == 2, model
@@ -90,7 +102,7 @@ def _check_report_in_chromium(path: str, text: str, tmp_path) -> None:
     assert path.endswith("report.html")
     for title in SECTIONS:
         assert f"<h2>{title}</h2>" in text, title
-    assert text.count("<img ") >= 3  # document lengths, pretrain and finetune loss curves
+    assert text.count("<img ") >= 5  # document lengths, pretrain and finetune loss, the sweep's two plots
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium): the report's HTML was "

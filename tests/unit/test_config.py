@@ -159,10 +159,13 @@ def test_gpu_recipe_is_the_quickstart_sized_for_gpus():
     jobs = Path(__file__).resolve().parents[2] / "jobs"
     cpu = resolve(cfgmod.load(RecipeConfig, str(jobs / "quickstart.yaml"), ["output=runs/q"]))
     gpu = resolve(cfgmod.load(RecipeConfig, str(jobs / "quickstart_gpu.yaml"), []))
-    assert list(cpu) == list(gpu) == ["prepare", "pretrain", "finetune", "eval", "export", "serve"]
+    assert list(cpu) == list(gpu) == ["prepare", "pretrain", "tune", "finetune", "eval", "export", "serve"]
     for name in ("pretrain", "finetune"):
         t = gpu[name].train
         assert (t.use_gpu, t.strategy, t.num_workers) == (True, "fsdp", 8) and t.max_failures >= 1
+    trial = gpu["tune"].base["train"]  # the sweep's trials: the finetune on 2 GPUs each, fewer steps
+    assert (trial["use_gpu"], trial["num_workers"], trial["strategy"]) == (True, 2, "ddp")
+    assert gpu["tune"].base["model"]["init_from"] == gpu["finetune"].model.init_from
     assert gpu["pretrain"].model.preset == "125m" and gpu["prepare"].output.startswith("s3://")
     assert cpu["eval"].models == {"base": "runs/q/train/model", "tuned": "runs/q/finetune/model"}
     canary = next(t for t in cpu["eval"].tasks if not isinstance(t, str))

@@ -144,3 +144,17 @@ def test_training_resumes_only_work_made_from_the_same_upstream_runs(tmp_path):
     assert stage.resumable(pre, train)
     _prepared(data)
     assert not stage.resumable(pre, train)
+
+
+def test_only_an_interrupted_run_of_the_same_config_counts_as_one_to_finish(tmp_path):
+    """A sweep restores Tune's experiment from the partial dir only when that dir was started with this
+    very config: a finished output, or a partial dir of another config, is started over."""
+    out = tmp_path / "train"
+    pre = _cfg(out)
+    assert not stage.interrupted(pre, out)  # nothing there
+    _finish(pre, out)
+    assert not stage.interrupted(pre, out)  # finished: nothing to finish off
+    stage.begin(pre, out)  # started again, then killed
+    assert stage.interrupted(pre, out)
+    assert stage.interrupted(dataclasses.replace(pre, force=True), out)  # run control aside
+    assert not stage.interrupted(_cfg(out, "train.lr=0.01"), out)

@@ -4,6 +4,9 @@ and the tables a sweep leaves. The sweeps themselves run in tests/integration/te
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -129,3 +132,114 @@ def test_patience_stop_is_not_counted_as_the_schedulers():
     t = _trial("a", 0.01, [3.0, 3.1, 3.2])
     t.history[-1]["stopped_early"] = True
     assert t.status(100) == "early_stopped"
+
+
+# ---------------------------------------------------------------- the sweep as a recipe stage
+
+def _recipe(tmp_path, *extra):
+    from lmforge.recipe.config import RecipeConfig
+
+    recipe = Path(__file__).resolve().parents[2] / "jobs" / "quickstart.yaml"
+    return cfgmod.load(RecipeConfig, str(recipe), [f"output={tmp_path / 'q'}", *extra])
+
+
+def test_recipe_sweep_takes_the_finetune_section_as_its_base(tmp_path):
+    """The quickstart's tune stage sweeps the recipe's own finetune section (model wired to the pretrained
+    one), shortened by the sweep's `base` mapping; the finetune stage itself is not changed by it."""
+    from lmforge.recipe.runner import resolve
+
+    stages = resolve(_recipe(tmp_path))
+    assert list(stages) == ["prepare", "pretrain", "tune", "finetune", "eval", "export", "serve"]
+    sweep, ft = stages["tune"], stages["finetune"]
+    assert sweep.stage == "finetune" and sweep.output == str(tmp_path / "q" / "tune")
+    assert sweep.base["model"]["init_from"] == ft.model.init_from == str(tmp_path / "q" / "train" / "model")
+    assert sweep.base["train"]["max_steps"] == 40 and ft.train.max_steps == 80  # the overlay is the sweep's only
+    assert sweep.base["train"]["micro_batch_size"] == ft.train.micro_batch_size  # the rest is finetune's
+    assert not {"output", "ray", "force", "tuned_by"} & set(sweep.base)
+    assert ft.tuned_by is None  # set only once the sweep has run
+
+
+def test_recipe_sweep_needs_a_stage_to_sweep(tmp_path):
+    from lmforge.recipe.runner import resolve
+
+    with pytest.raises(ConfigError, match="tune.stage: the recipe has no finetune or pretrain stage"):
+        resolve(_recipe(tmp_path, "stages=[prepare,tune,export]", "export.model=m"))
+    own = resolve(_recipe(tmp_path, "stages=[tune]", f"tune.base={tmp_path / 'ft.yaml'}"))  # a path: as given
+    assert own["tune"].base == str(tmp_path / "ft.yaml")
+
+
+def _summary(out, best):
+    out.mkdir(parents=True)
+    (out / "summary.json").write_text(json.dumps({"metric": "val_loss", "best": best}))
+
+
+def test_finished_sweep_feeds_its_best_values_to_the_swept_stage(tmp_path):
+    from lmforge.recipe.runner import resolve
+    from lmforge.tune import recipe
+
+    stages = resolve(_recipe(tmp_path))
+    sweep = stages["tune"]
+    _summary(Path(sweep.output), {"trial_id": "t1", "val_loss": 3.2, "step": 40, "params": {"train.lr": 0.0012}})
+    later = {n: stages[n] for n in ("finetune", "eval")}
+    fed = recipe.feed(sweep, later)
+    assert fed["finetune"].train.lr == 0.0012 and fed["finetune"].tuned_by == sweep.output
+    assert fed["finetune"].train.max_steps == 80 and fed["eval"] is later["eval"]  # nothing else changed
+    off = recipe.feed(dataclasses.replace(sweep, apply_best=False), later)
+    assert off["finetune"].train.lr == later["finetune"].train.lr == 0.0005
+    assert recipe.feed(sweep, {"eval": later["eval"]}) == {"eval": later["eval"]}  # finetune already ran
+
+
+def test_sweep_without_a_best_trial_leaves_the_stage_as_configured(tmp_path, caplog):
+    from lmforge.recipe.runner import resolve
+    from lmforge.tune import recipe
+
+    stages = resolve(_recipe(tmp_path))
+    _summary(Path(stages["tune"].output), None)  # every trial failed
+    fed = recipe.feed(stages["tune"], {"finetune": stages["finetune"]})
+    assert fed["finetune"] is stages["finetune"] and "runs with its own values" in caplog.text
+
+
+def test_a_rerun_sweep_makes_the_tuned_stage_run_again(tmp_path):
+    """The swept stage records the sweep's run among its inputs (tuned_by), so `--force tune` re-runs
+    finetune too, even when the sweep picks the same values again."""
+    from lmforge import stage
+    from lmforge.recipe.runner import resolve
+    from lmforge.tune import recipe
+
+    stages = resolve(_recipe(tmp_path))
+    sweep_out = Path(stages["tune"].output)
+    _summary(sweep_out, {"trial_id": "t1", "val_loss": 3.2, "step": 40, "params": {"train.lr": 0.0012}})
+    (sweep_out / stage.DONE_MARKER).write_text(json.dumps({"run": "sweep-1", "inputs": {}}))
+    ft = recipe.feed(stages["tune"], {"finetune": stages["finetune"]})["finetune"]
+    assert stage.input_runs(ft)["tuned_by"] == "sweep-1"
+    stage.publish(stage.begin(ft, ft.output), ft.output)
+    assert stage.is_finished(ft, ft.output)
+    (sweep_out / stage.DONE_MARKER).write_text(json.dumps({"run": "sweep-2", "inputs": {}}))  # forced again
+    assert not stage.is_finished(ft, ft.output)
+
+
+def test_progress_counts_trial_steps_and_takes_stopped_trials_off_the_total(tmp_path, caplog):
+    """Each report line says where the sweep stands; a trial ASHA stops at step 10 of 40 no longer counts
+    its 30 unrun steps as work left."""
+    import logging
+    from types import SimpleNamespace
+
+    from lmforge.tune.ray_tune import Progress
+
+    progress = Progress(tmp_path / "events.jsonl", "val_loss", max_steps=40, num_samples=2)
+    a, b = SimpleNamespace(trial_id="a", config={"train.lr": 0.001}), SimpleNamespace(trial_id="b", config={})
+    caplog.set_level(logging.INFO, logger="lmforge.tune")
+    for trial in (a, b):
+        progress.on_trial_start(0, [], trial)
+        progress.on_trial_result(0, [], trial, {"step": 10, "val_loss": 3.0})
+    assert "0/2 trials done; 20/80 trial steps" in caplog.records[-1].getMessage()
+    a.last_result = {"step": 10}
+    progress.on_trial_complete(0, [], a)
+    assert "1/2 trials done; 20/50 trial steps" in caplog.records[-1].getMessage()
+    assert "at most" in caplog.records[-1].getMessage()
+    progress.on_trial_result(0, [], b, {"step": 40, "val_loss": 2.0})
+    b.last_result = {"step": 40}
+    progress.on_trial_complete(0, [], b)
+    assert "2/2 trials done; 50/50 trial steps" in caplog.records[-1].getMessage()
+    assert [e["event"] for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())] == [
+        "start", "start", "complete", "complete"]

@@ -22,6 +22,7 @@ from lmforge.data import canaries
 from lmforge.evaluate import report
 from lmforge.evaluate.config import EvalConfig, TaskSpec
 from lmforge.evaluate.tasks import Task, execute, requests_for, score
+from lmforge.progress import Ticker
 from lmforge.tasks.builtin import TASKS
 from lmforge.tasks.examples import take
 from lmforge.tasks.jsonl import read_examples
@@ -86,11 +87,13 @@ def _evaluate(model_dir: str, tasks: list[Task], cfg: EvalConfig, rows: list[dic
     if cfg.engine == "ray":
         from lmforge.evaluate.ray_eval import execute_on_ray
 
-        results = execute_on_ray(shipped, requests, cfg.batch_size, cfg.threads, cfg.actors, cfg.actor_cpus)
+        results = execute_on_ray(shipped, requests, cfg.batch_size, cfg.threads, cfg.actors, cfg.actor_cpus,
+                                  label=f"eval: {name}")
     else:
         from lmforge.evaluate.backends import load_backend
 
-        results = execute(load_backend(model_dir, cfg.threads), requests, cfg.batch_size)
+        ticker = Ticker(log, f"eval: {name}", len(requests), "requests")
+        results = execute(load_backend(model_dir, cfg.threads), requests, cfg.batch_size, ticker.update)
     scores = {}
     for task in tasks:
         scores[task.name], task_rows = score(task, results)

@@ -8,8 +8,13 @@ differ by kind).
 from __future__ import annotations
 
 import json
+import logging
 
 import pyarrow as pa
+
+from lmforge.progress import Ticker
+
+log = logging.getLogger("lmforge.eval")
 
 
 class _ModelActor:
@@ -28,7 +33,9 @@ class _ModelActor:
 
 
 def execute_on_ray(model_dir: str, requests: list[dict], batch_size: int, threads: int, actors: int,
-                   actor_cpus: float) -> dict[str, dict]:
+                   actor_cpus: float, label: str = "eval") -> dict[str, dict]:
+    """Every request's result by ``rid``; results stream back as batches finish, with a progress line
+    (requests, rate, time left) at most every 10 s."""
     import ray
 
     ds = ray.data.from_items([{"request": json.dumps(r)} for r in requests])
@@ -36,4 +43,11 @@ def execute_on_ray(model_dir: str, requests: list[dict], batch_size: int, thread
                                                                 "batch_size": batch_size},
                             batch_size=max(16, 4 * batch_size), batch_format="pyarrow", concurrency=actors,
                             num_cpus=actor_cpus)
-    return {r["rid"]: r for r in (json.loads(row["result"]) for row in scored.take_all())}
+    ticker = Ticker(log, label, len(requests), "requests")
+    results = {}
+    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
+        for raw in batch.column("result").to_pylist():
+            result = json.loads(raw)
+            results[result["rid"]] = result
+        ticker.update(len(results))
+    return results

@@ -99,8 +99,9 @@ def _canary_requests(task: Task, canary: canary_data.Canary, tokenizer) -> list[
               for j, c in enumerate(candidates))]
 
 
-def execute(backend, requests: list[dict], batch_size: int = 8) -> dict[str, dict]:
-    """Run requests on a backend in batches: ``{rid: {"text"} | {"logprob", "greedy"}}``."""
+def execute(backend, requests: list[dict], batch_size: int = 8, progress=None) -> dict[str, dict]:
+    """Run requests on a backend in batches: ``{rid: {"text"} | {"logprob", "greedy"}}``; ``progress(n)``,
+    when given, is told how many are done after each batch."""
     results: dict[str, dict] = {}
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in requests:
@@ -116,6 +117,8 @@ def execute(backend, requests: list[dict], batch_size: int = 8) -> dict[str, dic
                 scored = backend.loglikelihood([(r["ctx"], r["cont"]) for r in batch], batch_size=batch_size)
                 results.update({r["rid"]: {"logprob": lp, "greedy": g, "tokens": len(r["cont"])}
                                 for r, (lp, g) in zip(batch, scored)})
+            if progress:
+                progress(len(results))
     return results
 
 

@@ -60,6 +60,9 @@ class FinetuneConfig:
     train: TrainConfig = dataclasses.field(default_factory=_finetune_train)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     force: bool = False  # start over (checkpoints wiped) even when output holds a finished run
+    # The sweep output whose best values this run trains with (a recipe sets it after its tune stage):
+    # recorded as an input, so a re-run sweep makes this run again.
+    tuned_by: str | None = None
 
     def __post_init__(self):
         check(not (self.finetune.method == "lora" and self.train.strategy == "fsdp"), "train.strategy",

@@ -13,6 +13,7 @@ import dataclasses
 import html
 import json
 import logging
+import re
 from pathlib import Path
 
 from lmforge import stage as stage_mod
@@ -37,7 +38,7 @@ def write(recipe, stages: dict, result: dict) -> Path:
     """Write ``report.md`` and ``report.html`` for a finished recipe run; returns the html's local path
     (for a remote run, both are uploaded beside its stage outputs too)."""
     outputs = {name: cfg.output for name, cfg in stages.items() if getattr(cfg, "output", None)}
-    sections = build(recipe, outputs, result)
+    sections = build(recipe, outputs, result, stages)
     local = stage_mod.staging(recipe.output)
     local.mkdir(parents=True, exist_ok=True)
     (local / "report.md").write_text(render_md(sections), encoding="utf-8")
@@ -63,14 +64,13 @@ def _rerun(stage: str, output: str) -> str:
     return f"lmforge {stage} {storage.join(output, 'config.yaml')} force=true"
 
 
-def build(recipe, outputs: dict[str, str], result: dict) -> list[Section]:
+def build(recipe, outputs: dict[str, str], result: dict, stages: dict | None = None) -> list[Section]:
+    stages = stages or {}
     sections = [_run(recipe, result)]
     sections.append(_corpus(outputs.get("prepare")))
     sections.append(_training("Pretraining", "pretrain", outputs.get("pretrain")))
     sections.append(_training("Fine-tuning", "finetune", outputs.get("finetune")))
-    sections.append(Section("Sweep", "lmforge tune jobs/tune_tiny.yaml", [
-        "No sweep in this recipe: `lmforge tune` runs as a stage of its own (its trials.csv, curves.png and "
-        "best.yaml land in its output)."]))
+    sections.append(_sweep(stages.get("tune"), outputs.get("tune")))
     evaluation = _json(outputs.get("eval"), "eval.json")
     sections += _evaluation(evaluation, outputs.get("eval"))
     sections.append(_export(outputs.get("export")))
@@ -121,6 +121,46 @@ def _training(title: str, stage: str, output: str | None) -> Section:
     if png := _read(output, "loss.png"):
         section.images.append((f"{title}: train and val loss", png))
     return section
+
+
+def _sweep(cfg, output: str | None) -> Section:
+    summary = _json(output, "summary.json")
+    if summary is None:
+        return Section("Sweep", None, ["`tune` is not in this recipe (`lmforge tune jobs/tune_tiny.yaml` runs "
+                                       "a sweep on its own)."])
+    metric = summary["metric"]
+    counts = ", ".join(f"{summary[k]} {k.replace('_', ' ')}" for k in ("completed", "stopped_by_scheduler",
+                                                                      "early_stopped", "error") if summary.get(k))
+    section = Section("Sweep", _rerun("tune", output), [
+        f"{summary['trials']} trials of {summary.get('stage', 'training')} ({counts}): "
+        f"{summary['trial_steps']} trial steps run of {summary['trial_steps_if_all_completed']} had every trial "
+        f"run to the end; {_fmt(summary['seconds'])} s."])
+    best = summary.get("best")
+    if best:
+        values = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
+        applied = cfg is not None and getattr(cfg, "apply_best", False)
+        section.lines.append(f"Best: {best['trial_id']}, {metric} {_fmt(best[metric])} at step {best['step']} "
+                             f"({values})" + (f"; `{cfg.stage}` trained with these values." if applied else
+                                              f"; `lmforge {summary.get('stage')} {storage.join(output, 'best.yaml')}` "
+                                              "trains with them."))
+    raw = _read(output, "trials.csv")
+    if raw:
+        import csv
+        import io
+
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8"))))
+        if rows:
+            section.tables.append((rows[0], [[_fmt(_number(c)) for c in r] for r in rows[1:]]))
+    for name, caption in (("curves.png", f"Sweep: {metric} of every trial (short lines: stopped by the scheduler)"),
+                          ("params.png", f"Sweep: best {metric} of each trial against its values")):
+        if png := _read(output, name):
+            section.images.append((caption, png))
+    return section
+
+
+def _number(cell: str):
+    """A CSV cell that is a decimal number as a float (shown to 4 significant digits); ids stay text."""
+    return float(cell) if re.fullmatch(r"-?\d+\.\d*(e[-+]?\d+)?", cell, re.IGNORECASE) else cell
 
 
 def _evaluation(evaluation: dict | None, output: str | None) -> list[Section]:

@@ -6,7 +6,8 @@ Every stage's config is resolved and validated (by its own config class) before 
 A stage writes to ``<output>/<subdir>`` (the registry's default) and reads what the stages before it wrote
 (the registry's ``inputs``); any section can set those keys itself, and ``{stage}`` in a section's
 strings names that stage's output (``models: {base: "{pretrain}/model"}``). A finished stage with an unchanged
-config is skipped, as when it runs alone.
+config is skipped, as when it runs alone. A ``tune`` stage sweeps the recipe's section of the stage it
+sweeps (finetune, when the recipe has one), and that stage, run after it, trains with the best values.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 def resolve(recipe) -> dict[str, Any]:
     """``{stage: its typed config}`` for the recipe's stages, in order, with paths wired between them."""
     outputs = {s.name: _default_output(recipe, s.name, recipe.output) for s in recipe_stages()}
-    resolved = {}
+    sections = {}
     for name in recipe.stages:
         stage = STAGES[name]
         section = _fill(copy.deepcopy(recipe_section(recipe, name)), outputs)
@@ -46,8 +47,11 @@ def resolve(recipe) -> dict[str, Any]:
                          else outputs[source[0]])
         if "ray" in fields:
             section["ray"] = cfgmod.to_dict(recipe.ray)
-        resolved[name] = cfgmod.from_dict(cls, section, name)
-    return resolved
+        sections[name] = section
+    for name in recipe.stages:  # keys a stage takes from other stages' sections (a sweep's base)
+        if STAGES[name].recipe_wire:
+            sections[name] = load(STAGES[name].recipe_wire)(sections[name], sections)
+    return {name: cfgmod.from_dict(STAGES[name].config_class(), sections[name], name) for name in recipe.stages}
 
 
 def resolved_dict(recipe) -> dict:
@@ -66,14 +70,17 @@ def run(recipe) -> dict:
         storage.write_remote_text(storage.join(recipe.output, "config.yaml"), cfgmod.dump(recipe))
     result: dict = {"outputs": {}, "seconds": {}}
     with ray_session(recipe.ray):
-        for name, cfg in stages.items():
-            stage = STAGES[name]
+        names = list(stages)
+        for i, name in enumerate(names):
+            stage, cfg = STAGES[name], stages[name]
             start = time.perf_counter()
             log.info("run: stage %s", name)
             if stage.recipe_run:
                 result[name] = load(stage.recipe_run)(cfg, recipe)
             else:
                 result["outputs"][name] = str(stage.run_fn()(cfg))
+            if stage.recipe_feed:  # what this stage's result changes in the stages after it
+                stages.update(load(stage.recipe_feed)(cfg, {n: stages[n] for n in names[i + 1:]}))
             result["seconds"][name] = round(time.perf_counter() - start, 1)
     from lmforge.recipe import report
 

@@ -95,6 +95,9 @@ class PretrainConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     force: bool = False  # start over (checkpoints wiped) even when output holds a finished run
+    # The sweep output whose best values this run trains with (a recipe sets it after its tune stage):
+    # recorded as an input, so a re-run sweep makes this run again.
+    tuned_by: str | None = None
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from lmforge.progress import duration
+
 log = logging.getLogger("lmforge.train")
 
 METRICS_FILE = "metrics.jsonl"
@@ -66,7 +68,7 @@ class MetricsLog:
             parts.append(f"mfu {row['mfu']:.1%}")
         if self._clock and row["step"] > self._clock[1]:
             per_step = (time.monotonic() - self._clock[0]) / (row["step"] - self._clock[1])
-            parts.append(f"{_duration(per_step * (self.max_steps - row['step']))} left")
+            parts.append(f"{duration(per_step * (self.max_steps - row['step']))} left")
         return " | ".join(parts)
 
     def _open_tensorboard(self, purge_step: int) -> None:
@@ -119,9 +121,3 @@ class RayProgress:
             self.metrics.put(message)
         self.queue.shutdown()
         self.metrics.close()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"

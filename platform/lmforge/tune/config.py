@@ -31,7 +31,8 @@ class RunControl:
 @dataclasses.dataclass(kw_only=True)
 class TuneConfig:
     # A pretrain or finetune config: a YAML path or the mapping itself. Each trial runs it with the
-    # sampled values set; its own output, checkpoint_dir and resume are the sweep's to set.
+    # sampled values set; its own output, checkpoint_dir and resume are the sweep's to set. In a recipe,
+    # a mapping here is laid over the recipe's section of the swept stage (unset: that section as is).
     base: str | dict[str, Any]
     stage: Literal["pretrain", "finetune"] | None = None  # default: finetune when base has a finetune section
     # {dotted.key: {loguniform: [lo, hi]} | {uniform: [lo, hi]} | {choice: [a, b, ...]} | {randint: [lo, hi]}}
@@ -50,6 +51,8 @@ class TuneConfig:
     tune: RunControl = dataclasses.field(default_factory=RunControl)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     force: bool = False  # start the sweep over even when output holds a finished one
+    # In a recipe whose swept stage runs after the sweep: that stage trains with the best trial's values.
+    apply_best: bool = True
 
     def __post_init__(self):
         check(self.num_samples >= 1, "num_samples", "must be >= 1")

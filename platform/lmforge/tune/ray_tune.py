@@ -19,6 +19,7 @@ from typing import Any
 from ray import tune
 
 from lmforge import storage as store
+from lmforge.progress import Ticker
 from lmforge.tune.config import TuneConfig
 from lmforge.tune.plan import Plan
 from lmforge.tune.results import Trial
@@ -81,15 +82,27 @@ def trainable(build_spec: Callable[[dict, str], Any], storage: str, plan: Plan):
 
 
 class Progress(tune.Callback):
-    """One log line per trial event and report, and ``trial_events.jsonl`` (when each trial started,
-    finished or failed, so a resumed sweep shows which trials ran again)."""
+    """One log line per trial event and report, each with where the sweep stands (trials done, trial
+    steps run, their rate and at most how long is left: trials stopped early finish it sooner), and
+    ``trial_events.jsonl`` (when each trial started, finished or failed, so a resumed sweep shows which
+    trials ran again)."""
 
-    def __init__(self, events: Path, metric: str, max_steps: int):
-        self.events, self.metric, self.max_steps = events, metric, max_steps
+    def __init__(self, events: Path, metric: str, max_steps: int, num_samples: int):
+        self.events, self.metric, self.max_steps, self.num_samples = events, metric, max_steps, num_samples
+        self.steps: dict[str, int] = {}  # trial id -> the last step it reported
+        self.finished: set[str] = set()
+        self.ticker = Ticker(log, "tune", num_samples * max_steps, "trial steps", bound=True)
 
     def _event(self, kind: str, trial, **extra) -> None:
         with self.events.open("a") as f:
             f.write(json.dumps({"time": time.time(), "event": kind, "trial_id": trial.trial_id, **extra}) + "\n")
+
+    def _sweep(self) -> str:
+        """Where the sweep stands; a trial that ended before max_steps takes its unrun steps off the total."""
+        cut = sum(self.max_steps - self.steps.get(t, 0) for t in self.finished)
+        self.ticker.total = self.num_samples * self.max_steps - cut
+        self.ticker.done = sum(self.steps.values())
+        return f"{len(self.finished)}/{self.num_samples} trials done; " + self.ticker.line().split(": ", 1)[1]
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._event("start", trial, params=trial.config)
@@ -97,18 +110,21 @@ class Progress(tune.Callback):
                  ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items()))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(self.metric)
-        log.info("tune: trial %s step %s/%d %s %s", trial.trial_id, result.get("step"), self.max_steps,
-                 self.metric, _short(value))
+        if isinstance(result.get("step"), int):
+            self.steps[trial.trial_id] = result["step"]
+        log.info("tune: trial %s step %s/%d %s %s | %s", trial.trial_id, result.get("step"), self.max_steps,
+                 self.metric, _short(result.get(self.metric)), self._sweep())
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         step = (trial.last_result or {}).get("step")
         self._event("complete", trial, step=step)
-        log.info("tune: trial %s finished at step %s", trial.trial_id, step)
+        self.finished.add(trial.trial_id)
+        log.info("tune: trial %s finished at step %s | %s", trial.trial_id, step, self._sweep())
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._event("error", trial)
-        log.warning("tune: trial %s failed (its error is in %s)", trial.trial_id, trial.path)
+        self.finished.add(trial.trial_id)
+        log.warning("tune: trial %s failed (its error is in %s) | %s", trial.trial_id, trial.path, self._sweep())
 
 
 def _short(value: Any) -> str:
@@ -136,7 +152,7 @@ def run_sweep(cfg: TuneConfig, params: list[Param], build_spec: Callable[[dict, 
             trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(
             name=EXPERIMENT, storage_path=path, storage_filesystem=fs if remote else None, verbose=0,
-            callbacks=[Progress(events, cfg.metric, max_steps)]),
+            callbacks=[Progress(events, cfg.metric, max_steps, cfg.num_samples)]),
     )
     return tuner.fit()
 

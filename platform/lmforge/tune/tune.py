@@ -33,12 +33,14 @@ def run(cfg: TuneConfig) -> Path:
     if done := stage.already_done(cfg, "tune"):
         return done
     sweep = Sweep.of(cfg)
-    fresh = cfg.tune.resume == "never" or cfg.force
+    # Only an interrupted run of this very sweep is finished off; a finished or interrupted one of another
+    # config (space, trials, base or upstream runs changed) is not restored in its place.
+    fresh = cfg.tune.resume == "never" or cfg.force or not stage.interrupted(cfg, cfg.output)
     partial = stage.begin(cfg, cfg.output, resume=not fresh)
-    root = cfg.tune.storage.rstrip("/") if cfg.tune.storage else str(partial.resolve())
-    if fresh and cfg.tune.storage:
+    root = storage_root(cfg, partial)
+    if fresh and storage.is_remote(root):
         _wipe(root)
-    context = sweep.context(partial)
+    context = sweep.context(partial, root)
     from lmforge.cluster.session import ray_session
     from lmforge.tune import ray_tune
 
@@ -57,7 +59,19 @@ def run(cfg: TuneConfig) -> Path:
                                   resume=not fresh)
         trials = ray_tune.collect(grid, [p.key for p in sweep.params])
     write_outputs(cfg, sweep, trials, partial, time.perf_counter() - start)
-    return stage.publish(partial, cfg.output)
+    return stage.publish(partial, cfg.output, keep=REMOTE_DIRS)
+
+
+REMOTE_DIRS = ("ray_tune", "trials", "data")  # under a remote storage root: Tune's, checkpoints, rows
+
+
+def storage_root(cfg: TuneConfig, partial: Path) -> str:
+    """Where Tune's experiment, the trials' checkpoints and (finetune) the rows live: ``tune.storage``,
+    else the output itself when it is ``s3://`` (trials on any node reach it, and an interrupted sweep
+    resumes from it), else the local partial dir."""
+    if cfg.tune.storage:
+        return cfg.tune.storage.rstrip("/")
+    return cfg.output.rstrip("/") if storage.is_remote(cfg.output) else str(partial.resolve())
 
 
 def resolved_dict(cfg: TuneConfig) -> dict:
@@ -97,13 +111,15 @@ class Sweep:
         sweep_set = {**self.sweep_set, **(extra or {})}
         return cfgmod.from_dict(self.stage_cls, space.trial_dict(self.base, params, sweep_set))
 
-    def context(self, partial: Path) -> dict:
-        """What every trial shares, made once here with absolute paths (trials run in other directories):
-        pretrain, the prepared data's manifest; finetune, the base model and the rendered rows."""
+    def context(self, partial: Path, root: str) -> dict:
+        """What every trial shares, made once here with absolute paths (trials run in other directories)
+        or URIs: pretrain, the prepared data's manifest; finetune, the base model and the rendered rows
+        (shared under a remote ``root``, where trials on any node mirror them)."""
         if self.stage == "pretrain":
             from lmforge.data import manifest as prepared
 
-            data = str(Path(self.base_cfg.data).resolve())
+            data = self.base_cfg.data
+            data = data if storage.is_remote(data) else str(Path(data).resolve())
             return {"data": data, "manifest": prepared.read(data)}
         from lmforge.finetune import data, finetune
 
@@ -113,7 +129,10 @@ class Sweep:
             c = self.base_cfg
             train, val = data.load_examples(c.data, c.val_data, c.finetune.val_fraction, c.finetune.max_examples)
             finetune.write_rows(c, base, train, val, rows)
-        return {"base": base, "rows": str(rows.resolve())}
+            if storage.is_remote(root):
+                stage.share_dir(rows, storage.join(root, "data"))
+        shared = storage.join(root, "data") if storage.is_remote(root) else str(rows.resolve())
+        return {"base": base, "rows": shared}
 
     def spec_builder(self, context: dict, trial_plan: Plan):
         """``(params, checkpoint_root) -> WorkerSpec`` for the trainable (plain values only: it is shipped
@@ -131,7 +150,7 @@ class Sweep:
                 return pretrain.worker_spec(replace(cfg, data=context["data"]), context["manifest"], ckpt_root)
             from lmforge.finetune import finetune
 
-            return finetune.worker_spec(cfg, context["base"], Path(context["rows"]), ckpt_root)
+            return finetune.worker_spec(cfg, context["base"], context["rows"], ckpt_root)
 
         return build
 
@@ -159,6 +178,9 @@ def write_outputs(cfg: TuneConfig, sweep: Sweep, trials: list[results.Trial], ou
 
 
 def _wipe(root: str) -> None:
+    """A fresh sweep starts from an empty remote root (the output itself is unmarked first: it no longer
+    holds a finished sweep)."""
+    storage.delete_remote(f"{root}/{stage.DONE_MARKER}")
     fs, path = storage.filesystem(root)
-    for sub in ("ray_tune", "trials"):
+    for sub in REMOTE_DIRS:
         fs.delete_dir_contents(f"{path}/{sub}", missing_dir_ok=True)
