@@ -71,8 +71,19 @@ def is_finished(cfg, output: str | os.PathLike) -> bool:
         return False
     recorded, current = parse_marker(marker)["inputs"], input_runs(cfg)
     if recorded is None:  # a marker from before inputs were recorded: trusted only if it read no stage output
-        return not any(current.values())
-    return recorded == current
+        return not any(v for k, v in current.items() if not k.startswith(RAW_PREFIX))
+    return same_inputs(recorded, current)
+
+
+RAW_PREFIX = "files:"  # input_runs keys of raw files (a corpus), not of upstream stage runs
+
+
+def same_inputs(recorded: dict, current: dict) -> bool:
+    """Whether a run's recorded inputs are the current ones; raw files that cannot be read any more
+    (None now: a corpus deleted after it was prepared) are not held against a finished run."""
+    keys = set(recorded) | set(current)
+    return all(recorded.get(k) == current.get(k) for k in keys
+               if not (k.startswith(RAW_PREFIX) and current.get(k) is None))
 
 
 def _read(output: str | os.PathLike, name: str) -> str | None:
@@ -96,8 +107,9 @@ def run_of(path: str) -> str | None:
 
 
 def input_runs(cfg) -> dict[str, str | None]:
-    """``{input key: the run id of the stage output it names}`` for the stage ``cfg`` configures."""
-    from lmforge.stages import STAGES
+    """``{input key: the run id of the stage output it names}`` for the stage ``cfg`` configures, and
+    the state of the raw files it reads (``files:<key>``, see :func:`lmforge.stages.Stage.raw_inputs`)."""
+    from lmforge.stages import STAGES, load
 
     kind = f"{type(cfg).__module__}:{type(cfg).__qualname__}"
     stage = next((s for s in STAGES.values() if s.config == kind), None)
@@ -110,6 +122,8 @@ def input_runs(cfg) -> dict[str, str | None]:
             runs[needed.key] = run_of(value)
     for name, path in (getattr(cfg, "models", None) or {}).items():  # eval's models, side by side
         runs[f"models.{name}"] = run_of(path)
+    if stage and stage.raw_inputs:
+        runs.update(load(stage.raw_inputs)(cfg))
     return runs
 
 
@@ -140,7 +154,9 @@ def resumable(cfg, output: str | os.PathLike) -> bool:
         if marker is None:
             return True  # nothing finished here to compare with
         recorded = parse_marker(marker)["inputs"]
-    return recorded == runs if recorded is not None else not any(runs.values())
+    if recorded is None:
+        return not any(v for k, v in runs.items() if not k.startswith(RAW_PREFIX))
+    return same_inputs(recorded, runs)
 
 
 def interrupted(cfg, output: str | os.PathLike) -> bool:

@@ -41,6 +41,9 @@ class Stage:
     # In a recipe: fn(config, later) -> later, after the stage ran, with the typed configs of the stages
     # still to run (a sweep sets its best values in the stage it swept).
     recipe_feed: str | None = None
+    # fn(config) -> {"files:<key>": state}: files it reads that are no stage's output (a raw corpus), as
+    # they are now; recorded in the .done marker beside the upstream runs, so editing one re-runs it.
+    raw_inputs: str | None = None
 
     def config_class(self) -> type:
         return load(self.config)
@@ -60,7 +63,8 @@ _TRAINED = (("finetune", "model"), ("pretrain", "model"), ("import", ""))  # the
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("prepare", "corpus files -> cleaned, deduplicated, PII-redacted documents, a BPE tokenizer and packed "
           "train/val shards (Ray Data)",
-          "lmforge.data.config:PrepareConfig", "lmforge.data.prepare:run", subdir="data"),
+          "lmforge.data.config:PrepareConfig", "lmforge.data.prepare:run", subdir="data",
+          raw_inputs="lmforge.data.prepare:corpus_state"),
     Stage("pretrain", "train a Llama-style model on prepared shards (Ray Train: DDP or FSDP2, checkpoints, resume)",
           "lmforge.train.config:PretrainConfig", "lmforge.train.pretrain:run", subdir="train",
           inputs=(Input("data", (("prepare", ""),)), Input("tuned_by", ()))),

@@ -123,6 +123,21 @@ def expand(uri: str, suffixes: tuple[str, ...]) -> list[str]:
     return [f"s3://{p}" for p in _readable(uri, matches, suffixes)]
 
 
+def stat_files(files: list[str]) -> list[tuple[str, int, int]]:
+    """``(file, size, modification time in ns)`` of local files or ``s3://`` objects (one listing call
+    for all of a bucket's objects): enough to tell that a file changed without reading it."""
+    out = []
+    remote = [f for f in files if f.startswith("s3://")]
+    if remote:
+        infos = s3_filesystem().get_file_info([f[len("s3://"):] for f in remote])
+        out += [(f, i.size, i.mtime_ns or 0) for f, i in zip(remote, infos)]
+    for f in files:
+        if not f.startswith("s3://"):
+            st = os.stat(resolve_local(f))
+            out.append((f, st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
 def filesystem(uri: str):
     """``(pyarrow filesystem, path within it)`` for a local path or an ``s3://`` URI."""
     from pyarrow import fs

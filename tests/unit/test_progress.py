@@ -39,3 +39,21 @@ def test_an_upper_bound_says_at_most():
 def test_duration():
     assert [duration(s) for s in (0, 59.9, 61, 3600, 7385, -3)] == ["0m00s", "0m59s", "1m01s", "1h00m", "2h03m",
                                                                      "0m00s"]
+
+
+def test_prepare_counts_files_documents_and_megabytes(caplog):
+    """prepare's read + curate, told of each file as a task finishes it: the time left goes by bytes."""
+    from lmforge.data.prepare import FilesRead
+
+    sink = FilesRead({"a.jsonl": 3_000_000, "b.jsonl": 1_000_000})
+    clock = Clock()
+    sink.ticker.clock, sink.ticker.start = clock, 0.0
+    caplog.set_level(logging.INFO, logger="lmforge")
+    clock.now = 3.0
+    sink.put(("a.jsonl", 1200))
+    assert caplog.records[-1].getMessage() == (
+        "prepare: read + curate: 3/4 MB, 1/2 files, 1,200 documents, 1 MB/s, 0m01s left")
+    clock.now = 4.0
+    sink.put(("b.jsonl", 300))
+    assert caplog.records[-1].getMessage() == (
+        "prepare: read + curate: 4/4 MB, 2/2 files, 1,500 documents, 1 MB/s, done in 0m04s")

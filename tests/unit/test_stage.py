@@ -158,3 +158,34 @@ def test_only_an_interrupted_run_of_the_same_config_counts_as_one_to_finish(tmp_
     assert stage.interrupted(pre, out)
     assert stage.interrupted(dataclasses.replace(pre, force=True), out)  # run control aside
     assert not stage.interrupted(_cfg(out, "train.lr=0.01"), out)
+
+
+def test_an_edited_corpus_file_makes_prepare_run_again(tmp_path):
+    """prepare's identity holds its corpus files' state (path, size, modification time), not only its
+    config: editing, adding or removing a file re-runs it (and, through its new run id, what follows). A
+    corpus deleted after the run is not held against it."""
+    import os
+
+    from lmforge.data.config import PrepareConfig
+
+    corpus, out = tmp_path / "corpus", tmp_path / "data"
+    corpus.mkdir()
+    (corpus / "a.jsonl").write_text('{"text": "one"}\n')
+    cfg = cfgmod.load(PrepareConfig, None, [f"inputs=[{corpus}]", f"output={out}"])
+    stage.publish(stage.begin(cfg, out), out)
+    assert stage.is_finished(cfg, out)
+    marker = stage.parse_marker((out / stage.DONE_MARKER).read_text())
+    assert marker["inputs"]["files:inputs"].startswith("1 files, sha256:")
+    (corpus / "a.jsonl").write_text('{"text": "two"}\n')  # same size, edited in place
+    os.utime(corpus / "a.jsonl", ns=(1, 1))
+    assert not stage.is_finished(cfg, out)
+    stage.publish(stage.begin(cfg, out), out)
+    (corpus / "b.jsonl").write_text('{"text": "three"}\n')  # a new file
+    assert not stage.is_finished(cfg, out)
+    stage.publish(stage.begin(cfg, out), out)
+    (corpus / "notes.md").write_text("not a corpus file")  # not read by prepare: no change
+    assert stage.is_finished(cfg, out)
+    for f in corpus.iterdir():
+        f.unlink()
+    corpus.rmdir()
+    assert stage.is_finished(cfg, out)  # the corpus is gone: the finished run is kept, not failed

@@ -16,6 +16,7 @@ val/, manifest.json, report.md.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from lmforge.data import canaries, dedup_ray, manifest, outputs, report, sources
 from lmforge.data.config import PrepareConfig
 from lmforge.data.curate import CanaryPlan, curate_file
 from lmforge.data.tokenizer import to_hf, train_bpe
+from lmforge.progress import RayProgress, Ticker
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,18 @@ def run(cfg: PrepareConfig) -> Path:
     out = stage.publish(partial, cfg.output, keep=outputs.OUTPUT_DIRS)
     log.info("prepare: %s", json.dumps(result["documents"]))
     return out
+
+
+def corpus_state(cfg: PrepareConfig) -> dict[str, str | None]:
+    """The corpus files as they are now, for the run's identity: their count and a hash of every file's
+    path, size and modification time. Editing, adding or removing a file makes a finished run stale;
+    a corpus that cannot be listed any more (deleted after the run) is None: nothing to compare."""
+    try:
+        files = storage.stat_files(list_inputs(cfg.inputs))
+    except FileNotFoundError:
+        return {stage.RAW_PREFIX + "inputs": None}
+    digest = hashlib.sha256("".join(f"{f}\0{size}\0{mtime}\n" for f, size, mtime in files).encode()).hexdigest()
+    return {stage.RAW_PREFIX + "inputs": f"{len(files)} files, sha256:{digest[:16]}"}
 
 
 def list_inputs(inputs: list[str]) -> list[str]:
@@ -66,7 +80,11 @@ def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path, parts: str) -
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # deterministic
     clock = _Clock()
     plan = _canary_plan(cfg, files)
-    ledger = _read_ledger(cfg, files, plan).materialize()
+    progress = RayProgress(FilesRead(dict((f, size) for f, size, _ in storage.stat_files(files))))
+    try:
+        ledger = _read_ledger(cfg, files, plan, progress.queue).materialize()
+    finally:
+        progress.close()
     clock.lap("read + curate")
     marks = dedup_ray.find_duplicates(ledger.filter(expr="reason == ''"), cfg.dedup)
     clock.lap("dedup")
@@ -109,7 +127,26 @@ def _canary_plan(cfg: PrepareConfig, files: list[str]) -> CanaryPlan | None:
     return CanaryPlan(canaries.make(cfg.canaries.count, cfg.canaries.seed), rate)
 
 
-def _read_ledger(cfg: PrepareConfig, files: list[str], plan: CanaryPlan | None):
+class FilesRead:
+    """Progress of read + curate, one file at a time as the tasks finish them: files, documents, MB of
+    the corpus, its rate and the time left (by bytes; at most one line per 10 s)."""
+
+    def __init__(self, sizes: dict[str, int]):
+        self.sizes, self.files, self.documents = sizes, 0, 0
+        self.ticker = Ticker(log, "prepare: read + curate", sum(sizes.values()), "MB", scale=1e6)
+
+    def put(self, message: tuple[str, int]) -> None:
+        path, documents = message
+        self.files += 1
+        self.documents += documents
+        self.ticker.note = f"{self.files}/{len(self.sizes)} files, {self.documents:,} documents"
+        self.ticker.add(self.sizes.get(path, 0))
+
+    def close(self) -> None:
+        pass
+
+
+def _read_ledger(cfg: PrepareConfig, files: list[str], plan: CanaryPlan | None, progress=None):
     import ray
 
     items = [{"path": f, "file_index": i} for i, f in enumerate(files)]
@@ -117,14 +154,20 @@ def _read_ledger(cfg: PrepareConfig, files: list[str], plan: CanaryPlan | None):
     if any(f.startswith("s3://") for f in files):
         remote_args["runtime_env"] = {"env_vars": storage.aws_env()}
     ds = ray.data.from_items(items, override_num_blocks=len(files))
-    return ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "plan": plan},
-                          **remote_args)
+    return ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow",
+                          fn_kwargs={"cfg": cfg, "plan": plan, "progress": progress}, **remote_args)
 
 
-def _read_files(batch: pa.Table, cfg: PrepareConfig, plan: CanaryPlan | None) -> pa.Table:
-    """Ray task body: files -> curated ledger rows (kept, dropped with a reason, quarantined)."""
+def _read_files(batch: pa.Table, cfg: PrepareConfig, plan: CanaryPlan | None, progress=None) -> pa.Table:
+    """Ray task body: files -> curated ledger rows (kept, dropped with a reason, quarantined); each
+    file's document count goes to the driver's ``progress`` queue."""
     paths, indices = batch.column("path").to_pylist(), batch.column("file_index").to_pylist()
-    return pa.concat_tables([curate_file(path, index, cfg, plan) for path, index in zip(paths, indices)])
+    tables = []
+    for path, index in zip(paths, indices):
+        tables.append(curate_file(path, index, cfg, plan))
+        if progress is not None:
+            progress.put((path, tables[-1].num_rows))
+    return pa.concat_tables(tables)
 
 
 def _sample_texts(ledger, marks: dict, max_chars: int):

@@ -36,12 +36,17 @@ def quantize_weights(fp32_path: Path, out_path: Path, bits: int, block_size: int
       to run on onnxruntime's integer kernel.
     Why these choices (block sizes, HQQ over round-to-nearest): docs/benchmarks.md, "Export".
     """
+    import logging
+
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         HQQWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
+
+    # It logs one INFO line per graph node it leaves alone (~400 for the demo's model): warnings only.
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
 
     def rtn(model, nbits: int, exclude: list[str]):
         algo = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=nbits)

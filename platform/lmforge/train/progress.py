@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 
-from lmforge.progress import duration
+from lmforge.progress import RayProgress, duration
+
+__all__ = ["METRICS_FILE", "MetricsLog", "RayProgress", "TENSORBOARD_DIR"]
 
 log = logging.getLogger("lmforge.train")
 
@@ -85,39 +86,3 @@ class MetricsLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-
-
-class RayProgress:
-    """A Ray queue the rank-0 worker puts messages on, drained into a :class:`MetricsLog` by a thread."""
-
-    def __init__(self, metrics: MetricsLog):
-        import ray
-        from ray.util.queue import Queue
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        self.metrics = metrics
-        # num_cpus=0: an actor needs a free CPU to be placed by default, and training holds them all.
-        # On the driver's node, as Ray Train's controller is: a queue on a worker node would die with it,
-        # and a node loss that training survives must not take the progress reports down with it.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._drain, name="lmforge-progress", daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        from ray.util.queue import Empty
-
-        while not self._stop.is_set():
-            try:
-                self.metrics.put(self.queue.get(timeout=0.5))
-            except Empty:
-                continue
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        for message in self.queue.get_nowait_batch(self.queue.qsize()):
-            self.metrics.put(message)
-        self.queue.shutdown()
-        self.metrics.close()
