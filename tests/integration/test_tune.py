@@ -56,18 +56,18 @@ def events(out: Path) -> list[dict]:
 def test_asha_sweep_stops_trials_and_best_yaml_runs_as_is(data, tmp_path):
     # One trial at a time: which trials ASHA stops then depends only on the seeded samples and the
     # (deterministic) training, not on which of two concurrent trials reaches a rung first.
-    out = tune.run(cfgmod.load(TuneConfig, sweep_yaml(data, tmp_path / "sweep", 4), ["max_concurrent_trials=1"]))
+    out = tune.run(cfgmod.load(TuneConfig, sweep_yaml(data, tmp_path / "sweep", 3), ["max_concurrent_trials=1"]))
     rows = read_csv(out / "trials.csv")
-    assert len(rows) == 4 and {r["status"] for r in rows} <= {"completed", "stopped_by_scheduler"}
+    assert len(rows) == 3 and {r["status"] for r in rows} <= {"completed", "stopped_by_scheduler"}
     stopped = [r for r in rows if r["status"] == "stopped_by_scheduler"]
     assert stopped and any(r["status"] == "completed" for r in rows)  # ASHA acted, and let the best finish
     assert all(int(r["steps"]) < STEPS for r in stopped)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["trial_steps"] == sum(int(r["steps"]) for r in rows) < 4 * STEPS
+    assert summary["trial_steps"] == sum(int(r["steps"]) for r in rows) < 3 * STEPS
     best = min(rows, key=lambda r: float(r["best_val_loss"]))
     assert summary["best"]["trial_id"] == best["trial_id"]
     # every trial reported at each evaluation it reached, with val_loss from its own model
-    assert len({r["best_val_loss"] for r in rows}) == 4
+    assert len({r["best_val_loss"] for r in rows}) == 3
     assert (out / "curves.png").stat().st_size > 0 and (out / "params.png").stat().st_size > 0
 
     best_cfg = cfgmod.load(PretrainConfig, out / "best.yaml", [f"output={tmp_path / 'best-run'}"])
@@ -83,10 +83,10 @@ def test_asha_sweep_stops_trials_and_best_yaml_runs_as_is(data, tmp_path):
 def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tmp_path, ray_cluster):
     """The sweep's process is SIGKILLed once a trial has finished; the same command finishes the rest.
     Tune's experiment and the trials' checkpoints live on the S3 server, as on a cluster without a
-    shared disk; the Optuna searcher's state comes back with the experiment (4 trials, not more)."""
+    shared disk; the Optuna searcher's state comes back with the experiment (3 trials, not more)."""
     boto3.client("s3").create_bucket(Bucket="sweeps")
     out = tmp_path / "resumed"
-    cmd = [sys.executable, "-m", "lmforge", "tune", str(sweep_yaml(data, out, 4)), f"ray.address={ray_cluster}",
+    cmd = [sys.executable, "-m", "lmforge", "tune", str(sweep_yaml(data, out, 3)), f"ray.address={ray_cluster}",
            "max_concurrent_trials=2", "scheduler=none", "search=optuna", "tune.storage=s3://sweeps/tiny"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     partial = Path(f"{out}.partial")
@@ -104,7 +104,7 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
         proc.wait()
     before = events(partial)
     finished = {e["trial_id"] for e in before if e["event"] == "complete"}
-    assert finished and len(finished) < 4
+    assert finished and len(finished) < 3
     assert not out.exists()  # nothing published by the killed run
     s3 = boto3.client("s3")
 
@@ -118,7 +118,7 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "resuming the sweep" in rerun.stderr
     rows = read_csv(out / "trials.csv")
-    assert len(rows) == 4 and all(r["status"] == "completed" and int(r["steps"]) == STEPS for r in rows)
+    assert len(rows) == 3 and all(r["status"] == "completed" and int(r["steps"]) == STEPS for r in rows)
     after = events(out)[len(before):]
     assert {e["trial_id"] for e in after if e["event"] == "complete"} >= {r["trial_id"] for r in rows} - finished
     # A finished trial may be started again if Tune had not saved its end yet (it saves every 10 s or
