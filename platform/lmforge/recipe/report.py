@@ -177,7 +177,9 @@ def _evaluation(evaluation: dict | None, output: str | None) -> list[Section]:
             metric_rows += [[task, metric, model, _fmt(v)] for metric, v in scores.items()
                             if isinstance(v, (int, float)) and metric != "examples"]
     metric_rows.sort(key=lambda r: (r[0], r[1], r[2]))
-    evaluation_section = Section("Evaluation", command, ["Held-out examples (test split), each model side by side."],
+    evaluation_section = Section("Evaluation", command, ["Held-out examples (test split), each model side by side. "
+                                  "Exact match, F1, ROUGE, BLEU and chrF are percentages (0-100); accuracy is a "
+                                  "fraction (0-1)."],
                                  [(["task", "metric", "model", "score"], metric_rows)])
     bias_rows, canary_rows = [], []
     for model, tasks in by_model.items():
