@@ -1,8 +1,9 @@
 """What every stage shares: skip-if-finished, atomic publishing of an output dir, logging set-up.
 
 A finished output's ``.done`` marker holds a run id and the run ids of the stage outputs it read (its
-registry ``inputs``): when an upstream stage runs again, everything downstream of it no longer counts
-as finished, though its own config did not change.
+registry ``inputs``), and the state of the raw files it read (prepare's corpus): when an upstream stage
+runs again, or a corpus file changes, everything downstream of it no longer counts as finished, though
+its own config did not change.
 
 A stage builds its output in ``<output>.partial/`` and renames it into place only when it finished,
 so a crashed run never leaves a half-written output that a later stage would trust. An ``s3://`` output

@@ -1,5 +1,5 @@
 """The whole lifecycle in one recipe, shrunk, with every input and output on ``s3://`` (a moto_server on
-loopback): prepare -> pretrain -> tune (2 trials) -> finetune with the best learning rate -> eval (task,
+loopback): prepare -> pretrain -> tune (1 trial) -> finetune with its learning rate -> eval (task,
 bias and canary audits) -> export int8 -> serve
 with requests through the ``openai`` client, then the one-page report, rendered in headless Chromium.
 The corpus is read from the bucket, each stage publishes there (Ray tasks write their parts straight to
@@ -28,7 +28,7 @@ OUTPUTS = {"prepare": "data", "pretrain": "train", "tune": "tune", "finetune": "
            "export": "onnx"}
 SHRUNK = ["prepare.text_field=text", "prepare.pack.seq_len=64", "prepare.tokenizer.vocab_size=1024",
           "prepare.canaries.count=2", "pretrain.model.preset=tiny", "pretrain.train.max_steps=20",
-          "pretrain.train.eval_every=10", "pretrain.train.log_every=10", "tune.num_samples=2",
+          "pretrain.train.eval_every=10", "pretrain.train.log_every=10", "tune.num_samples=1",
           "tune.base.train.max_steps=4", "tune.base.train.eval_every=2", "finetune.finetune.max_examples=200",
           "finetune.train.max_steps=10", "finetune.train.eval_every=5", "finetune.train.checkpoint_every=5",
           "finetune.train.log_every=5", "finetune.train.micro_batch_size=8", "eval.max_examples=4",

@@ -29,10 +29,8 @@ TRAIN = [f"train.max_steps={STEPS}", f"train.checkpoint_every={EVERY}", f"train.
 
 
 @pytest.fixture(scope="module")
-def data(ray_cluster, corpus_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train") / "data"
-    return prepare.run(cfgmod.load(PrepareConfig, None, [f"inputs=[{corpus_dir}]", f"output={out}",
-                                                         "pack.seq_len=64", "tokenizer.vocab_size=1024"]))
+def data(small_data) -> Path:
+    return small_data
 
 
 def _cfg(data: Path, out: Path, *extra: str) -> PretrainConfig:
@@ -111,23 +109,9 @@ def test_sigkilled_worker_resumes_from_last_checkpoint(data, uninterrupted):
     assert abs(_metrics(out)[-1]["val_loss"] - straight[STEPS]["val_loss"]) / straight[STEPS]["val_loss"] < 1e-3
 
 
-def test_resume_auto_continues_at_the_next_step(data):
-    out = data.parent / "resumed"
-    pretrain.run(_cfg(data, out, "train.max_steps=80"))
-    pretrain.run(_cfg(data, out, "train.max_steps=120", "train.resume=auto"))
-    summary, rows = _summary(out), _metrics(out)
-    assert summary["resumed_from"] == [80] and summary["steps"] == 120
-    assert [r["step"] for r in rows][-3:] == [80, 100, 120]
-    assert (out / ".done").exists()
-
-
-def test_resume_never_starts_over(data):
-    out = data.parent / "resumed"
-    pretrain.run(_cfg(data, out, "train.max_steps=40", "train.resume=never"))
-    assert _summary(out)["resumed_from"] == [] and _summary(out)["steps"] == 40
-
-
-def test_checkpoints_on_s3_resume_the_same_way(data, s3_server):
+def test_checkpoints_on_s3_resume_at_the_next_step_and_never_starts_over(data, s3_server):
+    """Checkpoints in object storage; a run with more steps resumes (resume=auto) at the next step, with
+    every step's metrics once; resume=never wipes them and starts over."""
     boto3.client("s3").create_bucket(Bucket="ckpt")
     out = data.parent / "s3run"
     pretrain.run(_cfg(data, out, "train.max_steps=40", "train.checkpoint_dir=s3://ckpt/run1"))
@@ -136,7 +120,11 @@ def test_checkpoints_on_s3_resume_the_same_way(data, s3_server):
     assert not (out / "checkpoints").exists()
     pretrain.run(_cfg(data, out, "train.max_steps=80", "train.checkpoint_dir=s3://ckpt/run1"))
     assert _summary(out)["resumed_from"] == [40] and _summary(out)["steps"] == 80
+    assert [r["step"] for r in _metrics(out) if "loss" in r] == [20, 40, 60, 80]  # each step once
+    assert (out / ".done").exists()
     AutoModelForCausalLM.from_pretrained(out / "model")
+    pretrain.run(_cfg(data, out, "train.max_steps=40", "train.checkpoint_dir=s3://ckpt/run1", "train.resume=never"))
+    assert _summary(out)["resumed_from"] == [] and _summary(out)["steps"] == 40
 
 
 def test_fsdp2_trains_like_ddp_and_resumes(data):

@@ -17,8 +17,6 @@ import pytest
 import yaml
 
 from lmforge import config as cfgmod
-from lmforge.data import prepare
-from lmforge.data.config import PrepareConfig
 from lmforge.train import pretrain
 from lmforge.train.config import PretrainConfig
 from lmforge.tune import tune
@@ -28,10 +26,8 @@ STEPS, EVAL = 40, 10
 
 
 @pytest.fixture(scope="module")
-def data(ray_cluster, corpus_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tune") / "data"
-    return prepare.run(cfgmod.load(PrepareConfig, None, [f"inputs=[{corpus_dir}]", f"output={out}",
-                                                         "pack.seq_len=64", "tokenizer.vocab_size=1024"]))
+def data(small_data) -> Path:
+    return small_data
 
 
 def sweep_yaml(data: Path, out: Path, num_samples: int) -> Path:
