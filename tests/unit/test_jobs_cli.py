@@ -41,3 +41,14 @@ def test_token_source_order(tmp_path, monkeypatch):
     assert jobs.token_source() == str(tmp_path / ".ray" / "auth_token")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "t2")
     assert jobs.token_source() == "RAY_AUTH_TOKEN"
+
+
+def test_a_recipe_is_submitted_by_its_file_and_checked_section_by_section_first(capsys):
+    """`lmforge submit jobs/quickstart.yaml` is `lmforge submit run jobs/quickstart.yaml`; a typo in any
+    stage's section stops it before any cluster is contacted (none listens at this address)."""
+    from lmforge.cluster import jobs
+
+    status = jobs.main(["submit", "jobs/quickstart.yaml", "pretrain.train.lrr=0.1", "--address",
+                        "http://127.0.0.1:9"])
+    assert status == 2 and "pretrain.train.lrr: unknown key (did you mean pretrain.train.lr?)" in \
+        capsys.readouterr().err

@@ -95,7 +95,11 @@ def runtime_env() -> dict:
 def submit(command: str, config: str | None, overrides: list[str], address: str | None, wait: bool) -> int:
     from lmforge.stages import STAGES
 
-    cfgmod.load(STAGES[command].config_class(), config, overrides)  # a bad config never reaches the cluster
+    loaded = cfgmod.load(STAGES[command].config_class(), config, overrides)  # a bad config never reaches
+    if command == "run":  # the cluster: a recipe's sections too, each checked by its stage's config class
+        from lmforge.recipe.runner import resolve
+
+        resolve(loaded)
     jobs = client(address)
     logging.getLogger("ray").setLevel(logging.ERROR)  # not a line per file packed into the working dir
     deadline = time.monotonic() + STARTUP_S
@@ -169,7 +173,8 @@ def main(argv: list[str]) -> int:
     """``lmforge submit|jobs|cluster ...``"""
     parser = argparse.ArgumentParser(prog=f"lmforge {argv[0]}")
     if argv[0] == "submit":
-        parser.add_argument("stage", help="a stage (lmforge --help lists them) or run (a recipe)")
+        parser.add_argument("stage", help="a stage (lmforge --help lists them), or run (a recipe), or the recipe's "
+                            "YAML itself")
         parser.add_argument("args", nargs="*", help="CONFIG.yaml and dotted.key=value overrides, as for the stage")
         parser.add_argument("--address", help=f"the cluster's Jobs API (default: $RAY_ADDRESS, else {DEFAULT_ADDRESS})")
         parser.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
@@ -187,6 +192,8 @@ def main(argv: list[str]) -> int:
             from lmforge.cli import split_args
             from lmforge.stages import STAGES
 
+            if ns.stage.endswith((".yaml", ".yml")):  # `lmforge submit jobs/quickstart.yaml`: a recipe
+                ns.stage, ns.args = "run", [ns.stage, *ns.args]
             if ns.stage not in STAGES:
                 parser.error(f"unknown stage {ns.stage!r} (stages: {', '.join(STAGES)})")
             config, overrides, _ = split_args(ns.args)
