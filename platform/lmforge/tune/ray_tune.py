@@ -22,7 +22,7 @@ from lmforge import storage as store
 from lmforge.progress import Ticker
 from lmforge.tune.config import TuneConfig
 from lmforge.tune.plan import Plan
-from lmforge.tune.results import Trial
+from lmforge.tune.results import Trial, short
 from lmforge.tune.space import Param
 
 log = logging.getLogger("lmforge.tune")
@@ -107,13 +107,13 @@ class Progress(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._event("start", trial, params=trial.config)
         log.info("tune: trial %s started: %s", trial.trial_id,
-                 ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items()))
+                 ", ".join(f"{k}={short(v)}" for k, v in trial.config.items()))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if isinstance(result.get("step"), int):
             self.steps[trial.trial_id] = result["step"]
         log.info("tune: trial %s step %s/%d %s %s | %s", trial.trial_id, result.get("step"), self.max_steps,
-                 self.metric, _short(result.get(self.metric)), self._sweep())
+                 self.metric, short(result.get(self.metric)), self._sweep())
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         step = (trial.last_result or {}).get("step")
@@ -125,10 +125,6 @@ class Progress(tune.Callback):
         self._event("error", trial)
         self.finished.add(trial.trial_id)
         log.warning("tune: trial %s failed (its error is in %s) | %s", trial.trial_id, trial.path, self._sweep())
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def run_sweep(cfg: TuneConfig, params: list[Param], build_spec: Callable[[dict, str], Any], storage: str,

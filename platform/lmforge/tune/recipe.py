@@ -20,6 +20,7 @@ from lmforge import storage
 from lmforge.config import ConfigError
 from lmforge.tune import space
 from lmforge.tune.config import TuneConfig
+from lmforge.tune.results import short
 
 log = logging.getLogger("lmforge.tune")
 
@@ -54,9 +55,5 @@ def feed(cfg: TuneConfig, later: dict) -> dict:
     values = cfgmod.to_dict(target)
     tuned = cfgmod.from_dict(type(target), space.trial_dict(values, best["params"], {"tuned_by": cfg.output}), swept)
     log.info("tune: %s trains with the best trial's values (%s, %s %.4g): %s", swept, best["trial_id"], cfg.metric,
-             best[cfg.metric], ", ".join(f"{k}={_short(v)}" for k, v in best["params"].items()))
+             best[cfg.metric], ", ".join(f"{k}={short(v)}" for k, v in best["params"].items()))
     return {**later, swept: tuned}
-
-
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

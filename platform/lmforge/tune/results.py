@@ -42,6 +42,11 @@ class Trial:
         return "stopped_by_scheduler"
 
 
+def short(value: Any) -> str:
+    """A sampled value or metric as log lines show it (4 significant digits for floats)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
