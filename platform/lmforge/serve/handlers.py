@@ -22,7 +22,10 @@ from lmforge.serve.chat import chat_prompt
 from lmforge.serve.config import ServeOptions
 from lmforge.serve.openai_api import ChatCompletionRequest, CompletionRequest, RequestError, error_body
 
-log = logging.getLogger("lmforge.serve.requests")
+# A child of Serve's own logger: in a replica, Serve gives "ray.serve" the handler that writes the replica's
+# log file (JSON lines, per the deployment's logging_config); a logger outside it has no handler there
+# and its INFO lines were silently dropped.
+log = logging.getLogger("ray.serve.lmforge.requests")
 
 Result = tuple[int, dict]  # (HTTP status, JSON body)
 

@@ -103,12 +103,18 @@ async def _authenticate_and_count(request: Request, call_next):
     return response
 
 
-def _is_overload(e: BaseException) -> bool:
-    """Errors that say "try again" (a full queue, a replica that died or is restarting), not "you erred"."""
+def _overload_status(e: BaseException, refuse_status: int) -> int | None:
+    """Errors that say "try again", and the status to say it with: a full queue is a refusal
+    (``serve.backpressure_status``: 503 or 429), a replica that died or is restarting is a 503; None for
+    errors that say "you erred" or "we erred"."""
     from ray import exceptions as rx
     from ray.serve.exceptions import BackPressureError
 
-    return isinstance(e, (BackPressureError, rx.RayActorError, rx.ActorUnavailableError, rx.ActorDiedError))
+    if isinstance(e, BackPressureError):
+        return refuse_status
+    if isinstance(e, (rx.RayActorError, rx.ActorUnavailableError, rx.ActorDiedError)):
+        return 503
+    return None
 
 
 class Front:
@@ -118,14 +124,15 @@ class Front:
 
     model_names: list[str]
     retry_after: str = "1"
-    max_in_flight: int = 1 << 30  # ongoing + queued requests this replica takes; more get a 503
+    max_in_flight: int = 1 << 30  # ongoing + queued requests this replica takes; more are refused
+    refuse_status: int = 503  # serve.backpressure_status
     in_flight: int = 0
 
     async def _dispatch(self, endpoint: str, body, request: Request):
-        """Admission first: past ``max_in_flight`` a 503 (OpenAI-shaped, with Retry-After) instead of a
-        longer queue."""
+        """Admission first: past ``max_in_flight`` a refusal (``refuse_status``, OpenAI-shaped, with
+        Retry-After) instead of a longer queue."""
         if self.in_flight >= self.max_in_flight:
-            return self._overloaded()
+            return self._overloaded(self.refuse_status)
         self.in_flight += 1
         response = None
         try:
@@ -144,8 +151,9 @@ class Front:
         finally:
             self.in_flight -= 1
 
-    def _overloaded(self) -> JSONResponse:
-        return _error(503, "the server is overloaded or a replica restarted; retry shortly", "server_error",
+    def _overloaded(self, status: int) -> JSONResponse:
+        kind = "rate_limit_error" if status == 429 else "server_error"  # OpenAI's types for 429 and 503
+        return _error(status, "the server is overloaded or a replica restarted; retry shortly", kind,
                       code="overloaded", headers={"Retry-After": self.retry_after})
 
     async def _route(self, endpoint: str, body, request: Request):
@@ -167,7 +175,7 @@ class Front:
                 return StreamingResponse(events, media_type="text/event-stream")
             status, payload = await self._complete(endpoint, name, body, request_id)
         except Exception as e:
-            if not _is_overload(e):
+            if (status := _overload_status(e, self.refuse_status)) is None:
                 raise
-            return self._overloaded()
+            return self._overloaded(status)
         return JSONResponse(payload, status_code=status)
