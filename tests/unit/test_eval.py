@@ -103,3 +103,44 @@ def test_tasks_score_end_to_end_on_a_model(backends, hf_dir):
     assert set(bias["by_category"]) == {"crows/x", "stereoset/y"} and "stereoset_language_model_score" in bias
     canary, rows = score(tasks[3], results["onnx"])
     assert canary["canaries"] == 1 and 1 <= rows[0]["rank"] <= 101 and canary["reproduced"] == 0
+
+
+def _help_tree(root):
+    """Two paragraphs of LibreOffice help, aligned by page and paragraph id as the Debian packages have them."""
+    pages = {"ko": ["이 명령은 현재 문서를 복원하는 데 필요한 정보를 저장합니다.",
+                    "입력한 URL로 지정된 문서를 로드합니다."],
+             "en-US": ["This command saves the information needed to restore the current document.",
+                       "Loads the document specified by the URL that you enter."]}
+    for lang, texts in pages.items():
+        page = root / lang / "text" / "shared" / "page.html"
+        page.parent.mkdir(parents=True)
+        page.write_text("<html><body>" + "".join(f'<p id="par_{i}">{t}</p>' for i, t in enumerate(texts))
+                        + "</body></html>", encoding="utf-8")
+    return root
+
+
+def test_the_built_in_tasks_through_the_eval_stage(hf_dir, tmp_path, monkeypatch):
+    """boolq, xsum, chat and both translation directions from their packaged (or Debian-installed)
+    sources, through ``lmforge eval`` as a user runs it: each task scored with its own metrics on its
+    examples, each example in predictions.jsonl with its prompt and reference."""
+    from lmforge import config as cfgmod
+    from lmforge.evaluate import evaluation
+    from lmforge.evaluate.config import EvalConfig
+    from lmforge.tasks.builtin import TASKS
+
+    monkeypatch.setenv("LMFORGE_LIBREOFFICE_HELP", str(_help_tree(tmp_path / "help")))
+    names = ["boolq", "xsum", "chat", "translate_ko_en", "translate_en_ko"]
+    out = evaluation.run(cfgmod.from_dict(EvalConfig, {"model": str(hf_dir), "output": str(tmp_path / "eval"),
+                                                       "engine": "local", "max_examples": 2, "tasks": names,
+                                                       "split": "all"}))
+    scores = json.loads((out / "eval.json").read_text())
+    assert set(scores) == set(names)
+    for name in names:
+        assert set(TASKS[name].metrics) <= set(scores[name]) and scores[name]["examples"] == 2, (name, scores[name])
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    by_task = {name: [r for r in rows if r["task"] == name] for name in names}
+    assert all(len(by_task[n]) == 2 and all(r["prompt"] and r["reference"] for r in by_task[n]) for n in names)
+    assert {r["reference"] for r in by_task["boolq"]} <= {"yes", "no", " yes", " no"}
+    assert all("shared/page" in r["id"] for r in by_task["translate_en_ko"])  # pairs from the help tree
+    assert all(any("\uac00" <= c <= "\ud7a3" for c in r["reference"]) for r in by_task["translate_en_ko"])
+    assert all(any("\uac00" <= c <= "\ud7a3" for c in r["prompt"]) for r in by_task["translate_ko_en"])

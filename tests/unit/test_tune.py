@@ -243,3 +243,20 @@ def test_progress_counts_trial_steps_and_takes_stopped_trials_off_the_total(tmp_
     assert "2/2 trials done; 50/50 trial steps" in caplog.records[-1].getMessage()
     assert [e["event"] for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())] == [
         "start", "start", "complete", "complete"]
+
+
+def test_a_resumed_trial_reads_only_what_ray_train_registered(tmp_path):
+    """A sweep killed while a trial uploaded its step-30 checkpoint leaves that dir half-written: whether
+    the trial had finished is read from Ray Train's snapshot of registered checkpoints (step 20 here),
+    never from the newest dir (a trial that read it failed on the restart)."""
+    from lmforge.train.ray_trainer import registered_report
+
+    root = tmp_path / "trials" / "t1"
+    assert registered_report(str(root)) is None  # nothing registered yet: train from the start
+    ckpts = root / "checkpoints"
+    (ckpts / "step_000030" / "model").mkdir(parents=True)  # cut off mid-upload: no state.json
+    metrics = {"step": 20, "val_loss": 5.1, "loss": 5.0, "stopped_early": False}
+    result = {"version": 0, "checkpoint_dir_name": "step_000020", "metrics": metrics}
+    (ckpts / "checkpoint_manager_snapshot.json").write_text(json.dumps(
+        {"checkpoint_results": [result], "latest_checkpoint_result": result}))
+    assert registered_report(str(root)) == metrics

@@ -73,8 +73,10 @@ def _measure(url: str, cfg: ServeBenchConfig, key: str | None) -> dict:
     levels = {}
     for concurrency in cfg.concurrency:
         extra = {"temperature": 0, "extra_body": {"min_tokens": cfg.max_tokens}}  # every request the same length
+        # no retries: a request that failed is counted in the level's errors, not retried into its latency
         result = asyncio.run(run_load(url, cfg.model_name, key, concurrency=concurrency, duration_s=cfg.duration_s,
-                                      prompt=cfg.prompt, max_tokens=cfg.max_tokens, stream=True, extra=extra))
+                                      prompt=cfg.prompt, max_tokens=cfg.max_tokens, stream=True, extra=extra,
+                                      max_retries=0))
         levels[f"concurrency_{concurrency}"] = result.summary()
     return {"levels": levels, "short_request_latency_s": _short_requests(url, cfg, key)}
 

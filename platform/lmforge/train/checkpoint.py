@@ -128,17 +128,6 @@ def read_state(path: Path) -> dict:
     return json.loads((path / "state.json").read_text())
 
 
-def newest_state(root: str) -> dict | None:
-    """The loop state of the newest checkpoint under ``root`` (local or s3; only its state.json is
-    read), or None when there is none."""
-    ckpts = list_checkpoints(root)
-    if not ckpts:
-        return None
-    filesystem, path = storage.filesystem(f"{ckpts[-1]}/state.json")
-    with filesystem.open_input_stream(path) as f:
-        return json.loads(f.read())
-
-
 def report_of(state: dict) -> dict:
     """What a training worker reports with a checkpoint (a sweep's scheduler reads it)."""
     history = state.get("history", [])

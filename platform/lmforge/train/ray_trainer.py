@@ -8,6 +8,7 @@ terminal (it stays in Ray's session logs); the rank-0 worker's metrics come back
 
 from __future__ import annotations
 
+import json
 import logging
 
 from lmforge import storage
@@ -59,3 +60,21 @@ def fit(spec: WorkerSpec, metrics: MetricsLog | None, callbacks: list | None = N
     finally:
         if progress is not None:
             progress.close()
+
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it has registered
+
+
+def registered_report(root: str) -> dict | None:
+    """What the newest checkpoint Ray Train has *registered* under ``root`` was reported with (step,
+    val_loss, loss, stopped_early), or None before the first. Registered means whole: a run killed while
+    uploading a checkpoint leaves its dir behind, partly written, and Ray Train resumes from the last
+    registered one, not from that dir."""
+    fs, path = storage.filesystem(f"{root}/{RUN_NAME}/{SNAPSHOT}")
+    try:
+        with fs.open_input_stream(path) as f:
+            snapshot = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    return latest.get("metrics") or None

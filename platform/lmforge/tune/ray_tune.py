@@ -66,15 +66,15 @@ def trainable(build_spec: Callable[[dict, str], Any], storage: str, plan: Plan):
     def trial(params: dict) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        from lmforge.train import checkpoint, ray_trainer
+        from lmforge.train import ray_trainer
 
         root = f"{storage}/trials/{tune.get_context().get_trial_id()}"
         spec = build_spec(params, root)
-        state = checkpoint.newest_state(root)
-        if state and (state["step"] >= spec.train.max_steps or state.get("stopped_early")):
+        last = ray_trainer.registered_report(root)
+        if last and (last["step"] >= spec.train.max_steps or last.get("stopped_early")):
             # Finished before the sweep was interrupted, but after Tune last saved its state (it does so
             # every 10 s or more): report the result again instead of starting a trainer.
-            tune.report(checkpoint.report_of(state))
+            tune.report(last)
             return
         ray_trainer.fit(spec, None, callbacks=[TuneReportCallback()])
 

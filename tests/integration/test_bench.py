@@ -1,0 +1,72 @@
+"""The benchmarks that need a cluster, once each on tiny settings: ``lmforge bench prepare`` and
+``lmforge bench serve`` on the session's cluster, ``lmforge bench train`` as a user runs it (a command
+that starts and stops a Ray cluster of its own: the start-up is part of what it measures). What they
+measured at full size lives in docs/benchmarks.md; here, that each runs and reports what it says."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lmforge import config as cfgmod
+from lmforge.bench import prepare_bench, serve_bench
+from lmforge.bench.config import PrepareBenchConfig, ServeBenchConfig
+from lmforge.export import onnx_export
+from lmforge.export.config import ExportConfig
+from tests.conftest import make_tiny_model
+from tests.integration import procs
+from tests.integration.conftest import free_port
+from tests.integration.raynodes import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_prepare_reports_the_pipeline_its_raw_tokenizer_and_near_dedup(ray_cluster, tmp_path):
+    result = prepare_bench.run(cfgmod.from_dict(PrepareBenchConfig, {
+        "docs": 300, "datatrove": False, "work_dir": str(tmp_path / "work"), "output": str(tmp_path / "p.json")}))
+    assert json.loads((tmp_path / "p.json").read_text()) == result
+    docs = result["pipeline_documents"]
+    assert docs["input"] == result["corpus"]["documents"] and result["corpus"]["near_pairs"] > 0
+    assert docs["input"] == docs["kept"] + sum(docs["dropped"].values()) + docs["quarantined"]
+    assert result["pipeline"]["tokens_per_s"] > 0 and result["raw_encode_batch"]["tokens_per_s"] > 0
+    assert 0 < result["ratio_pipeline_over_raw"] and 0 < result["ratio_bound"]["max_ratio"]
+    assert result["near_dedup"]["lmforge"]["recall"] > 0.5  # the planted near-copies are found
+
+
+def test_bench_serve_measures_the_server_against_its_engine_alone(ray_cluster, tmp_path):
+    hf = make_tiny_model(tmp_path / "hf")
+    model = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf), "output": str(tmp_path / "onnx")}))
+    result = serve_bench.run(cfgmod.from_dict(ServeBenchConfig, {
+        "model": str(model), "port": free_port(), "concurrency": [1, 2], "duration_s": 2, "max_tokens": 8,
+        "threads": 1, "short_requests": 3, "output": str(tmp_path / "s.json")}))
+    assert json.loads((tmp_path / "s.json").read_text()) == result
+    for level in ("concurrency_1", "concurrency_2"):
+        row = result["levels"][level]
+        assert row["errors"] == 0 and row["requests"] > 0 and row["tokens_per_s"] > 0, row
+        assert row["ttft_s"]["p50"] > 0 and row["inter_token_latency_s"]["p50"] > 0
+    alone = result["generator_alone"]
+    assert alone["batch_2_tokens_per_s"] > 0 and alone["one_token_latency_s"]["p50"] > 0
+    assert result["tokens_per_s_2_streams_over_1"] > 0 and "server_overhead_p50_ms" in result
+
+
+@pytest.mark.timeout(240)
+def test_bench_train_measures_ray_train_against_a_bare_process(tmp_path):
+    out = tmp_path / "train.json"
+    proc = procs.start([sys.executable, "-m", "lmforge", "bench", "train", "preset=tiny", "seq_len=32",
+                        "vocab_size=512", "global_batch=8", "steps=4", "warmup=1", "workers=2", f"output={out}"],
+                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=200)
+    finally:
+        left = procs.wait_session_gone(proc.pid, timeout=30)
+        procs.stop_session(proc.pid, sig=9)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert not left, f"bench train left its Ray cluster running: {left}"
+    result = json.loads(out.read_text())
+    assert result["bare"]["tokens_per_s"] > 0 and result["ray"]["tokens_per_s"] > 0
+    assert result["ray"]["workers"] == 2 and result["ray"]["fixed_overhead_s"] > 0
+    ratio = result["ray"]["tokens_per_s"] / result["bare"]["tokens_per_s"]
+    assert result["ratio_ray_over_bare"] == pytest.approx(ratio)
