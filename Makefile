@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/lmforge run jobs/quickstart.yaml
 
-# The unit tier runs first (seconds), then the integration tier. Under CI=true (.ci/run sets it) a test
-# whose tool is missing fails instead of skipping.
+# The unit tier runs first (it fails in seconds), then the end-to-end smoke path, then the rest (tests/
+# conftest.py). Under CI=true (.ci/run sets it) a test whose tool is missing fails instead of skipping.
 test: setup test-tools
 	$(VENV)/bin/ruff check platform tests
 	$(PY) -m pytest tests
@@ -38,7 +38,7 @@ test-fast: setup
 test-unit: setup
 	$(PY) -m pytest tests/unit
 
-test-integration: setup
+test-integration: setup test-tools
 	$(PY) -m pytest tests/integration
 
 # What the tests use beyond .venv: Debian's chromium renders the recipe's report. Installed when missing

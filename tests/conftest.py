@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 import pytest
 
 from lmforge import storage
+
+# Every Ray cluster the tests start has token auth on, as Ray 2.60's clusters do by default; drivers and
+# CLIs here carry this run's token. Set before anything imports ray: its auth mode is read at import.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 # Ray Train's controller polls its workers every 2 s by default: each of the suite's ~20 trainer runs then
 # waits up to that long to see its workers finish (or die). Tiny runs notice within a quarter second.

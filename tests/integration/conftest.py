@@ -7,30 +7,63 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 import pytest
 
 
-@pytest.fixture(scope="session")
-def ray_cluster(s3_server, tmp_path_factory):
-    """``ray.init`` once per session (start-up costs ~4 s); stages reuse it instead of starting their own.
+@dataclass
+class SessionCluster:
+    address: str  # the GCS address (what ray.address= and RAY_ADDRESS take)
+    sid: int  # the session id of every one of its processes (tests.integration.procs)
 
-    The S3 server comes first so that every Ray process starts with the AWS settings in its environment,
-    as on a real cluster."""
+
+@pytest.fixture(scope="session")
+def session_cluster(s3_server, tmp_path_factory) -> SessionCluster:
+    """One Ray cluster for the whole test session, started as a cluster is (``ray start --head``, in a
+    private temp dir, on free ports, in a session of its own) and joined with ``ray.init(address=...)``;
+    stages reuse it instead of starting their own.
+
+    Its processes are started with RAY_ADDRESS naming the cluster itself. Ray Train's placement-group
+    cleaner looks its cluster up with Ray's state API, which, without an address, scans the machine for
+    GCS servers: with a second cluster on the machine (one a test starts, a user's) it fails, the trainer's
+    placement group is never removed and the next trainer waits forever for the CPUs it holds. The S3
+    server comes first so that every Ray process starts with the AWS settings, as on a real cluster."""
     import ray
+
+    from tests.integration import procs
+    from tests.integration.raynodes import start_ray
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # mirrors of s3:// stage outputs in a temp dir, not in the user's ~/.cache (every worker sees it)
     os.environ["LMFORGE_CACHE"] = str(tmp_path_factory.mktemp("lmforge-cache"))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     # Metrics reported every second (Ray's default is ten), so the serving tests see them soon.
-    ray.init(num_cpus=2, log_to_driver=False, _system_config={"metrics_report_interval_ms": 1000},
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
-                                       "LMFORGE_CACHE": os.environ["LMFORGE_CACHE"]}})
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    sid = start_ray(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                     f"--dashboard-port={free_port()}", "--include-dashboard=true",
+                     f"--ray-client-server-port={free_port()}", "--temp-dir", temp,
+                     '--system-config={"metrics_report_interval_ms": 1000}'],
+                    env={**os.environ, "RAY_ADDRESS": address})
+    try:
+        ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": {
+            "TOKENIZERS_PARALLELISM": "false", "LMFORGE_CACHE": os.environ["LMFORGE_CACHE"]}})
+        yield SessionCluster(address, sid)
+    finally:
+        ray.shutdown()
+        procs.discard_sessions([sid])
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(session_cluster) -> str:
+    """The session cluster's address: what a test hands ``ray.address=`` (this process is connected)."""
+    return session_cluster.address
 
 
 def free_port() -> int:

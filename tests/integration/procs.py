@@ -1,11 +1,9 @@
 """Processes the tests start, found and stopped without touching anyone else's.
 
-Two ways to know a process is ours, never its name:
-- a command started with ``start_new_session=True`` is the leader of a new session, and everything it
-  starts (a ``ray start`` node's GCS, raylet, agents and workers; a CLI's own local Ray cluster) keeps
-  that session id, even after the leader exits or a raylet reparents its workers: :func:`in_session`;
-- the session-wide Ray cluster is started by ``ray.init`` inside this pytest process, so its processes
-  descend from it: :func:`own_descendants`.
+A process is ours by its session, never by its name: a command started with ``start_new_session=True``
+is the leader of a new session, and everything it starts (a ``ray start`` node's GCS, raylet, agents and
+workers, the session-wide test cluster's among them; a CLI's own local Ray cluster) keeps that session
+id, even after the leader exits or a raylet reparents its workers.
 """
 
 from __future__ import annotations
@@ -64,12 +62,19 @@ def wait_session_gone(sid: int, timeout: float = 30.0) -> list[psutil.Process]:
     return left
 
 
-def own_descendants(marker: str, since: float = 0.0) -> list[psutil.Process]:
-    """Processes below this pytest process (the session's Ray cluster among them) whose command line
-    holds ``marker``, created at or after ``since`` (a ``time.time()``)."""
+def in_session_matching(sid: int, marker: str, since: float = 0.0) -> list[psutil.Process]:
+    """Processes of session ``sid`` whose command line holds ``marker`` (a Ray worker's title, such as
+    ``RayTrainWorker`` or ``ray::``), created at or after ``since`` (a ``time.time()``)."""
     found = []
-    for proc in psutil.Process().children(recursive=True):
+    for proc in in_session(sid):
         with contextlib.suppress(psutil.Error):
             if proc.create_time() >= since and marker in " ".join(proc.cmdline()):
                 found.append(proc)
     return found
+
+
+def kill(processes: list[psutil.Process]) -> None:
+    """SIGKILL each of ``processes`` (ours, found by session); one already gone is no error."""
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGKILL)

@@ -28,7 +28,7 @@ import pytest
 
 from tests.integration import procs
 from tests.integration.conftest import free_port
-from tests.integration.raynodes import RAY, ROOT, start_ray
+from tests.integration.raynodes import RAY, ROOT, lmforge, start_ray
 
 pytestmark = pytest.mark.integration
 WORKER_TYPE = "cpu_worker"
@@ -90,33 +90,36 @@ def active_workers(gcs: str, env: dict) -> int:
 
 
 @pytest.mark.timeout(420)
-def test_training_demand_adds_nodes_and_idle_nodes_go_away(autoscaling_head, small_data, tmp_path):
-    """(The data were prepared on the session's own cluster: a prepare dir is plain files, and preparing
-    here would only add a third cluster start of Ray Data tasks to the minute this test takes.)"""
+def test_training_demand_adds_nodes_and_idle_nodes_go_away(autoscaling_head, corpus_dir, tmp_path):
     _, gcs, env, _ = autoscaling_head
     assert active_workers(gcs, env) == 0
-    out = tmp_path / "train"
+    data, out = tmp_path / "data", tmp_path / "train"
     env = {**env, "RAY_ADDRESS": gcs}
+    prepared = lmforge("prepare", "jobs/prepare.yaml", f"inputs=[{corpus_dir}]", "text_field=text",
+                       f"output={data}", "pack.seq_len=64", "tokenizer.vocab_size=1024", env=env, timeout=300)
+    assert prepared.returncode == 0, prepared.stdout[-3000:] + prepared.stderr[-3000:]
+    assert f"connecting to Ray at {gcs}" in prepared.stderr  # RAY_ADDRESS, not a cluster of its own
     job = procs.start(
-        [sys.executable, "-m", "lmforge", "pretrain", "jobs/pretrain.yaml", f"data={small_data}",
+        [sys.executable, "-m", "lmforge", "pretrain", "jobs/pretrain.yaml", f"data={data}",
          f"output={out}", "model.preset=tiny", "train.num_workers=2", "train.cpus_per_worker=1",
          "train.max_steps=40", "train.eval_every=20", "train.log_every=20", "train.checkpoint_every=20",
          "train.eval_batches=2", "train.micro_batch_size=8", "train.warmup_steps=10"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, deadline = 0, time.monotonic() + 300
     try:
-        while job.poll() is None and time.monotonic() < deadline:  # without nodes added, training never starts
+        # Without nodes added, training never starts. Every 2 s: each `ray status` is a Python process, CPU
+        # the job's own workers need on 2 cores (the nodes stay up for 6 s after the job at the least).
+        while job.poll() is None and time.monotonic() < deadline:
             peak = max(peak, active_workers(gcs, env))
-            time.sleep(1.0)
+            time.sleep(2.0)
     finally:
         if job.poll() is None:
             procs.stop_session(job.pid, sig=9)
         stdout, stderr = job.communicate(timeout=60)
     assert job.returncode == 0, stdout[-4000:] + stderr[-4000:]
-    assert f"connecting to Ray at {gcs}" in stderr  # RAY_ADDRESS, not a cluster of its own
     assert json.loads((out / "summary.json").read_text())["steps"] == 40
     assert peak >= 2, f"the autoscaler never had two workers up for the two training workers (peak {peak})"
     deadline = time.monotonic() + 120
     while (left := active_workers(gcs, env)) > 0 and time.monotonic() < deadline:
-        time.sleep(1.0)
+        time.sleep(2.0)
     assert left == 0, f"{left} idle worker nodes still up 2 minutes after the job (idle timeout 6 s)"

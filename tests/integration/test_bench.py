@@ -1,25 +1,21 @@
-"""The benchmarks that need a cluster, once each on tiny settings: ``lmforge bench prepare`` and
-``lmforge bench serve`` on the session's cluster, ``lmforge bench train`` as a user runs it (a command
-that starts and stops a Ray cluster of its own: the start-up is part of what it measures). What they
-measured at full size lives in docs/benchmarks.md; here, that each runs and reports what it says."""
+"""The benchmarks that need a cluster, once each on tiny settings, on the session's cluster: ``lmforge
+bench prepare``, ``bench serve`` and ``bench train`` (which, without a cluster to join, starts and stops
+one of its own). What they measured at full size lives in docs/benchmarks.md; here, that each runs and
+reports what it says."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from lmforge import config as cfgmod
-from lmforge.bench import prepare_bench, serve_bench
-from lmforge.bench.config import PrepareBenchConfig, ServeBenchConfig
+from lmforge.bench import prepare_bench, serve_bench, train_bench
+from lmforge.bench.config import PrepareBenchConfig, ServeBenchConfig, TrainBenchConfig
 from lmforge.export import onnx_export
 from lmforge.export.config import ExportConfig
 from tests.conftest import make_tiny_model
-from tests.integration import procs
 from tests.integration.conftest import free_port
-from tests.integration.raynodes import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -52,21 +48,13 @@ def test_bench_serve_measures_the_server_against_its_engine_alone(ray_cluster, t
     assert result["tokens_per_s_2_streams_over_1"] > 0 and "server_overhead_p50_ms" in result
 
 
-@pytest.mark.timeout(240)
-def test_bench_train_measures_ray_train_against_a_bare_process(tmp_path):
-    out = tmp_path / "train.json"
-    proc = procs.start([sys.executable, "-m", "lmforge", "bench", "train", "preset=tiny", "seq_len=32",
-                        "vocab_size=512", "global_batch=8", "steps=4", "warmup=1", "workers=2", f"output={out}"],
-                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _, stderr = proc.communicate(timeout=200)
-    finally:
-        left = procs.wait_session_gone(proc.pid, timeout=30)
-        procs.stop_session(proc.pid, sig=9)
-    assert proc.returncode == 0, stderr[-3000:]
-    assert not left, f"bench train left its Ray cluster running: {left}"
-    result = json.loads(out.read_text())
+def test_bench_train_measures_ray_train_against_a_bare_process(ray_cluster, tmp_path):
+    result = train_bench.run(cfgmod.from_dict(TrainBenchConfig, {
+        "preset": "tiny", "seq_len": 32, "vocab_size": 512, "global_batch": 8, "steps": 4, "warmup": 1,
+        "workers": 2, "output": str(tmp_path / "t.json")}))
+    assert json.loads((tmp_path / "t.json").read_text()) == result
     assert result["bare"]["tokens_per_s"] > 0 and result["ray"]["tokens_per_s"] > 0
-    assert result["ray"]["workers"] == 2 and result["ray"]["fixed_overhead_s"] > 0
+    assert result["ray"]["workers"] == 2 and result["ray"]["cluster"] == "joined"
+    assert result["ray"]["fixed_overhead_s"] > 0
     ratio = result["ray"]["tokens_per_s"] / result["bare"]["tokens_per_s"]
     assert result["ratio_ray_over_bare"] == pytest.approx(ratio)

@@ -1,7 +1,7 @@
 """Stages run as a user runs them: ``lmforge <stage>`` in a shell with no ``RAY_ADDRESS``, so the command
 starts a local Ray cluster of its own and stops it when it ends; a recipe killed mid-way with its cluster,
 whose next run skips what finished and resumes training; a stage killed mid-way, whose next run must find
-no half-written output; the notebook.
+no half-written output.
 
 Each command runs in a session of its own (tests.integration.procs): its processes, its Ray cluster's
 among them, are known by their session id, so "it stopped its cluster" and "kill it with its cluster"
@@ -55,34 +55,6 @@ def _kill_once_it_writes(args: list[str], partial) -> None:
     procs.stop_session(proc.pid, sig=signal.SIGKILL)
     proc.wait(timeout=30)
     assert partial.is_dir()
-
-
-def test_the_notebook_runs_top_to_bottom(tmp_path, ray_cluster):
-    """jobs/quickstart.ipynb, executed by nbclient on tiny settings in a fresh kernel, so that the
-    walkthrough cannot rot; every cell's output is checked for errors by nbclient. The kernel finds the
-    session's cluster through RAY_ADDRESS, as a notebook on a cluster's head node does (a cluster of its
-    own is what the recipe test above starts)."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(ROOT / "jobs" / "quickstart.ipynb", as_version=4)
-    env = {"LMFORGE_NOTEBOOK_TINY": "1", "LMFORGE_NOTEBOOK_RUN": str(tmp_path / "run"), "RAY_ADDRESS": ray_cluster}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
-    assert "int8 agreement" in outputs and (tmp_path / "run" / "onnx" / "model.onnx").is_file()
-    assert "tuned NQ-open F1:" in outputs and "canary mean exposure" in outputs  # fine-tuned, then scored
-    images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
-              if "image/png" in o.get("data", {})]
-    assert images  # the loss curve
 
 
 @pytest.mark.timeout(420)

@@ -110,7 +110,7 @@ def _registered(key: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def tuned(world, scrubbed, ray_cluster) -> Path:
+def tuned(world, scrubbed, session_cluster) -> Path:
     """``lmforge finetune`` on chat ``messages`` JSONL in a shell, SIGKILLed with the Ray processes it
     started once a checkpoint is registered (as when its machine dies), then run again with the same
     command. Returns the output; ``resumed_at`` beside it records where the kill left the run."""
@@ -124,7 +124,7 @@ def tuned(world, scrubbed, ray_cluster) -> Path:
            f"output={out}", "finetune.method=lora", "finetune.lora.r=8", "finetune.max_seq_len=48",
            "train.num_workers=2", "train.max_steps=60", "train.micro_batch_size=8", "train.lr=0.003",
            "train.warmup_steps=5", "train.eval_every=20", "train.checkpoint_every=20", "train.log_every=10",
-           f"train.checkpoint_dir=s3://{BUCKET}/tuned", f"ray.address={ray_cluster}"]
+           f"train.checkpoint_dir=s3://{BUCKET}/tuned", f"ray.address={session_cluster.address}"]
     snapshot = "tuned/checkpoints/checkpoint_manager_snapshot.json"
     started = time.time()
     proc = procs.start(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -135,8 +135,7 @@ def tuned(world, scrubbed, ray_cluster) -> Path:
             time.sleep(0.05)
     finally:  # the command and the trainer it started on the session's cluster
         procs.stop_session(proc.pid, sig=signal.SIGKILL)
-        for worker in procs.own_descendants("ray::", since=started):
-            worker.send_signal(signal.SIGKILL)
+        procs.kill(procs.in_session_matching(session_cluster.sid, "ray::", since=started))
         proc.wait(timeout=30)
     assert not out.exists()
     (world / "resumed_at").write_text(str(max(_registered(snapshot))))

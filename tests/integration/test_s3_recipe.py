@@ -32,7 +32,8 @@ OUTPUTS = {"prepare": "data", "pretrain": "train", "tune": "tune", "finetune": "
 SHRUNK = ["prepare.text_field=text", "prepare.pack.seq_len=64", "prepare.tokenizer.vocab_size=1024",
           "prepare.canaries.count=2", "pretrain.model.preset=tiny", "pretrain.train.max_steps=20",
           "pretrain.train.eval_every=10", "pretrain.train.log_every=10", "tune.num_samples=1",
-          "tune.base.train.max_steps=4", "tune.base.train.eval_every=2", "finetune.finetune.max_examples=200",
+          "tune.base.train.max_steps=4", "tune.base.train.eval_every=2", "tune.base.train.num_workers=0",
+          "finetune.finetune.max_examples=200",
           "finetune.train.max_steps=10", "finetune.train.eval_every=5", "finetune.train.checkpoint_every=5",
           "finetune.train.log_every=5", "finetune.train.micro_batch_size=8", "eval.max_examples=4",
           "prompts=[The river]", "questions=[who wrote hamlet]", "max_tokens=8"]
@@ -82,9 +83,13 @@ def test_whole_lifecycle_on_s3_with_its_report(lifecycle):
     assert any(k.startswith("quick/train/checkpoints/step_") for k in keys)  # by Ray Train
     assert any(k.startswith("quick/finetune/checkpoints/step_") for k in keys)
     assert any(k.startswith("quick/finetune/data/train/") for k in keys)  # rows every worker mirrors
-    # the sweep: Tune's experiment, the trials' checkpoints and their rows in the bucket, not on a disk
-    for sub in ("ray_tune/", "trials/", "data/train/"):
-        assert any(k.startswith(f"quick/tune/{sub}") for k in keys), sub
+    # full fine-tuning (the recipe's finetune.method) on Ray Train's two workers: no adapter, every weight
+    finetuned = json.loads(boto3.resource("s3").Object("runs", "quick/finetune/summary.json").get()["Body"].read())
+    assert finetuned["workers"] == 2 and not any(k.startswith("quick/finetune/adapter/") for k in keys)
+    # the sweep (its trial training in its own process: Ray Train trials are the killed-sweep test's):
+    # Tune's experiment, the trial's checkpoints and the rows it trained on in the bucket, not on a disk
+    assert any(k.startswith("quick/tune/ray_tune/") and "/checkpoint_" in k for k in keys)
+    assert any(k.startswith("quick/tune/data/train/") for k in keys)
     best = json.loads(boto3.resource("s3").Object("runs", "quick/tune/summary.json").get()["Body"].read())["best"]
     tuned = yaml.safe_load(boto3.resource("s3").Object("runs", "quick/finetune/config.yaml").get()["Body"].read())
     assert tuned["train"]["lr"] == best["params"]["train.lr"] and tuned["tuned_by"] == "s3://runs/quick/tune"

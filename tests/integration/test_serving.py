@@ -256,9 +256,9 @@ def _replicas(deployment: str = f"model-{MODEL}") -> int:
     return app.deployments[deployment].replica_states.get("RUNNING", 0) if app else 0
 
 
-def _model_replicas(since: float = 0.0) -> list:
-    """This session's model replica processes (its own Ray cluster's, never another's)."""
-    return procs.own_descendants(f"ServeReplica:{server.APP_NAME}:model-{MODEL}", since=since)
+def _model_replicas(sid: int, since: float = 0.0) -> list:
+    """The session cluster's model replica processes (never another cluster's)."""
+    return procs.in_session_matching(sid, f"ServeReplica:{server.APP_NAME}:model-{MODEL}", since=since)
 
 
 def _version(url: str) -> str:
@@ -273,7 +273,7 @@ def _wait(condition, timeout: float, what: str) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_load_with_autoscaling_a_killed_replica_and_a_model_update(served, exports):
+def test_load_with_autoscaling_a_killed_replica_and_a_model_update(served, session_cluster):
     """16 clients for ~25 s: replicas rise to max_replicas, one is SIGKILLed, the model is updated to a new
     version while the load goes on. Half the clients never retry (every non-2xx and every stream that
     ends without a finish_reason counts): the only requests allowed to fail are those the dead replica
@@ -292,11 +292,11 @@ def test_load_with_autoscaling_a_killed_replica_and_a_model_update(served, expor
     for t in threads:
         t.start()
     _wait(lambda: _replicas() >= 2, 30, "never scaled up to 2 replicas")
-    victim = _model_replicas()[0]
+    victim = _model_replicas(session_cluster.sid)[0]
     victim.send_signal(signal.SIGKILL)
     killed_at = time.perf_counter()
     # Serve has seen the death and has a replacement up (a new process, not the dead one) before the update
-    _wait(lambda: _replicas() >= 2 and _model_replicas(since=victim.create_time() + 1e-3), 60,
+    _wait(lambda: _replicas() >= 2 and _model_replicas(session_cluster.sid, since=victim.create_time() + 1e-3), 60,
           "the killed replica was never replaced")
     replaced_at = time.perf_counter()
     served.deploy("v2", served.config("v2"))  # the same name, a new export: replicas roll

@@ -80,14 +80,15 @@ def _snapshot(bucket: str, key: str) -> str:
         return ""
 
 
-def _kill_a_worker_after(snapshot_key: str, name: str, since: float, killed: list, timeout_s: float = 240) -> None:
+def _kill_a_worker_after(sid: int, snapshot_key: str, name: str, since: float, killed: list,
+                         timeout_s: float = 240) -> None:
     """Once checkpoint ``name`` is registered, SIGKILL one Ray Train worker this run started (a process of
     this test session's own Ray cluster, never another's); ``killed`` gets (pid, the registered
     checkpoints' snapshot text at that moment)."""
     deadline = time.monotonic() + timeout_s
     while f'"{name}"' not in (text := _snapshot("ckpt", snapshot_key)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for proc in procs.own_descendants("RayTrainWorker", since=since):
+    for proc in procs.in_session_matching(sid, "RayTrainWorker", since=since):
         proc.send_signal(signal.SIGKILL)
         killed.append((proc.pid, text))
         return
@@ -109,7 +110,7 @@ def _bucket_steps(bucket: str, prefix: str) -> set[str]:
 
 @pytest.mark.timeout(300)
 def test_fsdp2_on_s3_survives_a_killed_worker_trains_like_ddp_resumes_at_the_next_step_and_never_starts_over(
-        data, uninterrupted, s3_server, tmp_path):
+        data, uninterrupted, session_cluster, tmp_path):
     """FSDP2 shards weights and optimizer state; the maths is DDP's, so every loss it logs is the
     uninterrupted DDP run's at that step. Its checkpoints live in object storage.
 
@@ -123,7 +124,8 @@ def test_fsdp2_on_s3_survives_a_killed_worker_trains_like_ddp_resumes_at_the_nex
     out = tmp_path / "fsdp"
     on_s3 = ["train.strategy=fsdp", "train.checkpoint_dir=s3://ckpt/run1"]
     killed: list = []
-    args = ("run1/checkpoints/checkpoint_manager_snapshot.json", "step_000040", time.time(), killed)
+    args = (session_cluster.sid, "run1/checkpoints/checkpoint_manager_snapshot.json", "step_000040", time.time(),
+            killed)
     killer = threading.Thread(target=_kill_a_worker_after, args=args, daemon=True)
     killer.start()
     pretrain.run(_cfg(data, out, "train.max_steps=80", "train.max_failures=1", *on_s3))
@@ -157,7 +159,7 @@ def _ids(prefix: str, split: str, n: int, val_fraction: float) -> list[str]:
     return list(itertools.islice((i for i in candidates if split_of(i, val_fraction) == split), n))
 
 
-def test_model_is_the_best_checkpoint_when_val_loss_rises(tmp_path):
+def test_model_is_the_best_checkpoint_when_val_loss_rises(ray_cluster, tmp_path):
     """Train on English passages only, hold out Korean ones: once the model has learnt the tokens both
     share (steps 0-20), everything it learns of English takes probability from Hangul, and val loss rises
     by nats (5.7 at step 20, 8.7-9.7 after, here). ``model/`` must be the best step's weights, not the

@@ -33,11 +33,11 @@ def data(small_data) -> Path:
     return small_data
 
 
-def sweep_yaml(data: Path, out: Path, num_samples: int) -> Path:
+def sweep_yaml(data: Path, out: Path, num_samples: int, workers: int = 1) -> Path:
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump({
         "base": {"data": str(data), "model": {"preset": "tiny"},
-                 "train": {"num_workers": 1, "max_steps": STEPS, "micro_batch_size": 8, "warmup_steps": 5,
+                 "train": {"num_workers": workers, "max_steps": STEPS, "micro_batch_size": 8, "warmup_steps": 5,
                            "eval_every": EVAL, "eval_batches": 2, "log_every": EVAL}},
         "space": {"train.lr": {"loguniform": [1e-4, 3e-2]}, "model.hidden_size": {"choice": [32, 64]}},
         "num_samples": num_samples, "output": str(out), "asha": {"reduction_factor": 2}}))
@@ -53,9 +53,12 @@ def events(out: Path) -> list[dict]:
 
 
 def test_asha_sweep_stops_trials_and_best_yaml_runs_as_is(data, tmp_path):
-    # One trial at a time: which trials ASHA stops then depends only on the seeded samples and the
-    # (deterministic) training, not on which of two concurrent trials reaches a rung first.
-    out = tune.run(cfgmod.load(TuneConfig, sweep_yaml(data, tmp_path / "sweep", 3), ["max_concurrent_trials=1"]))
+    """Trials that train in their own process (train.num_workers=0: no trainer to start, seconds each),
+    one at a time: which trials ASHA stops then depends only on the seeded samples and the
+    (deterministic) training, not on which of two concurrent trials reaches a rung first. (Trials on
+    Ray Train trainers: the killed sweep below, and the lifecycle test.)"""
+    out = tune.run(cfgmod.load(TuneConfig, sweep_yaml(data, tmp_path / "sweep", 3, workers=0),
+                               ["max_concurrent_trials=1"]))
     rows = read_csv(out / "trials.csv")
     assert len(rows) == 3 and {r["status"] for r in rows} <= {"completed", "stopped_by_scheduler"}
     stopped = [r for r in rows if r["status"] == "stopped_by_scheduler"]
@@ -73,10 +76,7 @@ def test_asha_sweep_stops_trials_and_best_yaml_runs_as_is(data, tmp_path):
     assert best_cfg.train.lr == pytest.approx(float(best["train.lr"]))
     assert best_cfg.model.hidden_size == int(best["model.hidden_size"])
     assert (best_cfg.train.max_steps, best_cfg.data) == (STEPS, str(data))
-    # Run as is, but in this process (num_workers=0): one Ray Train worker and the bare loop train the same
-    # maths on the same rows in the same order; only the ~10 s of a trainer's start-up are saved.
-    run = pretrain.run(cfgmod.load(PretrainConfig, out / "best.yaml",
-                                   [f"output={tmp_path / 'best-run'}", "train.num_workers=0"]))
+    run = pretrain.run(best_cfg)
     rerun = json.loads((run / "summary.json").read_text())
     # the same config and seed as the trial: the full run reaches the trial's best val_loss again
     assert rerun["best_val_loss"] == pytest.approx(float(best["best_val_loss"]), rel=0.02)
@@ -94,17 +94,19 @@ def _registered_steps(s3, trial_id: str) -> list[int]:
 
 
 @pytest.mark.timeout(420)
-def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tmp_path, ray_cluster):
-    """The sweep is SIGKILLed, its process and every Ray process it started (trials, trainers, workers),
-    as when the machine running it dies, once a trial has finished and another is mid-way; the same
-    command finishes the rest. Tune's experiment and the trials' checkpoints live on the S3 server, as on
-    a cluster without a shared disk; the Optuna searcher's state comes back with the experiment (3
-    trials, not more); a trial cut off mid-way goes on from its newest registered checkpoint."""
+def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tmp_path, session_cluster):
+    """The sweep (two trials on Ray Train trainers, one after the other) is SIGKILLed, its process and every
+    Ray process it started (trials, trainers, workers), as when the machine running it dies, once the first
+    trial has finished and the second is mid-way; the same command finishes the rest. Tune's experiment and
+    the trials' checkpoints live on the S3 server, as on a cluster without a shared disk; the Optuna
+    searcher's state comes back with the experiment (2 trials, not more); the trial cut off mid-way goes
+    on from its newest registered checkpoint."""
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="sweeps")
     out = tmp_path / "resumed"
-    cmd = [sys.executable, "-m", "lmforge", "tune", str(sweep_yaml(data, out, 3)), f"ray.address={ray_cluster}",
-           "max_concurrent_trials=2", "scheduler=none", "search=optuna", "tune.storage=s3://sweeps/tiny"]
+    cmd = [sys.executable, "-m", "lmforge", "tune", str(sweep_yaml(data, out, 2)),
+           f"ray.address={session_cluster.address}", "max_concurrent_trials=1", "scheduler=none", "search=optuna",
+           "tune.storage=s3://sweeps/tiny"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     partial = Path(f"{out}.partial")
     started = time.time()
@@ -124,14 +126,13 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
         # the driver, then this sweep's Ray workers (the session cluster's processes started since):
         # nothing trains on after the "crash" and registers checkpoints the test would not know of
         procs.stop_session(proc.pid, sig=signal.SIGKILL)
-        for worker in procs.own_descendants("ray::", since=started):
-            worker.send_signal(signal.SIGKILL)
+        procs.kill(procs.in_session_matching(session_cluster.sid, "ray::", since=started))
         proc.wait(timeout=30)
     # what each unfinished trial had registered when it died: where its restart must go on from
     cut = {t: max(_registered_steps(s3, t), default=0) for t in running}
     before = events(partial)
     finished = {e["trial_id"] for e in before if e["event"] == "complete"}
-    assert finished and len(finished) < 3
+    assert len(finished) == 1
     assert not out.exists()  # nothing published by the killed run
 
     def checkpoints(trial_id: str = "") -> dict:
@@ -144,7 +145,7 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "resuming the sweep" in rerun.stderr
     rows = read_csv(out / "trials.csv")
-    assert len(rows) == 3 and all(r["status"] == "completed" and int(r["steps"]) == STEPS for r in rows), (
+    assert len(rows) == 2 and all(r["status"] == "completed" and int(r["steps"]) == STEPS for r in rows), (
         rows, cut, before, rerun.stderr[-3000:])
     after = events(out)[len(before):]
     assert {e["trial_id"] for e in after if e["event"] == "complete"} >= {r["trial_id"] for r in rows} - finished

@@ -13,5 +13,6 @@ def test_platform_dir_is_not_a_package():
 
 def test_stdlib_platform_works_from_repo_root():
     code = "import platform; print(platform.system())"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         timeout=60)
     assert out.stdout.strip()

@@ -94,9 +94,21 @@ def test_plan_refuses_what_cannot_fit():
         plan.plan(2, 0, workers=2, use_gpu=False, num_samples=20, max_concurrent=20)
     with pytest.raises(ConfigError, match="GPU"):
         plan.plan(16, 1, workers=2, use_gpu=True, num_samples=4)
-    with pytest.raises(ConfigError, match="num_workers"):
-        plan.plan(16, 0, workers=0, use_gpu=False, num_samples=4)
     assert plan.plan(32, 8, workers=2, use_gpu=True, num_samples=8).concurrent == 4
+
+
+def test_trials_that_train_in_their_own_process_get_the_cpus_a_worker_would():
+    """train.num_workers=0: no trainer, so no driver sliver beside it: the trial itself holds the CPUs
+    its one worker would, and as many run at once as one-worker trials would."""
+    for cpus, samples, limit in ((2, 6, None), (2, 6, 1), (16, 4, None)):
+        own = plan.plan(cpus, 0, workers=0, use_gpu=False, num_samples=samples, max_concurrent=limit)
+        one = plan.plan(cpus, 0, workers=1, use_gpu=False, num_samples=samples, max_concurrent=limit)
+        assert (own.concurrent, own.workers) == (one.concurrent, 0)
+        assert own.trial_resources() == {"CPU": one.worker_cpus + one.driver_cpus}
+        assert own.concurrent * own.driver_cpus <= 0.95 * cpus + 1e-9
+    gpu = plan.plan(8, 2, workers=0, use_gpu=True, num_samples=4)
+    assert gpu.trial_resources()["GPU"] == 1 and gpu.concurrent == 2
+    assert "in its own process" in gpu.describe()
 
 
 def _trial(tid, lr, curve, **kw):

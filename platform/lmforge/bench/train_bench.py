@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -90,33 +91,39 @@ def _ray_worker(config: dict) -> None:
 
 
 def through_ray(cfg: TrainBenchConfig) -> dict:
-    import tempfile
-
+    """On the cluster at ``RAY_ADDRESS`` (or the one this process is connected to), else on a local one
+    this starts and stops, whose start-up and teardown then count in ``fixed_overhead_s``; the workers'
+    CPUs are an equal share of the cluster's. Rank 0 writes its figures to a file in this process's temp
+    dir: the bench measures one machine."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from lmforge.cluster.config import RayConfig
+    from lmforge.cluster.session import cluster_cpus, ray_session
+
+    own = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")  # a local cluster of its own
     start = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
-    init_s = time.perf_counter() - start
-    with tempfile.TemporaryDirectory() as tmp:
-        cpus = round(0.95 * (os.cpu_count() or 1) / cfg.workers, 2)
-        result_file = os.path.join(tmp, "result.json")
-        trainer = TorchTrainer(_ray_worker, train_loop_config=dataclasses.asdict(cfg) | {"result_file": result_file},
-                               scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
-                                                            resources_per_worker={"CPU": cpus}),
-                               run_config=RunConfig(name="bench", storage_path=tmp))
+    with ray_session(RayConfig()):
+        init_s = time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as tmp:
+            cpus = round(0.95 * cluster_cpus() / cfg.workers, 2)
+            result_file = os.path.join(tmp, "result.json")
+            loop_config = dataclasses.asdict(cfg) | {"result_file": result_file}
+            trainer = TorchTrainer(_ray_worker, train_loop_config=loop_config,
+                                   scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
+                                                                resources_per_worker={"CPU": cpus}),
+                                   run_config=RunConfig(name="bench", storage_path=tmp))
+            start = time.perf_counter()
+            trainer.fit()
+            fit_s = time.perf_counter() - start
+            with open(result_file) as f:
+                metrics = json.load(f)
         start = time.perf_counter()
-        trainer.fit()
-        fit_s = time.perf_counter() - start
-        with open(result_file) as f:
-            metrics = json.load(f)
-    start = time.perf_counter()
-    ray.shutdown()
-    shutdown_s = time.perf_counter() - start
+    shutdown_s = time.perf_counter() - start if own else 0.0
     loop_s = metrics["step_s"] * cfg.steps  # the warm-up steps ran in the loop too
-    return metrics | {"workers": cfg.workers, "ray_init_s": init_s, "fit_s": fit_s,
-                      "fixed_overhead_s": init_s + (fit_s - loop_s) + shutdown_s}
+    return metrics | {"workers": cfg.workers, "cluster": "started here" if own else "joined", "ray_init_s": init_s,
+                      "fit_s": fit_s, "fixed_overhead_s": init_s + (fit_s - loop_s) + shutdown_s}
 
 
 def run(cfg: TrainBenchConfig) -> dict:

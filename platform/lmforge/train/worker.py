@@ -33,10 +33,11 @@ class LoopState(loop.TrainState):
 
 
 def train_worker(config: dict) -> None:
-    """``config``: ``{"spec": WorkerSpec as a dict, "progress": where rank 0 sends metrics (or None)}``."""
+    """``config``: ``{"spec": WorkerSpec as a dict, "progress": where rank 0 sends metrics (or None),
+    "tune": True in a sweep's trial that trains in its own process}``."""
     spec = cfgmod.from_dict(WorkerSpec, config["spec"])
     progress = config.get("progress")
-    ctx = WorkerContext.current(spec)
+    ctx = TuneTrialContext(spec) if config.get("tune") else WorkerContext.current(spec)
     torch.manual_seed(spec.train.seed)
     _quiet_transformers()
     restored = ctx.restore()
@@ -150,3 +151,26 @@ class WorkerContext:
             report = checkpoint.report_of(dataclasses.asdict(state))
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if self.rank == 0 else None,
                              checkpoint_dir_name=name)
+
+
+class TuneTrialContext(WorkerContext):
+    """A sweep's trial that trains in its own process (``train.num_workers=0``): Tune keeps its checkpoints
+    in the sweep's storage and hands the newest back when the sweep resumes, and every checkpoint's
+    report (step, val_loss) reaches the scheduler, as a Ray Train trial's does through Tune's callback."""
+
+    def __init__(self, spec: WorkerSpec):
+        super().__init__(spec, None, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def restore(self) -> Path | None:
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        return Path(ckpt.to_directory(self._restore_tmp.name)) if ckpt else None
+
+    def save_checkpoint(self, model, optimizer, state: loop.TrainState) -> None:
+        from ray import tune
+
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint.write(Path(tmp), model, optimizer, state, storage.local_dir(self.spec.tokenizer))
+            report = checkpoint.report_of(dataclasses.asdict(state))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))

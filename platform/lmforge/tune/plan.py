@@ -4,6 +4,7 @@ A trial is a driver (the Tune function trainable, which only waits on its traine
 workers. The driver holds a sliver of a CPU: a whole one each would leave the workers of the trials it
 drives nothing to run on, and the sweep would wait forever for CPUs its own drivers hold
 (RAY_NOTES.md). Everything is planned so that all concurrent trials' drivers and workers fit at once.
+With ``train.num_workers=0`` a trial trains in its own process, without a trainer: it is its one worker.
 """
 
 from __future__ import annotations
@@ -27,8 +28,15 @@ class Plan:
 
     def describe(self) -> str:
         gpu = " + 1 GPU" if self.use_gpu else ""
+        if self.workers == 0:
+            return (f"{self.concurrent} trial(s) at once, each training in its own process "
+                    f"({self.driver_cpus:.2f} CPU{gpu})")
         return (f"{self.concurrent} trial(s) at once, each {self.workers} worker(s) x {self.worker_cpus:.2f} CPU{gpu}"
                 f" + a {self.driver_cpus:.2f}-CPU driver")
+
+    def trial_resources(self) -> dict:
+        """What Tune reserves for each trial's own process (its trainer's workers reserve their own)."""
+        return {"CPU": self.driver_cpus, **({"GPU": 1} if self.workers == 0 and self.use_gpu else {})}
 
 
 def plan(cluster_cpus: float, cluster_gpus: float, *, workers: int, use_gpu: bool, num_samples: int,
@@ -36,8 +44,10 @@ def plan(cluster_cpus: float, cluster_gpus: float, *, workers: int, use_gpu: boo
     """As many trials at once as fit with one CPU (or GPU) per worker, or ``max_concurrent`` (CPU workers
     then get a fraction of a CPU each), never more than there are trials; each worker gets an equal
     share of the CPUs (at most one) unless ``cpus_per_worker`` is set."""
-    if workers < 1:
-        raise ConfigError("base train.num_workers: a sweep's trials train on Ray Train workers; set it >= 1")
+    if workers == 0:  # each trial trains in its own process: planned as one worker, without a driver
+        one = plan(cluster_cpus, cluster_gpus, workers=1, use_gpu=use_gpu, num_samples=num_samples,
+                   max_concurrent=max_concurrent, cpus_per_worker=cpus_per_worker)
+        return Plan(one.concurrent, one.worker_cpus + one.driver_cpus, 0.0, 0, use_gpu)
     usable = HEADROOM * cluster_cpus
     if use_gpu:
         fits = int(cluster_gpus // workers)

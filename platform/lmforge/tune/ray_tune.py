@@ -62,23 +62,40 @@ def _scheduler(cfg: TuneConfig, max_steps: int, eval_every: int):
 
 
 def trainable(build_spec: Callable[[dict, str], Any], storage: str, plan: Plan):
-    """The Tune function trainable: ``build_spec(params, checkpoint_root)`` -> the trial's WorkerSpec."""
+    """The Tune function trainable: ``build_spec(params, checkpoint_root)`` -> the trial's WorkerSpec. It
+    trains on a Ray Train trainer of its own, or, with ``train.num_workers=0``, in the trial's process."""
     def trial(params: dict) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
 
+        from lmforge import config as cfgmod
         from lmforge.train import ray_trainer
+        from lmforge.train.worker import train_worker
 
         root = f"{storage}/trials/{tune.get_context().get_trial_id()}"
         spec = build_spec(params, root)
-        last = ray_trainer.registered_report(root)
+        last = ray_trainer.registered_report(root) if spec.train.num_workers else _checkpointed_report()
         if last and (last["step"] >= spec.train.max_steps or last.get("stopped_early")):
             # Finished before the sweep was interrupted, but after Tune last saved its state (it does so
-            # every 10 s or more): report the result again instead of starting a trainer.
+            # every 10 s or more): report the result again instead of training.
             tune.report(last)
+            return
+        if spec.train.num_workers == 0:
+            train_worker({"spec": cfgmod.to_dict(spec), "progress": None, "tune": True})
             return
         ray_trainer.fit(spec, None, callbacks=[TuneReportCallback()])
 
-    return tune.with_resources(trial, {"CPU": plan.driver_cpus})
+    return tune.with_resources(trial, plan.trial_resources())
+
+
+def _checkpointed_report() -> dict | None:
+    """An in-process trial's report at the checkpoint Tune restored it from (None: a fresh start)."""
+    from lmforge.train import checkpoint
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as path:
+        return checkpoint.report_of(checkpoint.read_state(Path(path)))
 
 
 class Progress(tune.Callback):
@@ -128,7 +145,7 @@ class Progress(tune.Callback):
 
 
 def run_sweep(cfg: TuneConfig, params: list[Param], build_spec: Callable[[dict, str], Any], storage: str,
-              plan: Plan, max_steps: int, eval_every: int, events: Path, resume: bool):
+              plan: Plan, max_steps: int, eval_every: int, events: Path, resume: bool, keep: int = 2):
     """Fit a new sweep, or restore an interrupted one under ``storage`` and finish it; the ResultGrid."""
     fs, path = store.filesystem(storage)
     remote = storage.startswith("s3://")
@@ -148,6 +165,9 @@ def run_sweep(cfg: TuneConfig, params: list[Param], build_spec: Callable[[dict, 
             trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(
             name=EXPERIMENT, storage_path=path, storage_filesystem=fs if remote else None, verbose=0,
+            # what Tune keeps of in-process trials' checkpoints (a Ray Train trial's trainer keeps its own)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute="val_loss",
+                                                    checkpoint_score_order="min"),
             callbacks=[Progress(events, cfg.metric, max_steps, cfg.num_samples)]),
     )
     return tuner.fit()

@@ -56,7 +56,7 @@ def run(cfg: TuneConfig) -> Path:
                  trial_plan.describe(), cfg.search, cfg.scheduler, root)
         grid = ray_tune.run_sweep(cfg, sweep.params, sweep.spec_builder(context, trial_plan), root, trial_plan,
                                   sweep.train.max_steps, sweep.train.eval_every, partial / "trial_events.jsonl",
-                                  resume=not fresh)
+                                  resume=not fresh, keep=sweep.train.keep_checkpoints)
         trials = ray_tune.collect(grid, [p.key for p in sweep.params])
     write_outputs(cfg, sweep, trials, partial, time.perf_counter() - start)
     return stage.publish(partial, cfg.output, keep=REMOTE_DIRS)
@@ -138,7 +138,9 @@ class Sweep:
         """``(params, checkpoint_root) -> WorkerSpec`` for the trainable (plain values only: it is shipped
         to the trial's actor). Trials checkpoint at every evaluation: that is when they report."""
         stage_name, stage_cls, base, sweep_set = self.stage, self.stage_cls, self.base, self.sweep_set
-        extra = {"train.checkpoint_every": self.train.eval_every, "train.cpus_per_worker": trial_plan.worker_cpus}
+        extra = {"train.checkpoint_every": self.train.eval_every}
+        if trial_plan.workers:  # an in-process trial's CPUs are the trial's own (Plan.trial_resources)
+            extra["train.cpus_per_worker"] = trial_plan.worker_cpus
 
         def build(params: dict, ckpt_root: str):
             cfg = cfgmod.from_dict(stage_cls, space.trial_dict(base, params, {**sweep_set, **extra}))
