@@ -111,12 +111,14 @@ def s3_server():
 
 @pytest.fixture(scope="session")
 def small_data(ray_cluster, corpus_dir, tmp_path_factory):
-    """The test corpus prepared once (64-token rows, a 1,024-token vocabulary) for the training and
-    sweep tests, which only read it; they write their outputs beside it or in their own tmp dirs."""
+    """The test corpus prepared once (64-token rows, a 1,024-token vocabulary, a tenth of the documents
+    held out) for the smoke path, training, sweep and autoscaling tests, which only read it; they write
+    their outputs beside it or in their own tmp dirs."""
     from lmforge import config as cfgmod
     from lmforge.data import prepare
     from lmforge.data.config import PrepareConfig
 
     out = tmp_path_factory.mktemp("small") / "data"
     return prepare.run(cfgmod.load(PrepareConfig, None, [f"inputs=[{corpus_dir}]", f"output={out}",
-                                                         "pack.seq_len=64", "tokenizer.vocab_size=1024"]))
+                                                         "pack.seq_len=64", "tokenizer.vocab_size=1024",
+                                                         "pack.val_fraction=0.1"]))

@@ -28,7 +28,7 @@ import pytest
 
 from tests.integration import procs
 from tests.integration.conftest import free_port
-from tests.integration.raynodes import RAY, ROOT, lmforge, start_ray
+from tests.integration.raynodes import RAY, ROOT, start_ray
 
 pytestmark = pytest.mark.integration
 WORKER_TYPE = "cpu_worker"
@@ -90,15 +90,11 @@ def active_workers(gcs: str, env: dict) -> int:
 
 
 @pytest.mark.timeout(420)
-def test_training_demand_adds_nodes_and_idle_nodes_go_away(autoscaling_head, corpus_dir, tmp_path):
+def test_training_demand_adds_nodes_and_idle_nodes_go_away(autoscaling_head, small_data, tmp_path):
     _, gcs, env, _ = autoscaling_head
     assert active_workers(gcs, env) == 0
-    data, out = tmp_path / "data", tmp_path / "train"
+    data, out = small_data, tmp_path / "train"
     env = {**env, "RAY_ADDRESS": gcs}
-    prepared = lmforge("prepare", "jobs/prepare.yaml", f"inputs=[{corpus_dir}]", "text_field=text",
-                       f"output={data}", "pack.seq_len=64", "tokenizer.vocab_size=1024", env=env, timeout=300)
-    assert prepared.returncode == 0, prepared.stdout[-3000:] + prepared.stderr[-3000:]
-    assert f"connecting to Ray at {gcs}" in prepared.stderr  # RAY_ADDRESS, not a cluster of its own
     job = procs.start(
         [sys.executable, "-m", "lmforge", "pretrain", "jobs/pretrain.yaml", f"data={data}",
          f"output={out}", "model.preset=tiny", "train.num_workers=2", "train.cpus_per_worker=1",
@@ -117,6 +113,7 @@ def test_training_demand_adds_nodes_and_idle_nodes_go_away(autoscaling_head, cor
             procs.stop_session(job.pid, sig=9)
         stdout, stderr = job.communicate(timeout=60)
     assert job.returncode == 0, stdout[-4000:] + stderr[-4000:]
+    assert f"connecting to Ray at {gcs}" in stderr  # RAY_ADDRESS, not a cluster of its own
     assert json.loads((out / "summary.json").read_text())["steps"] == 40
     assert peak >= 2, f"the autoscaler never had two workers up for the two training workers (peak {peak})"
     deadline = time.monotonic() + 120

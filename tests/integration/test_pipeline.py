@@ -30,11 +30,10 @@ API_KEY = "sk-test-lmforge"
 
 
 @pytest.fixture(scope="module")
-def prepared(ray_cluster, corpus_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "data"
-    cfg = cfgmod.load(PrepareConfig, None, [f"inputs=[{corpus_dir}]", f"output={out}", f"pack.seq_len={SEQ_LEN}",
-                                            "tokenizer.vocab_size=1024", "pack.val_fraction=0.1"])
-    return prepare.run(cfg)
+def prepared(small_data) -> Path:
+    """The session's prepared test corpus (tests/integration/conftest.py): the training, sweep and
+    autoscaling tests read the same one, which the smoke path checks here."""
+    return small_data
 
 
 @pytest.fixture(scope="module")

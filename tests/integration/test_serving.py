@@ -364,7 +364,7 @@ def test_metrics_count_the_requests_and_tokens_sent(served):
         got = {k: after.get(k, 0) - before.get(k, 0) for k in expected}
         if got == expected:
             break
-        time.sleep(2)
+        time.sleep(0.5)
     assert got == expected
     assert {"ray_lmforge_inter_token_latency_seconds_bucket", "ray_lmforge_running_sequences"} <= {
         k.split("|")[0] for k in _scrape()}

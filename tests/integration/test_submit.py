@@ -55,6 +55,10 @@ def cluster(s3_server):
     try:
         c.sessions.append(start_ray(["--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
                                      '--resources={"head": 1}', "--include-dashboard=true",
+                                     # a dead node is known in ~3 s, not Ray's default ~15 s (5 missed
+                                     # health checks 3 s apart): the node-loss test waits on it
+                                     '--system-config={"health_check_period_ms": 1000, '
+                                     '"health_check_failure_threshold": 3}',
                                      f"--ray-client-server-port={free_port()}", "--temp-dir", temp], env))
         c.sessions.append(start_node(c.head, env, temp2, "--num-cpus=1", '--resources={"second": 1}'))
         yield c
