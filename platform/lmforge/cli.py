@@ -35,14 +35,6 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def split_args(args: list[str]) -> tuple[str | None, list[str], list[str]]:
-    """-> (config path or None, overrides, flags)."""
-    flags = [a for a in args if a.startswith("-")]
-    rest = [a for a in args if not a.startswith("-")]
-    path = rest[0] if rest and "=" not in rest[0] else None
-    return path, rest[1:] if path else rest, flags
-
-
 def force_to_overrides(args: list[str]) -> list[str] | int:
     """``lmforge run RECIPE --force STAGE``: that stage's ``force=true``; the stages after it re-run too,
     as their finished outputs were made from the run it replaces."""
@@ -99,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         args = force_to_overrides(args)
         if isinstance(args, int):
             return args
-    path, overrides, flags = split_args(args)
+    path, overrides, flags = cfgmod.split_args(args)
     for flag in flags:
         if flag not in (*FLAGS, "-h"):
             close = difflib.get_close_matches(flag, FLAGS, n=1)

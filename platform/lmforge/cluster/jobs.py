@@ -189,14 +189,13 @@ def main(argv: list[str]) -> int:
     ns, extra = parser.parse_known_args(argv[1:])
     try:
         if argv[0] == "submit":
-            from lmforge.cli import split_args
             from lmforge.stages import STAGES
 
             if ns.stage.endswith((".yaml", ".yml")):  # `lmforge submit jobs/quickstart.yaml`: a recipe
                 ns.stage, ns.args = "run", [ns.stage, *ns.args]
             if ns.stage not in STAGES:
                 parser.error(f"unknown stage {ns.stage!r} (stages: {', '.join(STAGES)})")
-            config, overrides, _ = split_args(ns.args)
+            config, overrides, _ = cfgmod.split_args(ns.args)
             return submit(ns.stage, config, overrides, ns.address, wait=not ns.no_wait)
         if argv[0] == "jobs":
             return jobs_command(ns.action, ns.job_id, ns.address, ns.follow)
