@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -64,6 +65,24 @@ def session_cluster(s3_server, tmp_path_factory) -> SessionCluster:
 def ray_cluster(session_cluster) -> str:
     """The session cluster's address: what a test hands ``ray.address=`` (this process is connected)."""
     return session_cluster.address
+
+
+def registered_steps(checkpoints: str) -> list[int]:
+    """The steps Ray Train has registered under ``checkpoints`` (its run dir, local or ``s3://``), read
+    from its checkpoint manager's snapshot: the checkpoints persisted whole, what a restarted worker group
+    resumes from. [] before the first."""
+    snapshot = f"{checkpoints}/checkpoint_manager_snapshot.json"
+    if snapshot.startswith("s3://"):
+        bucket, _, key = snapshot[len("s3://"):].partition("/")
+        s3 = boto3.client("s3")
+        try:
+            text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+        except s3.exceptions.NoSuchKey:
+            return []
+    else:
+        path = Path(snapshot)
+        text = path.read_text() if path.is_file() else ""
+    return sorted(int(step) for step in re.findall(r'"step_(\d{6})"', text))
 
 
 def free_port() -> int:

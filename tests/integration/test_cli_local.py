@@ -19,6 +19,7 @@ import time
 import pytest
 
 from tests.integration import procs
+from tests.integration.conftest import registered_steps
 from tests.integration.raynodes import ROOT
 
 pytestmark = pytest.mark.integration
@@ -70,10 +71,10 @@ def test_an_interrupted_recipe_skips_what_finished_and_resumes_training_on_a_clu
             "pretrain.train.log_every=20", "pretrain.train.micro_batch_size=8", "ray.num_cpus=2"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = procs.start(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    snapshot = out / "train.partial" / "checkpoints" / "checkpoint_manager_snapshot.json"
+    checkpoints = str(out / "train.partial" / "checkpoints")
     try:
         deadline = time.monotonic() + 300
-        while not (snapshot.is_file() and '"step_000040"' in snapshot.read_text()):
+        while 40 not in registered_steps(checkpoints):
             assert proc.poll() is None and time.monotonic() < deadline, "training never reached step 40"
             time.sleep(0.1)
     finally:

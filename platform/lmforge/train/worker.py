@@ -118,7 +118,7 @@ class WorkerContext:
             ray_ctx = ray.train.get_context()
             ray_ctx.get_world_rank()
         except Exception:  # not inside Ray Train (or Ray not installed)
-            return cls(spec, None, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+            return cls(spec, None, local_device())
         import ray.train.torch
 
         return cls(spec, ray_ctx, ray.train.torch.get_device())
@@ -134,23 +134,26 @@ class WorkerContext:
         return checkpoint.local_copy(ckpts[-1], Path(self._restore_tmp.name)) if ckpts else None
 
     def save_checkpoint(self, model, optimizer, state: loop.TrainState) -> None:
-        """Rank 0 writes the checkpoint; under Ray every rank reports it (a collective)."""
-        name = checkpoint.step_name(state.step)
+        """Rank 0 writes the checkpoint, then every rank hands it on (:meth:`keep`)."""
         model_state, optimizer_state = parallel.full_state(model, optimizer, self.sharded)
         with tempfile.TemporaryDirectory() as tmp:
             if self.rank == 0:
                 checkpoint.write(Path(tmp), parallel.unwrap(model), optimizer, state,
                                  storage.local_dir(self.spec.tokenizer),
                                  model_state, optimizer_state)
-            if self.ray_ctx is None:
-                checkpoint.save_local(Path(tmp), self.spec.checkpoint_root, name, self.spec.train.keep_checkpoints)
-                return
-            import ray.train
-
             # What a sweep's scheduler sees (Tune's callback forwards rank 0's report).
-            report = checkpoint.report_of(dataclasses.asdict(state))
-            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if self.rank == 0 else None,
-                             checkpoint_dir_name=name)
+            self.keep(Path(tmp), checkpoint.step_name(state.step), checkpoint.report_of(dataclasses.asdict(state)))
+
+    def keep(self, ckpt: Path, name: str, report: dict) -> None:
+        """A bare run saves it beside the others (pruned as Ray Train does); under Ray Train every rank
+        reports it (a collective), rank 0 with the checkpoint."""
+        if self.ray_ctx is None:
+            checkpoint.save_local(ckpt, self.spec.checkpoint_root, name, self.spec.train.keep_checkpoints)
+            return
+        import ray.train
+
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(ckpt) if self.rank == 0 else None,
+                         checkpoint_dir_name=name)
 
 
 class TuneTrialContext(WorkerContext):
@@ -159,7 +162,7 @@ class TuneTrialContext(WorkerContext):
     report (step, val_loss) reaches the scheduler, as a Ray Train trial's does through Tune's callback."""
 
     def __init__(self, spec: WorkerSpec):
-        super().__init__(spec, None, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        super().__init__(spec, None, local_device())
 
     def restore(self) -> Path | None:
         from ray import tune
@@ -167,10 +170,11 @@ class TuneTrialContext(WorkerContext):
         ckpt = tune.get_checkpoint()
         return Path(ckpt.to_directory(self._restore_tmp.name)) if ckpt else None
 
-    def save_checkpoint(self, model, optimizer, state: loop.TrainState) -> None:
+    def keep(self, ckpt: Path, name: str, report: dict) -> None:
         from ray import tune
 
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint.write(Path(tmp), model, optimizer, state, storage.local_dir(self.spec.tokenizer))
-            report = checkpoint.report_of(dataclasses.asdict(state))
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(ckpt))
+
+
+def local_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
