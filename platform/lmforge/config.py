@@ -48,14 +48,37 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected dotted.key=value")
-        value = yaml.safe_load(raw) if raw.strip() else None
-        node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is already set to a value")
-        node[leaf] = value
+        try:
+            set_dotted(tree, key, yaml.safe_load(raw) if raw.strip() else None)
+        except ConfigError as e:
+            raise ConfigError(f"override {item!r}: {e}") from None
+    return tree
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    """``tree["a"]["b"] = value`` for ``key="a.b"``, making the mappings on the way."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{part} is already set to a value")
+    tree[leaf] = value
+
+
+def get_dotted(tree: Any, key: str) -> Any:
+    """The value at a dotted key, through mappings and dataclasses; None where a part is missing."""
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else getattr(tree, part, None)
+        if tree is None:
+            return None
+    return tree
+
+
+def nest(flat: dict[str, Any]) -> dict:
+    """``{"train.lr": 0.1}`` -> ``{"train": {"lr": 0.1}}``."""
+    tree: dict = {}
+    for key, value in flat.items():
+        set_dotted(tree, key, value)
     return tree
 
 
@@ -73,13 +96,10 @@ def merge(base: dict, override: dict) -> dict:
 def read_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML mapping from a file (local, or ``s3://``: a stage output's ``config.yaml``), with a clear
     error when it is missing or not a mapping."""
-    if str(path).startswith("s3://"):
-        from lmforge import storage
+    from lmforge import storage
 
-        text, p = storage.read_remote_text(str(path)), str(path)
-    else:
-        p = Path(path)
-        text = p.read_text() if p.is_file() else None
+    p = os.fspath(path)
+    text = storage.read_text(p)
     if text is None:
         raise ConfigError(f"config file {p} does not exist")
     data = yaml.safe_load(text) or {}
@@ -168,10 +188,18 @@ def nested_class(tp: Any) -> type | None:
     return None
 
 
+SHOWN_LAST = ("tuned_by", "force", "ray")  # set by a recipe, or how to run: after what the stage takes
+
+
+def ordered_fields(cls) -> list[dataclasses.Field]:
+    """A config's fields as dumps and ``--help`` show them: its own first, the run-control keys last."""
+    return sorted(dataclasses.fields(cls), key=lambda f: f.name in SHOWN_LAST)
+
+
 def to_dict(obj: Any) -> Any:
     """Dataclass (nested) -> plain dict suitable for YAML."""
     if dataclasses.is_dataclass(obj):
-        return {key_of(f): to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {key_of(f): to_dict(getattr(obj, f.name)) for f in ordered_fields(obj)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
@@ -211,7 +239,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 return _coerce(arg, value, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+        raise ConfigError(_closest(errors, key) or f"{key}: {value!r} matches none of {tp}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
@@ -228,6 +256,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     return _coerce_scalar(tp, value, key)
+
+
+def _closest(errors: list[str], key: str) -> str | None:
+    """Of a union's alternatives that refused a value, the one that took its shape and refused something
+    inside it (a TaskSpec mapping with an unknown metric) says why; one refusal is its own reason."""
+    if len(errors) == 1:
+        return errors[0]
+    inside = [e for e in errors if not e.startswith((f"{key}: expected", f"{key}: must be one of"))]
+    return inside[0] if inside else None
 
 
 def _coerce_scalar(tp: Any, value: Any, key: str) -> Any:

@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from lmforge.config import key_of, nested_class
+from lmforge.config import key_of, nested_class, ordered_fields
 
 REQUIRED = "required"
 
@@ -102,7 +102,7 @@ def key_docs(cls: type, prefix: str = "") -> list[KeyDoc]:
     comments = field_comments(cls)
     rows: list[KeyDoc] = []
     nested_rows: list[KeyDoc] = []
-    for f in dataclasses.fields(cls):
+    for f in ordered_fields(cls):
         if not f.init:
             continue
         key = f"{prefix}.{key_of(f)}" if prefix else key_of(f)

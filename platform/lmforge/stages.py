@@ -1,17 +1,77 @@
-"""The one registry of lmforge's stages. The CLI, ``lmforge run`` recipes and their help read it.
+"""The one registry of lmforge's stages, and the contract every stage keeps.
 
-A stage is a config class and a function ``run(config) -> output``, both named here by import path so
-that ``lmforge <stage> --help`` imports nothing heavier than the config. In a recipe a stage writes to
-``<recipe output>/<subdir>`` and its ``inputs`` are wired from the outputs of the stages before it.
-Adding a stage is its own package plus one entry below.
+A stage is a package whose entry module ``<package>/stage.py`` holds, as plain names:
+
+- ``SUMMARY``: one line, for ``lmforge --help`` and the stage's own help;
+- ``Config``: its config class, a :class:`StageConfig` when it writes an output, :class:`UsesRay` when it
+  reaches Ray;
+- ``run(config)``: does the work; returns the output (or a result to print);
+- ``INPUTS``: the :class:`Input` keys a recipe fills from earlier stages' outputs (default: none);
+
+and, only where the stage needs them (each is looked up by name; absent means "nothing special"):
+
+- ``read_paths(config) -> {key: path}``: the stage outputs it reads beyond ``INPUTS`` (eval's ``models``);
+- ``raw_inputs(config) -> {"files:<key>": state}``: files it reads that are no stage's output (a raw
+  corpus), as they are now; recorded in the ``.done`` marker, so editing one re-runs it;
+- ``dry_run(config)``: what ``--dry-run`` prints instead of the config (a sweep or recipe resolved);
+- ``recipe_run(config, recipe)``: in a recipe, called instead of ``run`` (serve: start, answer, stop);
+- ``wire(section, sections) -> section``: in a recipe, given every stage's section with its inputs wired;
+- ``feed(config, later) -> later``: in a recipe, after it ran, with the typed configs still to run;
+- ``report(config | None, result) -> [lmforge.report.Section]``: its part of a recipe's report
+  (``config`` is None when the recipe did not run it);
+- a stage that trains on the shared worker (:func:`lmforge.train.launch.run_training` runs it, and
+  ``tune`` can sweep it): ``check_inputs(config)`` (before anything is written),
+  ``training_context(config, partial, root) -> dict`` (what the run, or every trial of a sweep, shares:
+  made once), ``worker_spec(config, context, checkpoint_root) -> lmforge.train.config.WorkerSpec`` (the
+  job for the worker, its loss included), optionally ``finish(config, partial, context)`` (after training:
+  finetune merges its LoRA adapter) and ``SHARED_BY_TRIALS`` (keys a sweep cannot vary because the
+  context is made from them once).
+
+The entry module imports nothing heavy at the top (``lmforge --help`` imports every one of them); the
+work is imported inside ``run``. Adding a stage is its package plus one line in :data:`STAGES`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
+
+
+@dataclasses.dataclass(kw_only=True)
+class RayConfig:
+    """How to reach Ray. No address (and no RAY_ADDRESS) means a local cluster for this command."""
+
+    address: str | None = None  # e.g. ray://head:10001 or auto; default: $RAY_ADDRESS, else a local cluster
+    num_cpus: int | None = None  # local cluster only; default: all cores
+    # local cluster only: where each node serves Prometheus metrics (lmforge's and Ray Serve's, at
+    # http://127.0.0.1:<port>/metrics); default: a free port, logged at start
+    metrics_export_port: int | None = None
+    # Stream Ray's own worker, Train and Serve logs to this terminal; by default they stay in Ray's
+    # session log dir (its path is logged at start) and only lmforge's progress lines are shown.
+    log_to_driver: bool = False
+
+
+@dataclasses.dataclass(kw_only=True)
+class UsesRay:
+    """A stage that reaches Ray: its ``ray`` section (a recipe sets it from its own, for every stage)."""
+
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+
+@dataclasses.dataclass(kw_only=True)
+class StageConfig:
+    """A stage that writes an output dir (local or ``s3://``), skipped when it holds a finished run of the
+    same config (:class:`lmforge.outputs.Output`)."""
+
+    output: str  # the stage's output dir (local) or s3:// URI
+    force: bool = False  # redo even when output holds a finished run of the same config
+
+
+RUN_CONTROL = ("force", "ray")  # keys that say how to run, not what: a finished run is the same without them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,81 +80,72 @@ class Input:
     id of the stage output it names is recorded in the ``.done`` marker (no sources: recorded only)."""
 
     key: str  # dotted key in this stage's config, e.g. "data" or "model"
-    sources: tuple[tuple[str, str], ...]  # (stage, path below its output), the first the recipe runs wins
+    sources: tuple[tuple[str, str], ...] = ()  # (stage, path below its output), the first the recipe runs wins
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    name: str
-    summary: str  # one line, for `lmforge --help` and the stage's own help
-    config: str  # "module:ConfigClass"
-    run: str  # "module:function": run(config) -> the output dir (or a result to print)
-    subdir: str | None = None  # where the stage writes in a recipe; None: not a recipe stage
-    inputs: tuple[Input, ...] = ()
-    # In a recipe, called as fn(config, recipe) instead of `run` (serve: start, answer the prompts, stop).
-    recipe_run: str | None = None
-    # `--dry-run` prints fn(config) instead of the config itself (a recipe shows every stage resolved).
-    dry_run: str | None = None
-    # In a recipe: fn(section, sections) -> section, given every stage's section with its inputs wired
-    # (a sweep takes the section of the stage it sweeps as its base).
-    recipe_wire: str | None = None
-    # In a recipe: fn(config, later) -> later, after the stage ran, with the typed configs of the stages
-    # still to run (a sweep sets its best values in the stage it swept).
-    recipe_feed: str | None = None
-    # fn(config) -> {"files:<key>": state}: files it reads that are no stage's output (a raw corpus), as
-    # they are now; recorded in the .done marker beside the upstream runs, so editing one re-runs it.
-    raw_inputs: str | None = None
+    name: str  # the command: lmforge <name>
+    package: str  # its entry module is <package>.stage
+    subdir: str | None = None  # where it writes in a recipe; None: not a recipe stage
+    # where the name, the package and the recipe folder differ, and why
+    why: str = ""
+
+    def entry(self) -> ModuleType:
+        return _entry(self.package)
+
+    def hook(self, name: str) -> Callable[..., Any] | None:
+        """One of the entry module's optional hooks (module docstring), or None."""
+        return getattr(self.entry(), name, None)
+
+    @property
+    def summary(self) -> str:
+        return self.entry().SUMMARY
+
+    @property
+    def inputs(self) -> tuple[Input, ...]:
+        return getattr(self.entry(), "INPUTS", ())
 
     def config_class(self) -> type:
-        return load(self.config)
+        return self.entry().Config
 
     def run_fn(self) -> Callable[..., Any]:
-        return load(self.run)
+        return self.entry().run
+
+    def writes_output(self) -> bool:
+        return issubclass(self.config_class(), StageConfig)
+
+    def trains(self) -> bool:
+        """Whether it trains on the shared training worker (and so ``tune`` can sweep it)."""
+        return self.hook("worker_spec") is not None
 
 
-def load(target: str) -> Any:
-    """``"package.module:name"`` -> the object, imported only now."""
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+@functools.cache
+def _entry(package: str) -> ModuleType:
+    return importlib.import_module(f"{package}.stage")
 
 
-_TRAINED = (("finetune", "model"), ("pretrain", "model"), ("import", ""))  # the newest model a recipe makes
-
+_DATA = "the package holds the data tools (readers, cleaning, dedup, packing) that eval and bench use too"
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("prepare", "corpus files -> cleaned, deduplicated, PII-redacted documents, a BPE tokenizer and packed "
-          "train/val shards (Ray Data)",
-          "lmforge.data.config:PrepareConfig", "lmforge.data.prepare:run", subdir="data",
-          raw_inputs="lmforge.data.prepare:corpus_state"),
-    Stage("pretrain", "train a Llama-style model on prepared shards (Ray Train: DDP or FSDP2, checkpoints, resume)",
-          "lmforge.train.config:PretrainConfig", "lmforge.train.pretrain:run", subdir="train",
-          inputs=(Input("data", (("prepare", ""),)), Input("tuned_by", ()))),
-    Stage("import", "an HF model dir or a .gguf file -> an HF model dir that every other stage takes",
-          "lmforge.model.config:ImportConfig", "lmforge.model.importer:run", subdir="import"),
-    Stage("finetune", "supervised fine-tuning (LoRA or full) on prompt/response or chat data, on Ray Train",
-          "lmforge.finetune.config:FinetuneConfig", "lmforge.finetune.finetune:run", subdir="finetune",
-          inputs=(Input("model.init_from", (("pretrain", "model"), ("import", ""))), Input("tuned_by", ()))),
-    Stage("tune", "hyperparameter sweep over a pretrain or finetune config (Ray Tune: ASHA, random or Optuna, "
-          "resumable)", "lmforge.tune.config:TuneConfig", "lmforge.tune.tune:run", subdir="tune",
-          # not wired (the base is the swept stage's section, inputs and all), but recorded, so that a
-          # re-run upstream stage makes the sweep run again
-          inputs=(Input("base.data", ()), Input("base.model.init_from", ())),
-          dry_run="lmforge.tune.tune:resolved_dict", recipe_wire="lmforge.tune.recipe:wire",
-          recipe_feed="lmforge.tune.recipe:feed"),
-    Stage("eval", "task metrics (ROUGE, BLEU, chrF, EM/F1, accuracy, perplexity), bias and canary audits",
-          "lmforge.evaluate.config:EvalConfig", "lmforge.evaluate.evaluation:run", subdir="eval",
-          inputs=(Input("model", _TRAINED),)),
-    Stage("export", "HF model dir -> ONNX with KV cache (fp32, int8, int4, fp16), parity-checked against PyTorch",
-          "lmforge.export.config:ExportConfig", "lmforge.export.onnx_export:run", subdir="onnx",
-          inputs=(Input("model", _TRAINED),)),
-    Stage("serve", "OpenAI-compatible HTTP API on Ray Serve and onnxruntime (foreground until Ctrl-C)",
-          "lmforge.serve.config:ServeConfig", "lmforge.serve.server:run", subdir="",
-          inputs=(Input("model", (("export", ""),)),), recipe_run="lmforge.serve.server:answer_prompts"),
-    Stage("run", "a recipe: several stages in order in one Ray session (e.g. jobs/quickstart.yaml)",
-          "lmforge.recipe.config:RecipeConfig", "lmforge.recipe.runner:run",
-          dry_run="lmforge.recipe.runner:resolved_dict"),
+    Stage("prepare", "lmforge.data", "data", why=f"package data: {_DATA}; folder data: what it holds"),
+    Stage("pretrain", "lmforge.train", "train", why="package train: the shared training worker, loop and "
+          "checkpoints that finetune and tune train with; folder train: its checkpoints and model"),
+    Stage("import", "lmforge.model", "import", why="package model: `import` is a Python keyword; it also holds "
+          "the presets"),
+    Stage("finetune", "lmforge.finetune", "finetune"),
+    Stage("tune", "lmforge.tune", "tune"),
+    Stage("eval", "lmforge.evaluate", "eval", why="package evaluate: a package named eval would shadow the builtin"),
+    Stage("export", "lmforge.export", "onnx", why="folder onnx: what it holds, the ONNX graphs"),
+    Stage("serve", "lmforge.serve", "", why="folder: none of its own (it writes nothing; '' marks a recipe stage)"),
+    Stage("run", "lmforge.recipe", why="package recipe: what `run` runs; not itself a recipe stage"),
 )}
 
 
 def recipe_stages() -> list[Stage]:
     """The stages a recipe can hold, in registry order."""
     return [s for s in STAGES.values() if s.subdir is not None]
+
+
+def training_stages() -> list[Stage]:
+    """The stages that train on the shared worker, in registry order: what ``tune`` can sweep."""
+    return [s for s in recipe_stages() if s.trains()]

@@ -101,8 +101,16 @@ def aws_env() -> dict[str, str]:
     return {k: os.environ[k] for k in AWS_ENV if k in os.environ}
 
 
+def reader_env(files: list[str]) -> dict[str, str]:
+    """What Ray tasks reading ``files`` need in their environment: this process's S3 settings when any
+    file is in S3 (tasks on nodes started without them could not reach it), else nothing."""
+    return aws_env() if any(is_remote(f) for f in files) else {}
+
+
 def expand(uri: str, suffixes: tuple[str, ...]) -> list[str]:
     """Expand a local path/dir/glob or an ``s3://`` prefix/glob into a sorted list of file URIs."""
+    if is_remote(uri) and not uri.startswith("s3://"):
+        raise FileNotFoundError(f"input {uri!r}: only local paths, pkg:// and s3:// are supported")
     if not uri.startswith("s3://"):
         return expand_local(uri, suffixes)
     from pyarrow import fs
@@ -147,6 +155,37 @@ def filesystem(uri: str):
     return fs.LocalFileSystem(), resolve_local(uri)
 
 
+def ray_storage(uri: str):
+    """``(path, filesystem)`` as Ray Train and Tune take a storage location: the path within the bucket and
+    the S3 filesystem for ``s3://``, the local path and None (Ray's own) for a local dir."""
+    fs, path = filesystem(uri)
+    return path, (fs if is_remote(uri) else None)
+
+
+def with_scheme(uri: str, path: str) -> str:
+    """A path within ``uri``'s filesystem (as pyarrow lists it) as a URI of the same kind."""
+    return f"s3://{path}" if uri.startswith("s3://") else path
+
+
+def ensure_dir(uri: str) -> None:
+    """Make a local dir (with parents); object stores have no dirs to make."""
+    if not is_remote(uri):
+        Path(uri).mkdir(parents=True, exist_ok=True)
+
+
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """Names (relative to ``uri``) of the files under a local or remote dir ending in ``suffix``."""
+    if is_remote(uri):
+        return [f for f in remote_files(uri) if f.endswith(suffix)]
+    root = Path(uri)
+    return sorted(str(p.relative_to(root)) for p in root.rglob(f"*{suffix}") if p.is_file()) if root.is_dir() else []
+
+
+def writable(uri: str) -> bool:
+    """Whether ``uri`` is a place stages can write to: a local path or an ``s3://`` URI."""
+    return "://" not in uri or uri.startswith("s3://")
+
+
 def open_input(uri: str) -> BinaryIO:
     """Open a local path or ``s3://`` object for binary reading."""
     if uri.startswith("s3://"):
@@ -170,6 +209,25 @@ def cache_root() -> Path:
 def mirror_path(uri: str) -> Path:
     """This node's local place for the remote dir ``uri`` (``s3://b/k`` -> ``<cache>/s3/b/k``)."""
     return cache_root() / "s3" / uri[len("s3://"):].strip("/")
+
+
+def staging(uri: str | os.PathLike) -> Path:
+    """Where an output is built and read on this node: the dir itself when local, its mirror when remote."""
+    uri = os.fspath(uri)
+    return mirror_path(uri) if is_remote(uri) else Path(uri)
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """A path as workers in other directories (or on other nodes) can use it: a URI as it is, a local
+    path made absolute."""
+    path = os.fspath(path)
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def result(path: str | os.PathLike) -> str | Path:
+    """What a stage returns for an output: the URI of a remote one, the local dir of a local one."""
+    path = os.fspath(path)
+    return path if is_remote(path) else Path(path)
 
 
 def read_bytes(uri: str) -> bytes | None:
@@ -218,6 +276,45 @@ def find_above(path: str, name: str, levels: int = 3) -> tuple[str, str] | None:
 def write_remote_text(uri: str, text: str) -> None:
     with s3_filesystem().open_output_stream(uri[len("s3://"):]) as f:
         f.write(text.encode("utf-8"))
+
+
+def mirror_back(local: Path, uri: str) -> None:
+    """A file written in an output's staging dir, copied to the output itself when that is remote (a local
+    output is its own staging dir: nothing to do)."""
+    if is_remote(uri):
+        write_remote_text(uri, local.read_text(encoding="utf-8"))
+
+
+def remote_or(uri: str, local: str) -> str:
+    """``uri`` itself when it is remote (every node reaches it), else ``local``."""
+    return uri.rstrip("/") if is_remote(uri) else local
+
+
+def empty_remote(uri: str, marker: str = ".done", subdirs: tuple[str, ...] | None = None) -> None:
+    """Delete everything under a remote dir (or under its ``subdirs``), its ``marker`` first (it holds no
+    finished run any more); a local dir is left as it is."""
+    if not is_remote(uri):
+        return
+    uri = uri.rstrip("/")
+    delete_remote(f"{uri}/{marker}")
+    if subdirs is None:
+        for rel in remote_files(uri):
+            delete_remote(f"{uri}/{rel}")
+        return
+    fs, path = filesystem(uri)
+    for sub in subdirs:
+        fs.delete_dir_contents(f"{path}/{sub}", missing_dir_ok=True)
+
+
+def publish_remote(local: Path, uri: str, keep: tuple[str, ...], marker: str) -> bool:
+    """Upload a finished ``local`` dir to ``uri`` when that is remote (its old ``marker`` removed first, the
+    new one uploaded last); False when ``uri`` is local (nothing to upload)."""
+    if not is_remote(uri):
+        return False
+    uri = uri.rstrip("/")
+    delete_remote(f"{uri}/{marker}")
+    upload_dir(local, uri, keep=keep, last=marker)
+    return True
 
 
 def delete_remote(uri: str) -> None:

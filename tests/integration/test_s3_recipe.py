@@ -38,6 +38,10 @@ SHRUNK = ["prepare.text_field=text", "prepare.pack.seq_len=64", "prepare.tokeniz
           "finetune.train.log_every=5", "finetune.train.micro_batch_size=8", "eval.max_examples=4",
           "prompts=[The river]", "questions=[who wrote hamlet]", "max_tokens=8"]
 
+# every recipe stage's sections, in registry order, after the run's own
+SECTIONS = ("Run", "Corpus", "Pretraining", "Fine-tuning", "Sweep", "Evaluation", "Bias audit", "Privacy audit",
+            "Export", "Serving")
+
 
 def _objects(bucket: str, prefix: str) -> dict[str, str]:
     """key -> ETag of every object under ``prefix``."""
@@ -101,8 +105,6 @@ def test_whole_lifecycle_on_s3_with_its_report(lifecycle):
         assert row in md, row  # the eval table side by side, export figures, the served requests
     for model in ("base", "tuned"):  # a bias row and a canary row per model
         assert sum(line.startswith(f"| {model} |") for line in md.splitlines()) == 2, model
-    from lmforge.recipe.report import SECTIONS
-
     for title in SECTIONS:
         assert f"<h2>{title}</h2>" in lifecycle.report_html, title
     assert lifecycle.report_html.count("<img ") >= 5  # document lengths, both losses, the sweep's two plots
@@ -142,8 +144,6 @@ def test_run_force_export_skips_what_came_before_and_redoes_export_and_what_foll
 def test_the_report_renders_in_chromium(lifecycle, tmp_path):
     """The page (as the lifecycle run wrote it) renders in headless Chromium with its sections, and every
     image decoded (the page's script marks <body data-images-loaded>); a screenshot is taken."""
-    from lmforge.recipe.report import SECTIONS
-
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     require(chromium, "Debian's chromium is not installed (apt-get install chromium; make test installs it when "
                       "run as root)")

@@ -102,7 +102,7 @@ def test_requests_without_the_token_or_with_a_wrong_one_are_refused(cluster, tmp
 def _submit_sleeper(env: dict, address: str) -> str:
     """A job that holds one of the head's CPUs (its entrypoint reserves it), so that the training job's
     two workers are packed onto the node this test kills rather than onto the head. Returns its id."""
-    code = (f"from lmforge.cluster.jobs import client; print(client({address!r}).submit_job("
+    code = (f"from lmforge.cli.submit import client; print(client({address!r}).submit_job("
             "entrypoint='sleep 900', entrypoint_num_cpus=1, entrypoint_resources={'head': 1}))")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True,
                          timeout=120)

@@ -41,7 +41,7 @@ def test_help_text_carries_type_default_and_the_field_comment():
 def test_help_imports_no_ray_torch_or_stage_code():
     """--help must answer at once: it imports the config class and nothing that starts or loads models."""
     code = ("import sys; from lmforge import cli; cli.main(['pretrain', '--help']); cli.main(['bench', 'train', '-h']);"
-            "cli.main(['run', '--help']); heavy = ('ray', 'torch', 'transformers', 'lmforge.train.pretrain');"
+            "cli.main(['run', '--help']); heavy = ('ray', 'torch', 'transformers', 'pyarrow', 'lmforge.train.launch');"
             "loaded = [m for m in heavy if m in sys.modules]; assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=60)
 
@@ -52,7 +52,7 @@ def test_every_registered_stage_imports():
 
 
 def test_run_force_names_a_stage_and_becomes_its_override():
-    from lmforge.cli import force_to_overrides
+    from lmforge.cli.args import force_to_overrides
 
     assert force_to_overrides(["--force", "pretrain", "jobs/quickstart.yaml", "output=x"]) == \
         ["jobs/quickstart.yaml", "output=x", "pretrain.force=true"]

@@ -96,13 +96,14 @@ def test_rayservice_runs_the_serve_config_file_app():
 
 def test_serve_config_file_is_valid_for_serve_and_builds_the_app(onnx_dir):
     """infra/serve.yaml passes Serve's own schema, and its builder makes the app from its args."""
-    from ray.serve.schema import ServeDeploySchema
+    import importlib
 
-    from lmforge.stages import load
+    from ray.serve.schema import ServeDeploySchema
 
     cfg = yaml.safe_load((ROOT / "infra" / "serve.yaml").read_text())
     ServeDeploySchema.model_validate(cfg)
     app = cfg["applications"][0]
     args = dict(app["args"], serve={**app["args"]["serve"], "models": {"quickstart": str(onnx_dir)}})
-    built = load(app["import_path"])(args)
+    module, _, name = app["import_path"].partition(":")
+    built = getattr(importlib.import_module(module), name)(args)
     assert type(built).__name__ == "Application"

@@ -171,3 +171,16 @@ def test_gpu_recipe_is_the_quickstart_sized_for_gpus():
     canary = next(t for t in cpu["eval"].tasks if not isinstance(t, str))
     assert canary.name == "canary" and canary.data == "runs/q/data"
     assert cpu["export"].model == "runs/q/finetune/model" and cpu["export"].quantize == "int8"
+
+
+def test_a_union_says_why_the_alternative_that_took_the_value_refused_it(capsys):
+    """`tasks` is `str | TaskSpec`: a mapping with an unknown metric is a TaskSpec with a wrong metric, and
+    the error says so, not only that it matches neither."""
+    from lmforge import cli
+
+    args = ["eval", "model=m", "output=o", "tasks=[{name: a, data: x.jsonl, metrics: [bleu, rouge]}]", "--dry-run"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "tasks[0].metrics: unknown metric 'rouge' (known: rouge1, rouge2, rougeL" in err, err
+    assert cli.main(["eval", "model=m", "output=o", "tasks=[[a]]", "--dry-run"]) == 2  # neither shape: both named
+    assert "tasks[0]: ['a'] matches none of" in capsys.readouterr().err

@@ -23,7 +23,7 @@ def test_only_the_answer_and_its_end_are_targets(tokenizer):
     targets = [t for t, k in zip(ids, mask) if k]
     assert tokenizer.decode(targets, skip_special_tokens=True).strip() == "한강"
     assert targets[-1] == tokenizer.eos_token_id and mask[-1] == 1  # and learns to stop
-    prompt_ids, _ = __import__("lmforge.serve.chat", fromlist=["chat_prompt"]).chat_prompt(tokenizer, messages[:1])
+    prompt_ids, _ = __import__("lmforge.tasks.chat", fromlist=["chat_prompt"]).chat_prompt(tokenizer, messages[:1])
     assert ids[: len(prompt_ids)] == prompt_ids and not any(mask[: len(prompt_ids)])  # served the same way
 
 

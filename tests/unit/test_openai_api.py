@@ -113,7 +113,7 @@ def test_completion_stream_deltas_add_up_and_usage_comes_last(endpoints):
 
 
 def test_chat_uses_the_default_template_and_stops_at_the_next_turn(endpoints):
-    from lmforge.serve.chat import chat_prompt
+    from lmforge.tasks.chat import chat_prompt
 
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a river."}]
     ids, stop = chat_prompt(endpoints.tokenizer, messages)

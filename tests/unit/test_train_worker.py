@@ -120,3 +120,32 @@ def test_metrics_grow_live_and_hold_the_history_once_after_a_resume(masked_task,
     assert _metrics(again.path)[4]["loss"] < 9.0  # step 50 is the resumed run's, not the crashed one's
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert events, "TensorBoard event files beside metrics.jsonl"
+
+
+CALLS: list[str] = []
+
+
+def half_of_the_masked_loss(spec: WorkerSpec, device: torch.device):
+    """A stage's own loss (WorkerSpec.loss names this factory): half the next-token loss, so what the
+    worker trained on shows in the logged loss."""
+    CALLS.append(spec.stage)
+    return lambda model, rows, pad_id: 0.5 * loop.loss_on(model, rows, pad_id)
+
+
+def test_a_stage_brings_its_own_loss_and_val_loss_stays_next_token(masked_task, tmp_path):
+    """What a distillation stage needs: the loss the spec names trains the model (the logged training loss
+    is its value), while val_loss stays next-token cross-entropy, comparable across stages. Half the
+    loss is the same direction, and Adam is blind to scale: the two runs learn alike."""
+    def run(out: Path, **extra) -> list[dict]:
+        spec = _spec(masked_task, out, 10)
+        spec["train"]["log_every"] = 1
+        metrics = MetricsLog(out / "metrics", "test", 10)
+        train_worker({"spec": {**spec, **extra}, "progress": metrics})
+        return _metrics(metrics.path)
+
+    own = run(tmp_path / "own", loss=f"{__name__}:half_of_the_masked_loss", stage="own")
+    base = run(tmp_path / "base")
+    assert CALLS == ["own"]
+    assert own[0]["loss"] == pytest.approx(0.5 * base[0]["loss"], rel=1e-4)  # same model, same first batch
+    assert own[-1]["val_loss"] == pytest.approx(base[-1]["val_loss"], rel=0.05)
+    assert own[-1]["loss"] < 0.7 * base[-1]["loss"]

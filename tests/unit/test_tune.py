@@ -13,7 +13,6 @@ import yaml
 
 from lmforge import config as cfgmod
 from lmforge.config import ConfigError
-from lmforge.finetune.config import FinetuneConfig
 from lmforge.train.config import PretrainConfig
 from lmforge.tune import plan, results, space
 from lmforge.tune.config import TuneConfig
@@ -62,10 +61,15 @@ def test_bad_space_is_refused_naming_the_key(sp, message):
 
 
 def test_finetune_space_cannot_change_the_shared_rows():
+    """finetune renders its rows once for every trial (its SHARED_BY_TRIALS): a sweep of what they are
+    made from would train every trial on the same rows."""
+    from lmforge.tune.stage import Sweep
+
     base = {"data": "xsum", "model": {"init_from": "runs/smollm2"}}
-    parse({"finetune.lora.r": {"choice": [8, 16]}}, FinetuneConfig, "finetune", base)
-    with pytest.raises(ConfigError, match="space.finetune.max_seq_len: cannot be swept: the training rows"):
-        parse({"finetune.max_seq_len": {"choice": [256, 512]}}, FinetuneConfig, "finetune", base)
+    sweep = {"base": base, "stage": "finetune", "output": "runs/t"}
+    Sweep.of(cfgmod.from_dict(TuneConfig, {**sweep, "space": {"finetune.lora.r": {"choice": [8, 16]}}}))
+    with pytest.raises(ConfigError, match="space.finetune.max_seq_len: cannot be swept: what every trial trains"):
+        Sweep.of(cfgmod.from_dict(TuneConfig, {**sweep, "space": {"finetune.max_seq_len": {"choice": [256, 512]}}}))
 
 
 def test_tune_config_from_yaml_and_cli_overrides(tmp_path):
@@ -86,7 +90,8 @@ def test_trials_at_once_always_fit_their_workers_and_drivers(cpus, workers, samp
     p = plan.plan(cpus, 0, workers=workers, use_gpu=False, num_samples=samples, max_concurrent=limit)
     assert p.concurrent == concurrent
     assert p.concurrent * (p.driver_cpus + p.workers * p.worker_cpus) <= 0.95 * cpus + 1e-9
-    assert 0.1 <= p.worker_cpus <= 1.0 and p.driver_cpus > 0
+    assert (p.workers == 0) == (workers == 1)  # one worker: in the trial's own process, no trainer
+    assert p.driver_cpus > 0 and (p.workers == 0 or 0.1 <= p.worker_cpus <= 1.0)
 
 
 def test_plan_refuses_what_cannot_fit():
@@ -98,11 +103,12 @@ def test_plan_refuses_what_cannot_fit():
 
 
 def test_trials_that_train_in_their_own_process_get_the_cpus_a_worker_would():
-    """train.num_workers=0: no trainer, so no driver sliver beside it: the trial itself holds the CPUs
-    its one worker would, and as many run at once as one-worker trials would."""
+    """One worker (train.num_workers 0 or 1): no trainer, so no driver sliver beside it: the trial itself
+    holds the CPUs its one worker would, and as many run at once as one-worker trainers would."""
     for cpus, samples, limit in ((2, 6, None), (2, 6, 1), (16, 4, None)):
         own = plan.plan(cpus, 0, workers=0, use_gpu=False, num_samples=samples, max_concurrent=limit)
-        one = plan.plan(cpus, 0, workers=1, use_gpu=False, num_samples=samples, max_concurrent=limit)
+        assert plan.plan(cpus, 0, workers=1, use_gpu=False, num_samples=samples, max_concurrent=limit) == own
+        one = plan._with_trainers(cpus, 0, 1, False, samples, limit, None)
         assert (own.concurrent, own.workers) == (one.concurrent, 0)
         assert own.trial_resources() == {"CPU": one.worker_cpus + one.driver_cpus}
         assert own.concurrent * own.driver_cpus <= 0.95 * cpus + 1e-9
@@ -174,7 +180,7 @@ def test_recipe_sweep_takes_the_finetune_section_as_its_base(tmp_path):
 def test_recipe_sweep_needs_a_stage_to_sweep(tmp_path):
     from lmforge.recipe.runner import resolve
 
-    with pytest.raises(ConfigError, match="tune.stage: the recipe has no finetune or pretrain stage"):
+    with pytest.raises(ConfigError, match="tune.stage: the recipe has no training stage to sweep"):
         resolve(_recipe(tmp_path, "stages=[prepare,tune,export]", "export.model=m"))
     own = resolve(_recipe(tmp_path, "stages=[tune]", f"tune.base={tmp_path / 'ft.yaml'}"))  # a path: as given
     assert own["tune"].base == str(tmp_path / "ft.yaml")
@@ -214,20 +220,21 @@ def test_sweep_without_a_best_trial_leaves_the_stage_as_configured(tmp_path, cap
 def test_a_rerun_sweep_makes_the_tuned_stage_run_again(tmp_path):
     """The swept stage records the sweep's run among its inputs (tuned_by), so `--force tune` re-runs
     finetune too, even when the sweep picks the same values again."""
-    from lmforge import stage
+    from lmforge.outputs import DONE_MARKER, Output
     from lmforge.recipe.runner import resolve
     from lmforge.tune import recipe
 
     stages = resolve(_recipe(tmp_path))
     sweep_out = Path(stages["tune"].output)
     _summary(sweep_out, {"trial_id": "t1", "val_loss": 3.2, "step": 40, "params": {"train.lr": 0.0012}})
-    (sweep_out / stage.DONE_MARKER).write_text(json.dumps({"run": "sweep-1", "inputs": {}}))
-    ft = recipe.feed(stages["tune"], {"finetune": stages["finetune"]})["finetune"]
-    assert stage.input_runs(ft)["tuned_by"] == "sweep-1"
-    stage.publish(stage.begin(ft, ft.output), ft.output)
-    assert stage.is_finished(ft, ft.output)
-    (sweep_out / stage.DONE_MARKER).write_text(json.dumps({"run": "sweep-2", "inputs": {}}))  # forced again
-    assert not stage.is_finished(ft, ft.output)
+    (sweep_out / DONE_MARKER).write_text(json.dumps({"run": "sweep-1", "inputs": {}}))
+    ft = Output("finetune", recipe.feed(stages["tune"], {"finetune": stages["finetune"]})["finetune"])
+    assert ft.input_runs()["tuned_by"] == "sweep-1"
+    ft.begin()
+    ft.publish()
+    assert ft.finished()
+    (sweep_out / DONE_MARKER).write_text(json.dumps({"run": "sweep-2", "inputs": {}}))  # forced again
+    assert not ft.finished()
 
 
 def test_progress_counts_trial_steps_and_takes_stopped_trials_off_the_total(tmp_path, caplog):

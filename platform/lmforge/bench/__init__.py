@@ -4,21 +4,49 @@ They call the same public functions a user does and read only the package's own 
 measured lives in docs/benchmarks.md with the command that produced it.
 """
 
+import dataclasses
+import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from lmforge.stages import Stage
 
-BENCHES: dict[str, Stage] = {b.name: b for b in (
-    Stage("prepare", "the prepare pipeline against its raw tokenizer, and near-dedup against datatrove",
+@dataclasses.dataclass(frozen=True)
+class Bench:
+    """A benchmark as a command: a config class and ``run(config) -> result``, named by import path so
+    that ``lmforge bench <name> --help`` imports nothing heavier than the config."""
+
+    name: str
+    summary: str
+    config: str  # "module:ConfigClass"
+    run: str  # "module:function"
+
+    def config_class(self) -> type:
+        return _load(self.config)
+
+    def run_fn(self) -> Callable[..., Any]:
+        return _load(self.run)
+
+    def hook(self, name: str) -> None:
+        return None  # a bench has none of a stage's hooks
+
+
+def _load(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+BENCHES: dict[str, Bench] = {b.name: b for b in (
+    Bench("prepare", "the prepare pipeline against its raw tokenizer, and near-dedup against datatrove",
           "lmforge.bench.config:PrepareBenchConfig", "lmforge.bench.prepare_bench:run"),
-    Stage("train", "training tokens/s through Ray Train against a bare process (or MFU on one GPU)",
+    Bench("train", "training tokens/s through Ray Train against a bare process (or MFU on one GPU)",
           "lmforge.bench.config:TrainBenchConfig", "lmforge.bench.train_bench:run"),
-    Stage("generate", "decode tokens/s and TTFT of our ONNX exports against transformers and llama.cpp",
+    Bench("generate", "decode tokens/s and TTFT of our ONNX exports against transformers and llama.cpp",
           "lmforge.bench.config:GenerateBenchConfig", "lmforge.bench.generate_bench:run"),
-    Stage("kernels", "onnxruntime's int8 vs int4 weight-only matmul on a decode step's shapes",
+    Bench("kernels", "onnxruntime's int8 vs int4 weight-only matmul on a decode step's shapes",
           "lmforge.bench.config:KernelBenchConfig", "lmforge.bench.kernel_bench:run"),
-    Stage("serve", "the server under a bounded load (TTFT, inter-token latency, tokens/s) against its engine alone",
+    Bench("serve", "the server under a bounded load (TTFT, inter-token latency, tokens/s) against its engine alone",
           "lmforge.bench.config:ServeBenchConfig", "lmforge.bench.serve_bench:run"),
 )}
 

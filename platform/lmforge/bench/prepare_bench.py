@@ -205,8 +205,8 @@ def _signatures(batch, ngram: int, perms: int, seed: int):
 
 def run(cfg: PrepareBenchConfig) -> dict:
     """Build the corpus, run every measurement, return (and optionally write) the JSON result."""
-    from lmforge.cluster.config import RayConfig
     from lmforge.cluster.session import ray_session
+    from lmforge.stages import RayConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(cfg.work_dir or tmp)

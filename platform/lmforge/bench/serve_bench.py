@@ -83,10 +83,10 @@ def _measure(url: str, cfg: ServeBenchConfig, key: str | None) -> dict:
 
 def _serve_locally(model_dir: Path, cfg: ServeBenchConfig) -> tuple[dict, dict]:
     from lmforge import config as cfgmod
-    from lmforge.cluster.config import RayConfig
     from lmforge.cluster.session import ray_session
     from lmforge.serve import server
     from lmforge.serve.config import ServeConfig
+    from lmforge.stages import RayConfig
 
     cores = os.cpu_count() or 1
     serve_cfg = cfgmod.from_dict(ServeConfig, {"serve": {

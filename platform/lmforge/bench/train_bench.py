@@ -99,8 +99,8 @@ def through_ray(cfg: TrainBenchConfig) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from lmforge.cluster.config import RayConfig
     from lmforge.cluster.session import cluster_cpus, ray_session
+    from lmforge.stages import RayConfig
 
     own = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")  # a local cluster of its own
     start = time.perf_counter()

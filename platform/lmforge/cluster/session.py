@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Iterator
 
-from lmforge.cluster.config import RayConfig
+from lmforge.stages import RayConfig
 
 log = logging.getLogger(__name__)
 

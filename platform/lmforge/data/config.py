@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from lmforge.cluster.config import RayConfig
 from lmforge.config import check
+from lmforge.stages import StageConfig, UsesRay
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -100,9 +100,11 @@ class CanaryConfig:
 
 
 @dataclasses.dataclass(kw_only=True)
-class PrepareConfig:
+class PrepareConfig(UsesRay, StageConfig):
+    """output: the prepared dataset (documents/, rejected/, tokenizer/, train/, val/, manifest.json,
+    report.md; the README's "Artifacts" has the layout)."""
+
     inputs: list[str]  # local paths, directories, globs, s3://bucket/prefix (or glob), pkg://package/path
-    output: str  # the prepared dataset dir (layout: README, "Artifacts")
     text_field: str = "text"  # JSONL / parquet field holding the text (.txt: one document per line)
     id_field: str = "id"  # field holding a document id; default id: <file name>:<line number>
     max_doc_bytes: int = 1_000_000  # larger records are quarantined, not tokenized
@@ -112,10 +114,7 @@ class PrepareConfig:
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     pack: PackConfig = dataclasses.field(default_factory=PackConfig)
     canaries: CanaryConfig = dataclasses.field(default_factory=CanaryConfig)
-    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
-    force: bool = False  # redo even when output holds a finished run of the same config
 
     def __post_init__(self):
         check(len(self.inputs) > 0, "inputs", "needs at least one path, glob or URI")
-        check(bool(self.output), "output", "must be a directory path")
         check(self.max_doc_bytes > 0, "max_doc_bytes", "must be > 0")

@@ -40,11 +40,7 @@ def read(data_dir: str | Path) -> dict:
     ``data_dir`` is not one."""
     from lmforge import storage
 
-    if storage.is_remote(str(data_dir)):
-        text = storage.read_remote_text(f"{str(data_dir).rstrip('/')}/manifest.json")
-    else:
-        path = Path(data_dir) / "manifest.json"
-        text = path.read_text() if path.is_file() else None
+    text = storage.read_text(storage.join(str(data_dir), "manifest.json"))
     if text is None:
         raise FileNotFoundError(f"data: {data_dir} is not a prepare output (no manifest.json)")
     return json.loads(text)

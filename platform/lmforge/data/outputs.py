@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -118,9 +117,8 @@ def sum_stats(rows: list[dict]) -> dict:
 
 
 def make_dirs(out: str) -> None:
-    if not storage.is_remote(out):  # object stores have no dirs
-        for sub in OUTPUT_DIRS:
-            Path(out, sub).mkdir(parents=True, exist_ok=True)
+    for sub in OUTPUT_DIRS:
+        storage.ensure_dir(storage.join(out, sub))
 
 
 def write_empty_parts(out: str) -> None:
@@ -129,7 +127,5 @@ def write_empty_parts(out: str) -> None:
 
     filesystem, root = storage.filesystem(out)
     for sub, schema in OUTPUT_SCHEMAS.items():
-        parts = storage.remote_files(storage.join(out, sub)) if storage.is_remote(out) else \
-            [p.name for p in Path(out, sub).glob("*.parquet")]
-        if not any(p.endswith(".parquet") for p in parts):
+        if not storage.list_files(storage.join(out, sub), ".parquet"):
             pq.write_table(schema.empty_table(), f"{root}/{sub}/part-empty.parquet", filesystem=filesystem)

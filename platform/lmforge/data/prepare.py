@@ -16,7 +16,6 @@ val/, manifest.json, report.md.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import time
@@ -24,12 +23,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from lmforge import stage, storage
+from lmforge import storage
 from lmforge.cluster.session import ray_session
 from lmforge.data import canaries, dedup_ray, manifest, outputs, report, sources
 from lmforge.data.config import PrepareConfig
 from lmforge.data.curate import CanaryPlan, curate_file
 from lmforge.data.tokenizer import to_hf, train_bpe
+from lmforge.outputs import Output
 from lmforge.progress import RayProgress, Ticker
 
 log = logging.getLogger(__name__)
@@ -37,39 +37,18 @@ log = logging.getLogger(__name__)
 
 def run(cfg: PrepareConfig) -> Path:
     """Run the prepare stage; returns the output dir. A finished identical run is skipped."""
-    if done := stage.already_done(cfg, "prepare"):
-        return done
-    files = list_inputs(cfg.inputs)
+    out = Output("prepare", cfg)
+    if out.skip():
+        return out.result()
+    files = sources.list_inputs(cfg.inputs)
     log.info("prepare: %d input files", len(files))
-    partial = stage.begin(cfg, cfg.output)
+    partial = out.begin()
     with ray_session(cfg.ray):
-        result = _run_pipeline(cfg, files, partial, stage.parts_root(cfg.output, partial))
+        result = _run_pipeline(cfg, files, partial, out.parts_root())
     (partial / "manifest.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    out = stage.publish(partial, cfg.output, keep=outputs.OUTPUT_DIRS)
+    published = out.publish(keep=outputs.OUTPUT_DIRS)
     log.info("prepare: %s", json.dumps(result["documents"]))
-    return out
-
-
-def corpus_state(cfg: PrepareConfig) -> dict[str, str | None]:
-    """The corpus files as they are now, for the run's identity: their count and a hash of every file's
-    path, size and modification time. Editing, adding or removing a file makes a finished run stale;
-    a corpus that cannot be listed any more (deleted after the run) is None: nothing to compare."""
-    try:
-        files = storage.stat_files(list_inputs(cfg.inputs))
-    except FileNotFoundError:
-        return {stage.RAW_PREFIX + "inputs": None}
-    digest = hashlib.sha256("".join(f"{f}\0{size}\0{mtime}\n" for f, size, mtime in files).encode()).hexdigest()
-    return {stage.RAW_PREFIX + "inputs": f"{len(files)} files, sha256:{digest[:16]}"}
-
-
-def list_inputs(inputs: list[str]) -> list[str]:
-    """Expand every input (path, dir, glob, pkg://) into files, deduplicated, in a stable order."""
-    files: list[str] = []
-    for uri in inputs:
-        if storage.is_remote(uri) and not uri.startswith("s3://"):
-            raise FileNotFoundError(f"input {uri!r}: only local paths, pkg:// and s3:// are supported")
-        files.extend(f for f in storage.expand(uri, sources.SUFFIXES) if f not in files)
-    return files
+    return published
 
 
 def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path, parts: str) -> dict:
@@ -150,9 +129,7 @@ def _read_ledger(cfg: PrepareConfig, files: list[str], plan: CanaryPlan | None, 
     import ray
 
     items = [{"path": f, "file_index": i} for i, f in enumerate(files)]
-    remote_args = {}
-    if any(f.startswith("s3://") for f in files):
-        remote_args["runtime_env"] = {"env_vars": storage.aws_env()}
+    remote_args = {"runtime_env": {"env_vars": env}} if (env := storage.reader_env(files)) else {}
     ds = ray.data.from_items(items, override_num_blocks=len(files))
     return ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow",
                           fn_kwargs={"cfg": cfg, "plan": plan, "progress": progress}, **remote_args)

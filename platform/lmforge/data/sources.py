@@ -174,3 +174,11 @@ def _parquet_rows(batch, name: str, source: str, file_index: int, text_field: st
             yield record(doc_id, source, order, reason="quarantine:oversize", raw=raw)
         else:
             yield _with_text(text, doc_id, source, order, raw if not isinstance(text, str) else b"")
+
+
+def list_inputs(inputs: list[str]) -> list[str]:
+    """Expand every input (path, dir, glob, pkg://, s3://) into files, deduplicated, in a stable order."""
+    files: list[str] = []
+    for uri in inputs:
+        files.extend(f for f in storage.expand(uri, SUFFIXES) if f not in files)
+    return files

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from lmforge.cluster.config import RayConfig
 from lmforge.config import check
+from lmforge.stages import StageConfig, UsesRay
 
 METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match", "f1", "accuracy", "perplexity")
 
@@ -29,13 +29,14 @@ class TaskSpec:
 
 
 @dataclasses.dataclass(kw_only=True)
-class EvalConfig:
+class EvalConfig(UsesRay, StageConfig):
+    """output: eval.json, predictions.jsonl, report.md."""
+
     model: str | None = None  # an export dir (onnxruntime) or an HF dir (PyTorch)
     models: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> dir: several, side by side
     # built-in task names (xsum, boolq, nq_open, translate_ko_en, translate_en_ko, chat, bias) or
     # {name, data, metrics} for JSONL tasks and the canary audit
     tasks: list[str | TaskSpec]
-    output: str  # eval.json, predictions.jsonl, report.md
     split: Literal["test", "train", "all"] = "test"  # built-in tasks' split: test is what training never sees
     # prompts as a user turn of the model's chat template (as `lmforge finetune` trains and `serve` serves);
     # false: plain text, as base-model benchmarks are run
@@ -46,8 +47,6 @@ class EvalConfig:
     engine: Literal["ray", "local"] = "ray"  # ray: Ray Data with model actors; local: in this process
     actors: int = 1  # model actors per model on Ray (each holds the model)
     actor_cpus: float = 1.0  # CPUs Ray reserves per actor
-    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
-    force: bool = False  # redo even when output holds a finished run of the same config
 
     def __post_init__(self):
         check(bool(self.model) or bool(self.models), "model", "set `model` or `models` (name -> dir)")

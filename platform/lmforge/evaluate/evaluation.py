@@ -1,4 +1,4 @@
-"""``lmforge eval``: task metrics, the bias audit and the canary audit, for one model or several.
+"""The ``eval`` stage's work: task metrics, the bias audit and the canary audit, for one model or several.
 
 Run: ``lmforge eval model=runs/smollm2 tasks=[boolq,nq_open,bias] output=runs/eval``, or
 ``models={base: runs/smollm2, tuned: runs/xsum/model} tasks=[xsum]`` to compare side by side.
@@ -16,12 +16,13 @@ import logging
 import time
 from pathlib import Path
 
-from lmforge import stage, storage
+from lmforge import storage
 from lmforge.cluster.session import ray_session
 from lmforge.data import canaries
 from lmforge.evaluate import report
 from lmforge.evaluate.config import EvalConfig, TaskSpec
 from lmforge.evaluate.tasks import Task, execute, requests_for, score
+from lmforge.outputs import Output
 from lmforge.progress import Ticker
 from lmforge.tasks.builtin import TASKS
 from lmforge.tasks.examples import take
@@ -31,11 +32,12 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: EvalConfig) -> Path:
-    if done := stage.already_done(cfg, "eval"):
-        return done
+    out = Output("eval", cfg)
+    if out.skip():
+        return out.result()
     tasks = [load_task(t, cfg) for t in cfg.tasks]  # bad task data fails here, before any model loads
     models = dict(cfg.models) if cfg.models else {Path(cfg.model).name: cfg.model}
-    partial = stage.begin(cfg, cfg.output)
+    partial = out.begin()
     results, rows, seconds = {}, [], {}
     if cfg.engine == "ray":
         with ray_session(cfg.ray):
@@ -51,7 +53,7 @@ def run(cfg: EvalConfig) -> Path:
     (partial / "report.md").write_text(report.render(results, models, seconds, cfg))
     log.info("eval: %s", json.dumps({m: {t: {k: v for k, v in s.items() if isinstance(v, (int, float))}
                                          for t, s in r.items()} for m, r in results.items()}))
-    return stage.publish(partial, cfg.output)
+    return out.publish()
 
 
 def load_task(spec: str | TaskSpec, cfg: EvalConfig) -> Task:
@@ -79,7 +81,7 @@ def _evaluate(model_dir: str, tasks: list[Task], cfg: EvalConfig, rows: list[dic
 
     start = time.perf_counter()
     # an s3:// model stays a URI for the actors, each of which mirrors it on its own node
-    shipped = model_dir if storage.is_remote(model_dir) else str(Path(model_dir).resolve())
+    shipped = storage.absolute(model_dir)
     model_dir = storage.local_dir(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     requests = [r for t in tasks for r in requests_for(t, tokenizer)]

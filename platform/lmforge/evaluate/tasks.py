@@ -13,8 +13,8 @@ import random
 from collections import defaultdict
 
 from lmforge.data import canaries as canary_data
-from lmforge.evaluate import metrics as m
-from lmforge.serve.chat import chat_prompt
+from lmforge.evaluate import metrics
+from lmforge.tasks.chat import chat_prompt
 from lmforge.tasks.examples import Example
 
 GENERATION_METRICS = {"rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match", "f1"}
@@ -140,14 +140,14 @@ def _score_generation(task: Task, results: dict[str, dict]) -> tuple[dict, list[
     refs = [ex.references() for ex in task.examples]
     wanted, out = set(task.metrics), {}
     if wanted & {"rouge1", "rouge2", "rougeL"}:
-        out.update(m.rouge(preds, refs, tuple(k for k in ("rouge1", "rouge2", "rougeL") if k in wanted)))
+        out.update(metrics.rouge(preds, refs, tuple(k for k in ("rouge1", "rouge2", "rougeL") if k in wanted)))
     if wanted & {"bleu", "chrf"}:
-        out.update({k: v for k, v in m.sacrebleu_scores(preds, refs, task.korean_target).items() if k in wanted})
+        out.update({k: v for k, v in metrics.sacrebleu_scores(preds, refs, task.korean_target).items() if k in wanted})
     if wanted & {"exact_match", "f1"}:
-        out.update({k: v for k, v in m.qa_scores(preds, refs).items() if k in wanted})
+        out.update({k: v for k, v in metrics.qa_scores(preds, refs).items() if k in wanted})
     if "perplexity" in wanted:
         scored = [results[f"{task.name}/{ex.id}/ppl"] for ex in task.examples]
-        out["perplexity"] = m.perplexity(sum(s["logprob"] for s in scored), sum(s["tokens"] for s in scored))
+        out["perplexity"] = metrics.perplexity(sum(s["logprob"] for s in scored), sum(s["tokens"] for s in scored))
     out["examples"] = len(preds)
     rows = [{"task": task.name, "id": ex.id, "prompt": ex.prompt if ex.prompt is not None else ex.messages,
              "prediction": p, "reference": ex.reference} for ex, p in zip(task.examples, preds)]
@@ -161,13 +161,13 @@ def _score_choice(task: Task, results: dict[str, dict]) -> tuple[dict, list[dict
         predicted.append(max(range(len(lps)), key=lps.__getitem__))
         rows.append({"task": task.name, "id": ex.id, "prompt": ex.prompt, "prediction": ex.choices[predicted[-1]],
                      "reference": ex.choices[ex.answer], "logprobs": lps})
-    out = m.classification_scores(predicted, [ex.answer for ex in task.examples])
+    out = metrics.classification_scores(predicted, [ex.answer for ex in task.examples])
     out["examples"] = len(predicted)
     return out, rows
 
 
 def _share(successes: int, n: int) -> dict:
-    low, high = m.wilson_interval(successes, n)
+    low, high = metrics.wilson_interval(successes, n)
     return {"share": successes / max(1, n), "ci95": [low, high], "pairs": n}
 
 
@@ -206,7 +206,7 @@ def _score_canaries(task: Task, results: dict[str, dict]) -> tuple[dict, list[di
         completion = results[f"{rid}/greedy"]["text"]
         lps = [results[f"{rid}/{j}"]["logprob"] for j in range(CANARY_CANDIDATES + 1)]
         rank = 1 + sum(lp > lps[0] for lp in lps[1:])
-        exposure = m.exposure(rank, len(lps))
+        exposure = metrics.exposure(rank, len(lps))
         hit = canary.secret in completion
         reproduced += hit
         exposures.append(exposure)
@@ -215,4 +215,4 @@ def _score_canaries(task: Task, results: dict[str, dict]) -> tuple[dict, list[di
     n = len(task.canaries)
     return {"canaries": n, "reproduced": reproduced, "reproduced_share": reproduced / max(1, n),
             "mean_exposure": sum(exposures) / max(1, n), "max_exposure": max(exposures, default=0.0),
-            "exposure_ceiling": m.exposure(1, CANARY_CANDIDATES + 1)}, rows
+            "exposure_ceiling": metrics.exposure(1, CANARY_CANDIDATES + 1)}, rows

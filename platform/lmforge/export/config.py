@@ -6,12 +6,14 @@ import dataclasses
 from typing import Literal
 
 from lmforge.config import check
+from lmforge.stages import StageConfig
 
 
 @dataclasses.dataclass(kw_only=True)
-class ExportConfig:
+class ExportConfig(StageConfig):
+    """output: the export dir (model.onnx, the tokenizer, export.json)."""
+
     model: str  # an HF model dir (pretrain's output/model, or an `lmforge import` output)
-    output: str  # the export dir: model.onnx, tokenizer, export.json
     # int8/int4: weight-only MatMul quantization for CPU; fp16: every float weight and activation halved
     # (inputs/outputs stay fp32), for GPU execution providers
     quantize: Literal["none", "int8", "int4", "fp16"] = "none"
@@ -31,7 +33,6 @@ class ExportConfig:
     ppl_window: int = 256  # tokens per perplexity window (at most the model's context - 1)
     max_ppl_increase: float | None = None  # allowed perplexity increase over fp32; default 5% int8, 10% int4
     keep_fp32: bool = False  # keep model.fp32.onnx beside a quantized model
-    force: bool = False  # redo even when output holds a finished export of the same config
 
     def __post_init__(self):
         check(self.block_size is None or (self.block_size >= 16 and self.block_size & (self.block_size - 1) == 0),

@@ -1,4 +1,4 @@
-"""``lmforge export``: an HF causal LM -> ``model.onnx`` with KV cache, verified; int8 / int4 / fp16 variants.
+"""The ``export`` stage's work: an HF causal LM -> ``model.onnx`` with KV cache, verified; int8 / int4 / fp16 variants.
 
 Run: ``lmforge export model=runs/quickstart/train/model output=runs/onnx quantize=int8 ppl_text=held_out.jsonl``.
 
@@ -20,10 +20,11 @@ import logging
 import shutil
 from pathlib import Path
 
-from lmforge import stage, storage
+from lmforge import storage
 from lmforge.export import quantize, verify
 from lmforge.export.config import ExportConfig
 from lmforge.export.graph import export_onnx, load_model
+from lmforge.outputs import Output
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,13 @@ COPY_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokeni
 
 def run(cfg: ExportConfig) -> Path:
     """Export, verify, quantize if asked, write ``export.json``; returns the output dir."""
-    if done := stage.already_done(cfg, "export"):
-        return done
+    out = Output("export", cfg)
+    if out.skip():
+        return out.result()
     model_dir = storage.local_dir(cfg.model)  # an s3:// model: this node's mirror of it
     model = load_model(model_dir)
     text = verify.held_out_text(cfg.ppl_text, cfg.ppl_docs) if cfg.ppl_text else None
-    partial = stage.begin(cfg, cfg.output)
+    partial = out.begin()
     fp32 = partial / ("model.onnx" if cfg.quantize == "none" else "model.fp32.onnx")
     export_onnx(model, fp32, cfg.opset)
     copy_model_files(Path(model_dir), partial)
@@ -60,7 +62,7 @@ def run(cfg: ExportConfig) -> Path:
     report["size_bytes"] = {p.name: p.stat().st_size for p in partial.iterdir() if p.suffix == ".onnx"}
     (partial / "export.json").write_text(json.dumps(report, indent=2))
     verify.gate(report, cfg, partial)
-    return stage.publish(partial, cfg.output)
+    return out.publish()
 
 
 def copy_model_files(model_dir: Path, out: Path) -> None:

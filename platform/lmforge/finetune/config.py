@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from lmforge.cluster.config import RayConfig
 from lmforge.config import check
-from lmforge.train.config import TrainConfig
+from lmforge.train.config import TrainConfig, TrainingConfig
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -49,20 +48,16 @@ def _finetune_train() -> TrainConfig:
 
 
 @dataclasses.dataclass(kw_only=True)
-class FinetuneConfig:
+class FinetuneConfig(TrainingConfig):
+    """output: model/ (merged), adapter/ (LoRA), checkpoints/, metrics.jsonl, loss.png, summary.json."""
+
     # JSONL with "prompt"/"response" or chat "messages" (local or pkg://), or a built-in task's training
     # split: xsum, boolq, nq_open, translate_ko_en, translate_en_ko, chat; or a list of them, mixed
     data: str | list[str]
     val_data: str | None = None  # held-out JSONL for val_loss; default: val_fraction of `data`
-    output: str  # model/ (merged), adapter/ (LoRA), checkpoints/, metrics.jsonl, loss.png, summary.json
     model: BaseModelConfig
     finetune: MethodConfig = dataclasses.field(default_factory=MethodConfig)
     train: TrainConfig = dataclasses.field(default_factory=_finetune_train)
-    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
-    force: bool = False  # start over (checkpoints wiped) even when output holds a finished run
-    # The sweep output whose best values this run trains with (a recipe sets it after its tune stage):
-    # recorded as an input, so a re-run sweep makes this run again.
-    tuned_by: str | None = None
 
     def __post_init__(self):
         check(not (self.finetune.method == "lora" and self.train.strategy == "fsdp"), "train.strategy",

@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmforge.serve.chat import DEFAULT_CHAT_TEMPLATE, has_template
 from lmforge.tasks.builtin import TASKS
+from lmforge.tasks.chat import DEFAULT_CHAT_TEMPLATE, has_template
 from lmforge.tasks.examples import Example, take
 from lmforge.tasks.jsonl import DataError, read_examples
 

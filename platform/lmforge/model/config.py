@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 from lmforge.config import check
+from lmforge.stages import StageConfig
 
 
 @dataclasses.dataclass(kw_only=True)
-class ImportConfig:
+class ImportConfig(StageConfig):
+    """output: the HF model dir to write."""
+
     source: str  # an HF model dir or a .gguf file (local path or pkg://package/path)
-    output: str  # the HF model dir to write
-    force: bool = False  # redo even when output holds a finished import of the same config
 
     def __post_init__(self):
         check(bool(self.source), "source", "must be an HF model dir or a .gguf file")

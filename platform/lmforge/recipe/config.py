@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import keyword
 
-from lmforge.cluster.config import RayConfig
 from lmforge.config import check
-from lmforge.stages import STAGES, recipe_stages
+from lmforge.stages import STAGES, UsesRay, recipe_stages
 
 
 @dataclasses.dataclass(kw_only=True)
-class RecipeBase:
+class RecipeBase(UsesRay):
     output: str  # root dir; each stage writes a sub-dir of it unless its section sets `output`
     # the stages to run, in order; each reads what the stages before it wrote
     stages: list[str] = dataclasses.field(default_factory=lambda: ["prepare", "pretrain", "export", "serve"])
@@ -26,7 +25,6 @@ class RecipeBase:
     temperature: float = 0.0  # 0 is greedy
     top_p: float = 1.0  # nucleus sampling: the smallest set of tokens with this much probability
     seed: int | None = 0  # makes sampled completions reproducible
-    ray: RayConfig = dataclasses.field(default_factory=RayConfig)  # one Ray session for every stage
 
     def __post_init__(self):
         check(len(self.stages) > 0, "stages", "needs at least one stage")

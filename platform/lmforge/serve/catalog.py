@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from lmforge import storage
 from lmforge.serve.config import ServeConfig
 
 
@@ -39,11 +40,9 @@ def default_model_name(model_dir: str) -> str:
 
 def served_models(cfg: ServeConfig) -> dict[str, str]:
     """Served name -> absolute export dir: ``serve.models``, plus ``model`` under ``serve.model_name``."""
-    def absolute(d: str) -> str:  # replicas run in another directory; URIs stay as they are
-        return d if "://" in d else str(Path(d).resolve())
-
-    models = {name: absolute(d) for name, d in cfg.serve.models.items()}
+    # replicas run in another directory; URIs stay as they are
+    models = {name: storage.absolute(d) for name, d in cfg.serve.models.items()}
     if cfg.model:
-        path = absolute(cfg.model)
+        path = storage.absolute(cfg.model)
         models[cfg.serve.model_name or default_model_name(path)] = path
     return models

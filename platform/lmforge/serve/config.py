@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from lmforge.cluster.config import RayConfig
 from lmforge.config import check
+from lmforge.stages import UsesRay
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -81,10 +81,9 @@ class ServeOptions:
 
 
 @dataclasses.dataclass(kw_only=True)
-class ServeConfig:
+class ServeConfig(UsesRay):
     model: str | None = None  # an export dir (model.onnx + tokenizer); or name several in serve.models
     serve: ServeOptions = dataclasses.field(default_factory=ServeOptions)  # the server's own settings
-    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
 
     def __post_init__(self):
         check(bool(self.model) or bool(self.serve.models), "model", "set `model` or `serve.models` (name -> dir)")

@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator
 from lmforge.generate.async_engine import AsyncEngine
 from lmforge.generate.engine import ContextLengthError
 from lmforge.serve import responses
-from lmforge.serve.chat import chat_prompt
 from lmforge.serve.config import ServeOptions
 from lmforge.serve.openai_api import ChatCompletionRequest, CompletionRequest, RequestError, error_body
+from lmforge.tasks.chat import chat_prompt
 
 # A child of Serve's own logger: in a replica, Serve gives "ray.serve" the handler that writes the replica's
 # log file (JSON lines, per the deployment's logging_config); a logger outside it has no handler there

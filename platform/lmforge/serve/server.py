@@ -1,4 +1,4 @@
-"""``lmforge serve``: run the OpenAI-compatible server on Ray Serve until SIGINT/SIGTERM.
+"""The ``serve`` stage's work: run the OpenAI-compatible server on Ray Serve until SIGINT/SIGTERM.
 
 Run: ``lmforge serve model=runs/onnx serve.port=8000``, then
 ``curl 127.0.0.1:8000/v1/completions -d '{"prompt": "The", "max_tokens": 16}'``.

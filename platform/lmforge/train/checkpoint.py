@@ -37,8 +37,7 @@ def list_checkpoints(root: str) -> list[str]:
     filesystem, path = storage.filesystem(f"{root}/{RUN_NAME}")
     infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     dirs = [i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("step_")]
-    prefix = "s3://" if root.startswith("s3://") else ""
-    return [prefix + d for d in sorted(dirs)]
+    return [storage.with_scheme(root, d) for d in sorted(dirs)]
 
 
 def wipe(root: str) -> None:
@@ -51,11 +50,11 @@ def local_copy(ckpt_uri: str, dest: Path) -> Path:
     """A checkpoint as a local dir: local ones are read in place, s3 ones downloaded to ``dest``."""
     from pyarrow import fs as pafs
 
-    if ckpt_uri.startswith("s3://"):
-        filesystem, path = storage.filesystem(ckpt_uri)
-        pafs.copy_files(path, str(dest), source_filesystem=filesystem)
-        return dest
-    return Path(ckpt_uri)
+    path, filesystem = storage.ray_storage(ckpt_uri)
+    if filesystem is None:
+        return Path(ckpt_uri)
+    pafs.copy_files(path, str(dest), source_filesystem=filesystem)
+    return dest
 
 
 def last_val_loss(history: list[dict]) -> float:

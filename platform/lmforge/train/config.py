@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from lmforge.cluster.config import RayConfig
 from lmforge.config import check
 from lmforge.model.presets import PRESETS
+from lmforge.stages import StageConfig, UsesRay
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -88,16 +88,22 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(kw_only=True)
-class PretrainConfig:
-    data: str  # a prepare output dir (its train/ and val/ rows, manifest.json, tokenizer/)
-    output: str  # model/ (best by val_loss), checkpoints/, metrics.jsonl, loss.png, summary.json
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+class TrainingConfig(UsesRay, StageConfig):
+    """What every stage that trains on the shared worker has (``force`` starts over, checkpoints wiped).
+    output: model/ (best by val_loss), checkpoints/, metrics.jsonl, loss.png, summary.json."""
+
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
-    force: bool = False  # start over (checkpoints wiped) even when output holds a finished run
     # The sweep output whose best values this run trains with (a recipe sets it after its tune stage):
     # recorded as an input, so a re-run sweep makes this run again.
     tuned_by: str | None = None
+
+
+@dataclasses.dataclass(kw_only=True)
+class PretrainConfig(TrainingConfig):
+    """output: model/ (best by val_loss), checkpoints/, metrics.jsonl, loss.png, summary.json."""
+
+    data: str  # a prepare output dir (its train/ and val/ rows, manifest.json, tokenizer/)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -124,6 +130,10 @@ class WorkerSpec:
     checkpoint_root: str  # local dir or s3:// prefix; checkpoints land in <root>/checkpoints/step_N
     stage: str = "train"  # the name in log lines
     lora: dict | None = None  # LoRA adapters on a frozen init_from (r, alpha, dropout, target_modules)
+    # The training loss, for a stage that brings its own: "module:function", called once per worker as
+    # fn(spec, device) -> loss(model, rows, pad_id) -> a scalar tensor. None: next-token cross-entropy
+    # (lmforge.train.loop.loss_on). val_loss is next-token cross-entropy whatever the training loss.
+    loss: str | None = None
 
 
 def accumulation_steps(cfg: TrainConfig, seq_len: int, world_size: int) -> int:

@@ -74,16 +74,19 @@ class StepResult:
     tokens: int  # real (non-pad) tokens this worker trained on in the step
 
 
-def train_step(model, optimizer, micro_batches: list[Rows], cfg: TrainConfig,
-               pad_id: int | None, autocast: contextlib.AbstractContextManager) -> StepResult:
-    """One optimizer step over ``len(micro_batches)`` accumulated micro-batches."""
+LossFn = Callable[[torch.nn.Module, Rows, "int | None"], torch.Tensor]  # (model, rows, pad_id) -> loss
+
+
+def train_step(model, optimizer, micro_batches: list[Rows], cfg: TrainConfig, pad_id: int | None,
+               autocast: contextlib.AbstractContextManager, loss_fn: LossFn = loss_on) -> StepResult:
+    """One optimizer step over ``len(micro_batches)`` accumulated micro-batches of ``loss_fn``."""
     optimizer.zero_grad(set_to_none=True)
     total, tokens = 0.0, 0
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync, autocast:
-            loss = loss_on(model, batch, pad_id) / len(micro_batches)
+            loss = loss_fn(model, batch, pad_id) / len(micro_batches)
         with sync:
             loss.backward()
         total += loss.item()
@@ -136,8 +139,10 @@ def fit(model, batches: Iterator[Rows], val_rows: Rows, cfg: TrainConfig, *,
         flops_per_token: float | None = None, peak_flops: float | None = None,
         on_metrics: Callable[[dict], None] = lambda m: None,
         on_checkpoint: Callable[[TrainState], None] = lambda s: None,
-        autocast: contextlib.AbstractContextManager | None = None) -> TrainState:
-    """Train from ``state.step`` to ``cfg.max_steps`` (or an early stop); returns the final state.
+        autocast: contextlib.AbstractContextManager | None = None, loss_fn: LossFn = loss_on) -> TrainState:
+    """Train from ``state.step`` to ``cfg.max_steps`` (or an early stop) on ``loss_fn`` (next-token
+    cross-entropy unless a stage brings its own); returns the final state. Validation is always next-token
+    cross-entropy, so val_loss compares across stages and losses.
 
     ``batches`` must already be positioned at ``state.step`` (see :func:`lmforge.train.data.batches`).
     Every ``checkpoint_every`` steps, at early stop and at the end, ``on_checkpoint`` gets the state.
@@ -152,7 +157,7 @@ def fit(model, batches: Iterator[Rows], val_rows: Rows, cfg: TrainConfig, *,
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         micro = [next(batches).to(device) for _ in range(cfg.grad_accum_steps)]
-        result = train_step(model, optimizer, micro, cfg, pad_id, autocast)
+        result = train_step(model, optimizer, micro, cfg, pad_id, autocast, loss_fn)
         state.step = done = step + 1
         window_tokens += result.tokens * world_size
         row = None

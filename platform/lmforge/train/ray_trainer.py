@@ -39,7 +39,7 @@ def fit(spec: WorkerSpec, metrics: MetricsLog | None, callbacks: list | None = N
     t = spec.train
     cpus = worker_cpus(t.num_workers, t.cpus_per_worker)
     root = spec.checkpoint_root
-    fs, path = storage.filesystem(root)
+    path, fs = storage.ray_storage(root)
     progress = RayProgress(metrics) if metrics is not None else None
     trainer = TorchTrainer(
         train_worker,
@@ -47,7 +47,7 @@ def fit(spec: WorkerSpec, metrics: MetricsLog | None, callbacks: list | None = N
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": cpus}),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=RUN_NAME, storage_path=path, storage_filesystem=fs if root.startswith("s3://") else None,
+            name=RUN_NAME, storage_path=path, storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints, checkpoint_score_attribute="val_loss",
                                                checkpoint_score_order="min"),

@@ -10,8 +10,10 @@ for its strategy (:mod:`.parallel`), runs the plain loop (:mod:`.loop`), writes 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -20,8 +22,8 @@ from lmforge import config as cfgmod
 from lmforge import storage
 from lmforge.model import presets
 from lmforge.train import checkpoint, loop, parallel
-from lmforge.train import data as tdata
 from lmforge.train.config import WorkerSpec, accumulation_steps
+from lmforge.train.data import batches, load_rows, shard
 
 log = logging.getLogger("lmforge.train")
 
@@ -59,18 +61,28 @@ def train_worker(config: dict) -> None:
     if restored:
         state_dict = torch.load(restored / "optimizer.pt", map_location="cpu", weights_only=False)
         parallel.load_optimizer(model, optimizer, state_dict, ctx.sharded)
-    train_rows = tdata.shard(tdata.load_rows(storage.local_dir(spec.train_rows)), ctx.rank, ctx.world_size)
-    val_rows = tdata.shard(tdata.load_rows(storage.local_dir(spec.val_rows)), ctx.rank, ctx.world_size)
-    batches = tdata.batches(train_rows, tcfg.micro_batch_size, tcfg.seed + ctx.rank,
+    train_rows = shard(load_rows(storage.local_dir(spec.train_rows)), ctx.rank, ctx.world_size)
+    val_rows = shard(load_rows(storage.local_dir(spec.val_rows)), ctx.rank, ctx.world_size)
+    train_batches = batches(train_rows, tcfg.micro_batch_size, tcfg.seed + ctx.rank,
                             start=state.step * tcfg.grad_accum_steps)
     send = progress.put if (progress is not None and ctx.rank == 0) else (lambda message: None)
     send(("history", state.history))
-    loop.fit(model, batches, val_rows, tcfg, pad_id=spec.pad_id, device=ctx.device, world_size=ctx.world_size,
+    ctx.loop_started = time.time()
+    loop.fit(model, train_batches, val_rows, tcfg, pad_id=spec.pad_id, device=ctx.device, world_size=ctx.world_size,
              optimizer=optimizer, state=state, flops_per_token=flops,
              peak_flops=parallel.peak_flops(ctx.device, tcfg.peak_tflops),
              on_metrics=lambda row: send(("row", row)),
              on_checkpoint=lambda s: ctx.save_checkpoint(model, optimizer, s),
-             autocast=parallel.autocast(ctx.device))
+             autocast=parallel.autocast(ctx.device), loss_fn=make_loss(spec, ctx.device))
+
+
+def make_loss(spec: WorkerSpec, device: torch.device) -> loop.LossFn:
+    """The stage's own loss (``spec.loss``: a factory named by import path, as the spec is plain values),
+    else next-token cross-entropy."""
+    if spec.loss is None:
+        return loop.loss_on
+    module, _, name = spec.loss.partition(":")
+    return getattr(importlib.import_module(module), name)(spec, device)
 
 
 def build_model(spec: WorkerSpec, checkpoint_model: Path | None = None):
@@ -80,7 +92,7 @@ def build_model(spec: WorkerSpec, checkpoint_model: Path | None = None):
 
     init_from = storage.local_dir(spec.init_from) if spec.init_from else None  # remote: this node's mirror
     if spec.lora is not None:
-        from lmforge.finetune import lora
+        from lmforge.model import lora
 
         base = AutoModelForCausalLM.from_pretrained(init_from, dtype=torch.float32)
         return lora.wrap(base, spec.lora, checkpoint_model)
@@ -108,6 +120,7 @@ class WorkerContext:
         self.distributed = ray_ctx is not None
         self.sharded = spec.train.strategy == "fsdp" and self.distributed  # a bare run has no group to shard over
         self._restore_tmp = tempfile.TemporaryDirectory()
+        self.loop_started: float | None = None  # wall-clock time the training loop began (in reports)
 
     @classmethod
     def current(cls, spec: WorkerSpec) -> WorkerContext:
@@ -142,7 +155,8 @@ class WorkerContext:
                                  storage.local_dir(self.spec.tokenizer),
                                  model_state, optimizer_state)
             # What a sweep's scheduler sees (Tune's callback forwards rank 0's report).
-            self.keep(Path(tmp), checkpoint.step_name(state.step), checkpoint.report_of(dataclasses.asdict(state)))
+            report = {**checkpoint.report_of(dataclasses.asdict(state)), "loop_started": self.loop_started}
+            self.keep(Path(tmp), checkpoint.step_name(state.step), report)
 
     def keep(self, ckpt: Path, name: str, report: dict) -> None:
         """A bare run saves it beside the others (pruned as Ray Train does); under Ray Train every rank

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from lmforge.cluster.config import RayConfig
 from lmforge.config import check
+from lmforge.stages import StageConfig, UsesRay
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -29,16 +29,20 @@ class RunControl:
 
 
 @dataclasses.dataclass(kw_only=True)
-class TuneConfig:
-    # A pretrain or finetune config: a YAML path or the mapping itself. Each trial runs it with the
-    # sampled values set; its own output, checkpoint_dir and resume are the sweep's to set. In a recipe,
-    # a mapping here is laid over the recipe's section of the swept stage (unset: that section as is).
+class TuneConfig(UsesRay, StageConfig):
+    """output: trials.csv, best.yaml, curves.png, params.png, summary.json; Tune's experiment dir."""
+
+    # A config of a stage that trains (pretrain, finetune): a YAML path or the mapping itself. Each trial
+    # runs it with the sampled values set; its own output, checkpoint_dir and resume are the sweep's to
+    # set. In a recipe, a mapping here is laid over the recipe's section of the swept stage (unset: that
+    # section as is).
     base: str | dict[str, Any]
-    stage: Literal["pretrain", "finetune"] | None = None  # default: finetune when base has a finetune section
+    # The stage it sweeps, one that trains; default: in a recipe, the last such stage it runs; else the
+    # one whose config accepts base (the later one in `lmforge --help`'s order when several do)
+    stage: str | None = None
     # {dotted.key: {loguniform: [lo, hi]} | {uniform: [lo, hi]} | {choice: [a, b, ...]} | {randint: [lo, hi]}}
     # over any key of the base config (randint includes hi)
     space: dict[str, dict[str, Any]]
-    output: str  # trials.csv, best.yaml, curves.png, params.png, summary.json; Tune's experiment dir
     num_samples: int = 8  # trials
     metric: Literal["val_loss", "loss"] = "val_loss"  # as a trial reports it at each evaluation
     mode: Literal["min", "max"] = "min"  # whether the best trial has the lowest metric or the highest
@@ -49,8 +53,6 @@ class TuneConfig:
     # Trials at once; default: as many as the cluster fits with one CPU (or GPU) per training worker.
     max_concurrent_trials: int | None = None
     tune: RunControl = dataclasses.field(default_factory=RunControl)
-    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
-    force: bool = False  # start the sweep over even when output holds a finished one
     # In a recipe whose swept stage runs after the sweep: that stage trains with the best trial's values.
     apply_best: bool = True
 

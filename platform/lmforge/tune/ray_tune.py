@@ -18,7 +18,7 @@ from typing import Any
 
 from ray import tune
 
-from lmforge import storage as store
+from lmforge import storage
 from lmforge.progress import Ticker
 from lmforge.tune.config import TuneConfig
 from lmforge.tune.plan import Plan
@@ -29,6 +29,7 @@ log = logging.getLogger("lmforge.tune")
 
 EXPERIMENT = "ray_tune"  # Tune's experiment dir under the storage root
 REPORTED = ("step", "val_loss", "loss", "stopped_early")  # what a training worker reports at each evaluation
+# (and "loop_started": when its training loop began, for the trial's start-to-training time)
 
 
 def search_space(params: list[Param]) -> dict:
@@ -61,9 +62,10 @@ def _scheduler(cfg: TuneConfig, max_steps: int, eval_every: int):
                          reduction_factor=cfg.asha.reduction_factor)
 
 
-def trainable(build_spec: Callable[[dict, str], Any], storage: str, plan: Plan):
+def trainable(build_spec: Callable[[dict, str], Any], root: str, plan: Plan):
     """The Tune function trainable: ``build_spec(params, checkpoint_root)`` -> the trial's WorkerSpec. It
-    trains on a Ray Train trainer of its own, or, with ``train.num_workers=0``, in the trial's process."""
+    trains on a Ray Train trainer of its own, or, with one worker (``plan.workers == 0``), in the trial's
+    own process."""
     def trial(params: dict) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -71,15 +73,16 @@ def trainable(build_spec: Callable[[dict, str], Any], storage: str, plan: Plan):
         from lmforge.train import ray_trainer
         from lmforge.train.worker import train_worker
 
-        root = f"{storage}/trials/{tune.get_context().get_trial_id()}"
-        spec = build_spec(params, root)
-        last = ray_trainer.registered_report(root) if spec.train.num_workers else _checkpointed_report()
+        trial_root = f"{root}/trials/{tune.get_context().get_trial_id()}"
+        spec = build_spec(params, trial_root)
+        in_process = plan.workers == 0
+        last = _checkpointed_report() if in_process else ray_trainer.registered_report(trial_root)
         if last and (last["step"] >= spec.train.max_steps or last.get("stopped_early")):
             # Finished before the sweep was interrupted, but after Tune last saved its state (it does so
             # every 10 s or more): report the result again instead of training.
             tune.report(last)
             return
-        if spec.train.num_workers == 0:
+        if in_process:
             train_worker({"spec": cfgmod.to_dict(spec), "progress": None, "tune": True})
             return
         ray_trainer.fit(spec, None, callbacks=[TuneReportCallback()])
@@ -108,6 +111,7 @@ class Progress(tune.Callback):
         self.events, self.metric, self.max_steps, self.num_samples = events, metric, max_steps, num_samples
         self.steps: dict[str, int] = {}  # trial id -> the last step it reported
         self.finished: set[str] = set()
+        self.started: dict[str, float] = {}  # trial id -> when it started, until it reports training began
         self.ticker = Ticker(log, "tune", num_samples * max_steps, "trial steps", bound=True)
 
     def _event(self, kind: str, trial, **extra) -> None:
@@ -122,11 +126,17 @@ class Progress(tune.Callback):
         return f"{len(self.finished)}/{self.num_samples} trials done; " + self.ticker.line().split(": ", 1)[1]
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = time.time()
         self._event("start", trial, params=trial.config)
         log.info("tune: trial %s started: %s", trial.trial_id,
                  ", ".join(f"{k}={short(v)}" for k, v in trial.config.items()))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if trial.trial_id in self.started and result.get("loop_started"):
+            # from the trial's start here to its worker's first training step (clocks of one cluster)
+            after = round(result["loop_started"] - self.started.pop(trial.trial_id), 2)
+            self._event("training", trial, after_s=after)
+            log.info("tune: trial %s began training %.1f s after it started", trial.trial_id, after)
         if isinstance(result.get("step"), int):
             self.steps[trial.trial_id] = result["step"]
         log.info("tune: trial %s step %s/%d %s %s | %s", trial.trial_id, result.get("step"), self.max_steps,
@@ -144,17 +154,16 @@ class Progress(tune.Callback):
         log.warning("tune: trial %s failed (its error is in %s) | %s", trial.trial_id, trial.path, self._sweep())
 
 
-def run_sweep(cfg: TuneConfig, params: list[Param], build_spec: Callable[[dict, str], Any], storage: str,
+def run_sweep(cfg: TuneConfig, params: list[Param], build_spec: Callable[[dict, str], Any], root: str,
               plan: Plan, max_steps: int, eval_every: int, events: Path, resume: bool, keep: int = 2):
-    """Fit a new sweep, or restore an interrupted one under ``storage`` and finish it; the ResultGrid."""
-    fs, path = store.filesystem(storage)
-    remote = storage.startswith("s3://")
+    """Fit a new sweep, or restore an interrupted one under ``root`` and finish it; the ResultGrid."""
+    path, fs = storage.ray_storage(root)
     experiment = f"{path.rstrip('/')}/{EXPERIMENT}"  # with the filesystem given, a path within it
-    fn = trainable(build_spec, storage, plan)
-    if resume and tune.Tuner.can_restore(experiment, storage_filesystem=fs if remote else None):
+    fn = trainable(build_spec, root, plan)
+    if resume and tune.Tuner.can_restore(experiment, storage_filesystem=fs):
         log.info("tune: resuming the sweep in %s (finished trials are kept, the rest continue)", experiment)
         tuner = tune.Tuner.restore(experiment, trainable=fn, resume_unfinished=True, resume_errored=True,
-                                   storage_filesystem=fs if remote else None)
+                                   storage_filesystem=fs)
         return tuner.fit()
     tuner = tune.Tuner(
         fn, param_space=search_space(params),
@@ -162,9 +171,11 @@ def run_sweep(cfg: TuneConfig, params: list[Param], build_spec: Callable[[dict, 
             metric=cfg.metric, mode=cfg.mode, num_samples=cfg.num_samples, search_alg=_search(cfg, plan.concurrent),
             scheduler=_scheduler(cfg, max_steps, eval_every),
             max_concurrent_trials=plan.concurrent if cfg.search == "optuna" else None,
-            trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id),
+            trial_name_creator=lambda t: t.trial_id, trial_dirname_creator=lambda t: t.trial_id,
+            # a finished trial's process runs the next one: its imports (torch, transformers) are done
+            reuse_actors=True),
         run_config=tune.RunConfig(
-            name=EXPERIMENT, storage_path=path, storage_filesystem=fs if remote else None, verbose=0,
+            name=EXPERIMENT, storage_path=path, storage_filesystem=fs, verbose=0,
             # what Tune keeps of in-process trials' checkpoints (a Ray Train trial's trainer keeps its own)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute="val_loss",
                                                     checkpoint_score_order="min"),

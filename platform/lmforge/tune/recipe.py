@@ -1,5 +1,6 @@
-"""A sweep as a recipe stage: it sweeps the recipe's own section of a training stage, and that stage,
-when it runs after the sweep, trains with the best trial's values. No Ray.
+"""A sweep as a recipe stage: it sweeps the recipe's own section of a stage that trains (by default the
+last one the recipe runs), and that stage, when it runs after the sweep, trains with the best trial's
+values. No Ray.
 
 ``prepare -> pretrain -> tune -> finetune``: the sweep's base is the recipe's ``finetune`` section (its
 ``model.init_from`` already wired to the pretrained model), with the sweep section's ``base`` mapping
@@ -18,13 +19,13 @@ import logging
 from lmforge import config as cfgmod
 from lmforge import storage
 from lmforge.config import ConfigError
+from lmforge.stages import training_stages
 from lmforge.tune import space
 from lmforge.tune.config import TuneConfig
 from lmforge.tune.results import short
 
 log = logging.getLogger("lmforge.tune")
 
-SWEEPABLE = ("finetune", "pretrain")  # the swept stage when the section names none: the first the recipe has
 NOT_SWEPT = ("output", "ray", "force", "tuned_by")  # the sweep sets these for its trials itself
 
 
@@ -33,10 +34,12 @@ def wire(section: dict, sections: dict[str, dict]) -> dict:
     is; a ``base`` mapping (or none) is laid over the swept stage's section."""
     if isinstance(section.get("base"), str):
         return section
-    swept = section.get("stage") or next((s for s in SWEEPABLE if s in sections), None)
-    if swept not in sections:
-        raise ConfigError(f"tune.stage: the recipe has no {swept or 'finetune or pretrain'} stage to sweep; add "
-                          "it to `stages`, or give tune.base (a config, or a path to one)")
+    trains = [s.name for s in training_stages()]
+    swept = section.get("stage") or next((s for s in reversed(sections) if s in trains), None)
+    if swept not in sections or swept not in trains:
+        raise ConfigError(f"tune.stage: the recipe has no {swept or 'training'} stage to sweep (stages that "
+                          f"train: {', '.join(trains)}); add it to `stages`, or give tune.base (a config, or a "
+                          "path to one)")
     own = {k: v for k, v in copy.deepcopy(sections[swept]).items() if k not in NOT_SWEPT}
     return {**section, "stage": swept, "base": cfgmod.merge(own, section.get("base") or {})}
 

@@ -91,6 +91,19 @@ def summary(trials: list[Trial], metric: str, mode: str, max_steps: int, seconds
     return out
 
 
+def start_to_training(events: Path) -> dict | None:
+    """Seconds from each trial's start to its first training step (the ``training`` events): the
+    machinery's cost per trial, ``{"min", "median", "max", "trials"}``; None when none was recorded."""
+    import json
+    import statistics
+
+    lines = events.read_text().splitlines() if events.is_file() else []
+    after = sorted(e["after_s"] for e in map(json.loads, lines) if e.get("event") == "training")
+    if not after:
+        return None
+    return {"min": after[0], "median": round(statistics.median(after), 2), "max": after[-1], "trials": len(after)}
+
+
 def plot_curves(trials: list[Trial], metric: str, path: Path, best: Trial | None) -> None:
     """The metric against steps, one line per trial (the scheduler's stops show as short lines)."""
     import matplotlib

@@ -32,9 +32,6 @@ SWEEP_OWNED = {
     "train.eval_every": "trials must report at the same steps for the scheduler to compare them",
     "train.checkpoint_every": "a trial checkpoints at every evaluation (what it reports)",
 }
-# finetune: the rendered rows are made once for every trial
-FINETUNE_DATA = ("data", "val_data", "model.init_from", "finetune.max_seq_len", "finetune.val_fraction",
-                 "finetune.max_examples")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,21 +45,9 @@ class Param:
         return list(self.args)
 
 
-def nest(flat: dict[str, Any]) -> dict:
-    """``{"train.lr": 0.1}`` -> ``{"train": {"lr": 0.1}}``."""
-    tree: dict = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
 def trial_dict(base: dict, params: dict[str, Any], sweep_set: dict[str, Any]) -> dict:
     """The base config with a trial's sampled values and the sweep's own keys (output, ...) set."""
-    return cfgmod.merge(cfgmod.merge(base, nest(params)), nest(sweep_set))
+    return cfgmod.merge(cfgmod.merge(base, cfgmod.nest(params)), cfgmod.nest(sweep_set))
 
 
 def flatten(space: dict, leaves: list[str], prefix: str = "") -> dict[str, Any]:
@@ -79,8 +64,10 @@ def flatten(space: dict, leaves: list[str], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def parse(space: dict, stage_cls: type, stage: str, base: dict, sweep_set: dict[str, Any]) -> list[Param]:
-    """Check ``space`` against the stage's config; raises ConfigError naming ``space.<key>``."""
+def parse(space: dict, stage_cls: type, stage: str, base: dict, sweep_set: dict[str, Any],
+          shared: tuple[str, ...] = ()) -> list[Param]:
+    """Check ``space`` against the stage's config; raises ConfigError naming ``space.<key>``. ``shared``:
+    keys the stage makes what every trial shares from (its ``SHARED_BY_TRIALS``), not to be swept."""
     known = cfgmod.dotted_keys(stage_cls)
     params = []
     for key, spec in flatten(space, known).items():
@@ -91,8 +78,8 @@ def parse(space: dict, stage_cls: type, stage: str, base: dict, sweep_set: dict[
             raise ConfigError(f"{where}: not a key of the {stage} config ({hint})")
         if key in SWEEP_OWNED or key.startswith("ray."):
             raise ConfigError(f"{where}: cannot be swept: {SWEEP_OWNED.get(key, 'how trials reach Ray is fixed')}")
-        if stage == "finetune" and key in FINETUNE_DATA:
-            raise ConfigError(f"{where}: cannot be swept: the training rows are rendered once for all trials")
+        if key in shared:
+            raise ConfigError(f"{where}: cannot be swept: what every trial trains on is made from it once")
         param = _param(where, key, spec)
         for value in param.probes():
             try:

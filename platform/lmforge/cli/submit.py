@@ -1,10 +1,12 @@
 """``lmforge submit``, ``lmforge jobs`` and ``lmforge cluster``: lmforge's stages as Ray jobs on a cluster.
 
-``submit`` checks the config here first (a bad key exits 2 before anything is sent), then submits
-``python -m lmforge <stage> CONFIG [overrides]`` through Ray's Jobs API with a runtime env that carries
-this project: the current directory as the job's working dir (recipes and configs under it resolve as
-they do here) and the ``lmforge`` package itself on every worker's path, so the cluster runs the code
-that was checked. It streams the job's logs and exits with its status (0 when it succeeded).
+``submit`` takes a stage's arguments as ``lmforge <stage>`` does (:mod:`.args`: ``--force STAGE`` of a
+recipe, ``--dry-run``, ``--help`` mean the same) and checks the config here first (a bad key exits 2
+before anything is sent), then submits ``python -m lmforge <stage> CONFIG [overrides]`` through Ray's
+Jobs API with a runtime env that carries this project: the current directory as the job's working dir
+(recipes and configs under it resolve as they do here) and the ``lmforge`` package itself on every
+worker's path, so the cluster runs the code that was checked. It streams the job's logs and exits with
+its status (0 when it succeeded).
 
 Token auth: the token comes from ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH`` names, or Ray's
 default ``~/.ray/auth_token``; with one present, requests carry it (``RAY_AUTH_MODE=token``).
@@ -23,6 +25,8 @@ from pathlib import Path
 
 from lmforge import config as cfgmod
 from lmforge import storage
+from lmforge.cli.args import StageArgs, help_text, parse, resolved
+from lmforge.stages import STAGES
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the dashboard (Jobs API) of a local head, or a forwarded one
 # Ray leaves out .git and .venv by itself; these are outputs and caches, never inputs of a job
@@ -92,14 +96,15 @@ def runtime_env() -> dict:
             "env_vars": storage.aws_env()}
 
 
-def submit(command: str, config: str | None, overrides: list[str], address: str | None, wait: bool) -> int:
-    from lmforge.stages import STAGES
-
-    loaded = cfgmod.load(STAGES[command].config_class(), config, overrides)  # a bad config never reaches
-    if command == "run":  # the cluster: a recipe's sections too, each checked by its stage's config class
-        from lmforge.recipe.runner import resolve
-
-        resolve(loaded)
+def submit(command: str, args: StageArgs, address: str | None, wait: bool) -> int:
+    stage = STAGES[command]
+    # a bad config never reaches the cluster: a recipe's sections (a sweep's base) too, each checked by
+    # its stage's config class
+    shown = resolved(stage, cfgmod.load(stage.config_class(), args.path, args.overrides))
+    if args.dry_run:
+        print(cfgmod.dump(shown), end="")
+        return 0
+    config, overrides = args.path, args.overrides
     jobs = client(address)
     logging.getLogger("ray").setLevel(logging.ERROR)  # not a line per file packed into the working dir
     deadline = time.monotonic() + STARTUP_S
@@ -169,36 +174,69 @@ def cluster_command(action: str, cloud: str, extra: list[str]) -> int:
     return subprocess.call(cmd, env={**os.environ, "RAY_AUTH_MODE": "token"})
 
 
+SUBMIT_USAGE = """usage: lmforge submit [--address URL] [--no-wait] <stage | RECIPE.yaml> [CONFIG.yaml] [key=value ...]
+                      [--force STAGE] [--dry-run] [--help]
+
+A stage (or a recipe: run, or its YAML itself) as a job on a Ray cluster, with the arguments it takes
+locally. --address: the cluster's Jobs API (default: $RAY_ADDRESS, else {address}); --no-wait: print the
+job id and return at once."""
+
+
+def split_submit(argv: list[str]) -> tuple[str | None, bool, list[str]]:
+    """``submit``'s own options (``--address URL``, ``--no-wait``), wherever they are, and the rest."""
+    address, wait, rest, i = None, True, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--address" and i + 1 < len(argv):
+            address, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--address="):
+            address = arg.partition("=")[2]
+        elif arg == "--no-wait":
+            wait = False
+        else:
+            rest.append(arg)
+        i += 1
+    return address, wait, rest
+
+
+def submit_main(argv: list[str]) -> int:
+    """``lmforge submit ...``: the stage's arguments parsed as ``lmforge <stage>`` parses them."""
+    address, wait, rest = split_submit(argv)
+    if not rest or rest[0] in ("-h", "--help"):
+        print(SUBMIT_USAGE.format(address=DEFAULT_ADDRESS))
+        return 0 if rest else 2
+    command, args = rest[0], rest[1:]
+    if command.endswith((".yaml", ".yml")):  # `lmforge submit jobs/quickstart.yaml`: a recipe
+        command, args = "run", [command, *args]
+    if command not in STAGES:
+        print(f"lmforge submit: unknown stage {command!r} (stages: {', '.join(STAGES)})", file=sys.stderr)
+        return 2
+    parsed = parse(command, args)
+    if isinstance(parsed, int):
+        return parsed
+    if parsed.help:
+        print(help_text(command, STAGES[command]))
+        return 0
+    return submit(command, parsed, address, wait)
+
+
 def main(argv: list[str]) -> int:
     """``lmforge submit|jobs|cluster ...``"""
-    parser = argparse.ArgumentParser(prog=f"lmforge {argv[0]}")
-    if argv[0] == "submit":
-        parser.add_argument("stage", help="a stage (lmforge --help lists them), or run (a recipe), or the recipe's "
-                            "YAML itself")
-        parser.add_argument("args", nargs="*", help="CONFIG.yaml and dotted.key=value overrides, as for the stage")
-        parser.add_argument("--address", help=f"the cluster's Jobs API (default: $RAY_ADDRESS, else {DEFAULT_ADDRESS})")
-        parser.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
-    elif argv[0] == "jobs":
-        parser.add_argument("action", choices=["list", "logs", "stop"])
-        parser.add_argument("job_id", nargs="?")
-        parser.add_argument("--address")
-        parser.add_argument("--follow", action="store_true", help="logs: follow until the job ends")
-    else:
-        parser.add_argument("action", choices=["up", "down", "status"])
-        parser.add_argument("--cloud", choices=list(CLUSTER_FILES), default="aws")
-    ns, extra = parser.parse_known_args(argv[1:])
     try:
         if argv[0] == "submit":
-            from lmforge.stages import STAGES
-
-            if ns.stage.endswith((".yaml", ".yml")):  # `lmforge submit jobs/quickstart.yaml`: a recipe
-                ns.stage, ns.args = "run", [ns.stage, *ns.args]
-            if ns.stage not in STAGES:
-                parser.error(f"unknown stage {ns.stage!r} (stages: {', '.join(STAGES)})")
-            config, overrides, _ = cfgmod.split_args(ns.args)
-            return submit(ns.stage, config, overrides, ns.address, wait=not ns.no_wait)
+            return submit_main(argv[1:])
+        parser = argparse.ArgumentParser(prog=f"lmforge {argv[0]}")
         if argv[0] == "jobs":
+            parser.add_argument("action", choices=["list", "logs", "stop"])
+            parser.add_argument("job_id", nargs="?")
+            parser.add_argument("--address")
+            parser.add_argument("--follow", action="store_true", help="logs: follow until the job ends")
+            ns = parser.parse_args(argv[1:])
             return jobs_command(ns.action, ns.job_id, ns.address, ns.follow)
+        parser.add_argument("action", choices=["up", "down", "status"])
+        parser.add_argument("--cloud", choices=list(CLUSTER_FILES), default="aws")
+        ns, extra = parser.parse_known_args(argv[1:])
         return cluster_command(ns.action, ns.cloud, extra)
     except cfgmod.ConfigError as e:
         print(f"lmforge {argv[0]}: config error: {e}", file=sys.stderr)

@@ -5,8 +5,20 @@ import dataclasses
 import yaml
 
 from lmforge import config as cfgmod
-from lmforge import stage
+from lmforge.outputs import DONE_MARKER, Marker, Output
+from lmforge.stages import STAGES
 from lmforge.train.config import PretrainConfig
+
+
+def out_of(cfg) -> Output:
+    """The output of the stage whose config ``cfg`` is."""
+    return Output(next(s.name for s in STAGES.values() if s.config_class() is type(cfg)), cfg)
+
+
+def _done(cfg):
+    out = out_of(cfg)
+    out.begin()
+    return out.publish()
 
 
 def _cfg(out, *extra):
@@ -14,9 +26,9 @@ def _cfg(out, *extra):
 
 
 def _finish(cfg, out):
-    partial = stage.begin(cfg, out)
+    partial = out_of(cfg).begin()
     (partial / "model").mkdir()
-    return stage.publish(partial, out)
+    return out_of(cfg).publish()
 
 
 def test_force_and_ray_are_not_part_of_a_finished_run(tmp_path):
@@ -24,33 +36,33 @@ def test_force_and_ray_are_not_part_of_a_finished_run(tmp_path):
     forced = _cfg(out, "force=true")
     _finish(forced, out)
     assert yaml.safe_load((out / "config.yaml").read_text())["force"] is False  # a request, not the run
-    assert stage.is_finished(_cfg(out), out)  # made with force=true, skipped like any other
-    assert stage.is_finished(_cfg(out, "ray.address=ray://elsewhere:10001", "ray.num_cpus=8"), out)
-    assert not stage.is_finished(_cfg(out, "train.lr=0.01"), out)
-    assert stage.already_done(_cfg(out), "pretrain") == out
-    assert stage.already_done(_cfg(out, "force=true"), "pretrain") is None
+    assert out_of(_cfg(out)).finished()  # made with force=true, skipped like any other
+    assert out_of(_cfg(out, "ray.address=ray://elsewhere:10001", "ray.num_cpus=8")).finished()
+    assert not out_of(_cfg(out, "train.lr=0.01")).finished()
+    assert out_of(_cfg(out)).skip() and out_of(_cfg(out)).result() == out
+    assert not out_of(_cfg(out, "force=true")).skip()
 
 
 def test_unfinished_output_is_never_trusted(tmp_path):
     out = tmp_path / "run"
     cfg = _cfg(out)
-    partial = stage.begin(cfg, out)
+    partial = out_of(cfg).begin()
     assert not out.exists() and partial.name == "run.partial"
-    assert not stage.is_finished(cfg, out)
-    stage.publish(partial, out)
-    (out / stage.DONE_MARKER).unlink()  # as if the process died before the marker
-    assert not stage.is_finished(cfg, out)
+    assert not out_of(cfg).finished()
+    out_of(cfg).publish()
+    (out / DONE_MARKER).unlink()  # as if the process died before the marker
+    assert not out_of(cfg).finished()
 
 
 def test_begin_fresh_empties_the_partial_dir_and_keeps_the_old_output_until_publish(tmp_path):
     out = tmp_path / "run"
     _finish(_cfg(out), out)
-    stale = stage.partial_dir(out)
+    stale = out_of(_cfg(out)).partial
     stale.mkdir()
     (stale / "half-written").write_text("x")
-    partial = stage.begin(_cfg(out, "train.lr=0.01"), out)
+    partial = out_of(_cfg(out, "train.lr=0.01")).begin()
     assert not (partial / "half-written").exists()
-    assert (out / "model").is_dir() and stage.is_finished(_cfg(out), out)
+    assert (out / "model").is_dir() and out_of(_cfg(out)).finished()
 
 
 def test_begin_resume_carries_checkpoints_over(tmp_path):
@@ -58,16 +70,16 @@ def test_begin_resume_carries_checkpoints_over(tmp_path):
     partial dir again (its checkpoints with it), and is published anew only when this run finishes."""
     out = tmp_path / "run"
     first = _cfg(out, "train.max_steps=80")
-    partial = stage.begin(first, out)
+    partial = out_of(first).begin()
     (partial / "checkpoints" / "step_000080").mkdir(parents=True)
-    stage.publish(partial, out)
+    out_of(first).publish()
     longer = dataclasses.replace(first, train=dataclasses.replace(first.train, max_steps=120))
-    partial = stage.begin(longer, out, resume=True)
+    partial = out_of(longer).begin(resume=True)
     assert not out.exists() and (partial / "checkpoints" / "step_000080").is_dir()
-    assert not (partial / stage.DONE_MARKER).exists()
+    assert not (partial / DONE_MARKER).exists()
     assert yaml.safe_load((partial / "config.yaml").read_text())["train"]["max_steps"] == 120
     (partial / "checkpoints" / "step_000100").mkdir()
-    again = stage.begin(longer, out, resume=True)  # the run was interrupted: its partial dir stays
+    again = out_of(longer).begin(resume=True)  # the run was interrupted: its partial dir stays
     assert (again / "checkpoints" / "step_000100").is_dir()
 
 
@@ -75,9 +87,9 @@ def _prepared(out):
     from lmforge.data.config import PrepareConfig
 
     cfg = cfgmod.load(PrepareConfig, None, ["inputs=[corpus]", f"output={out}"])
-    partial = stage.begin(cfg, out)
+    partial = out_of(cfg).begin()
     (partial / "train").mkdir()
-    return stage.publish(partial, out)
+    return out_of(cfg).publish()
 
 
 def test_a_rerun_upstream_unfinishes_everything_downstream(tmp_path):
@@ -90,15 +102,15 @@ def test_a_rerun_upstream_unfinishes_everything_downstream(tmp_path):
     pre = cfgmod.load(PretrainConfig, None, [f"data={data}", f"output={train}"])
     _finish(pre, train)
     export = cfgmod.from_dict(ExportConfig, {"model": str(train / "model"), "output": str(onnx)})
-    partial = stage.begin(export, onnx)
-    stage.publish(partial, onnx)
-    marker = stage.parse_marker((onnx / stage.DONE_MARKER).read_text())
-    assert marker["inputs"] == {"model": stage.parse_marker((train / ".done").read_text())["run"]}  # train/model
-    assert stage.is_finished(pre, train) and stage.is_finished(export, onnx)
+    out_of(export).begin()
+    out_of(export).publish()
+    marker = Marker.parse((onnx / DONE_MARKER).read_text())
+    assert marker.inputs == {"model": Marker.parse((train / ".done").read_text()).run}  # train/model
+    assert out_of(pre).finished() and out_of(export).finished()
     _prepared(data)  # prepare again: a new run
-    assert not stage.is_finished(pre, train)
+    assert not out_of(pre).finished()
     _finish(pre, train)  # and pretrain after it: a new run, so export is stale
-    assert not stage.is_finished(export, onnx)
+    assert not out_of(export).finished()
 
 
 def test_inputs_outside_any_stage_output_do_not_unfinish_a_run(tmp_path):
@@ -107,8 +119,8 @@ def test_inputs_outside_any_stage_output_do_not_unfinish_a_run(tmp_path):
 
     (tmp_path / "mine").mkdir()
     export = cfgmod.from_dict(ExportConfig, {"model": str(tmp_path / "mine"), "output": str(tmp_path / "onnx")})
-    stage.publish(stage.begin(export, tmp_path / "onnx"), tmp_path / "onnx")
-    assert stage.input_runs(export) == {"model": None} and stage.is_finished(export, tmp_path / "onnx")
+    _done(export)
+    assert out_of(export).input_runs() == {"model": None} and out_of(export).finished()
 
 
 def test_an_old_marker_without_inputs_is_not_trusted_downstream_of_a_stage(tmp_path):
@@ -118,15 +130,15 @@ def test_an_old_marker_without_inputs_is_not_trusted_downstream_of_a_stage(tmp_p
     _prepared(data)
     pre = cfgmod.load(PretrainConfig, None, [f"data={data}", f"output={train}"])
     _finish(pre, train)
-    (train / stage.DONE_MARKER).write_text("")  # as an older lmforge wrote it
-    assert not stage.is_finished(pre, train)
+    (train / DONE_MARKER).write_text("")  # as an older lmforge wrote it
+    assert not out_of(pre).finished()
     from lmforge.export.config import ExportConfig
 
     (tmp_path / "mine").mkdir()  # a user's own model dir: no stage output upstream
     export = cfgmod.from_dict(ExportConfig, {"model": str(tmp_path / "mine"), "output": str(tmp_path / "onnx")})
-    stage.publish(stage.begin(export, tmp_path / "onnx"), tmp_path / "onnx")
-    (tmp_path / "onnx" / stage.DONE_MARKER).write_text("")
-    assert stage.is_finished(export, tmp_path / "onnx")
+    _done(export)
+    (tmp_path / "onnx" / DONE_MARKER).write_text("")
+    assert out_of(export).finished()
 
 
 def test_training_resumes_only_work_made_from_the_same_upstream_runs(tmp_path):
@@ -135,15 +147,15 @@ def test_training_resumes_only_work_made_from_the_same_upstream_runs(tmp_path):
     data, train = tmp_path / "data", tmp_path / "train"
     _prepared(data)
     pre = cfgmod.load(PretrainConfig, None, [f"data={data}", f"output={train}"])
-    assert stage.resumable(pre, train)  # nothing there yet
+    assert out_of(pre).resumable()  # nothing there yet
     _finish(pre, train)
-    assert stage.resumable(pre, train)
+    assert out_of(pre).resumable()
     _prepared(data)  # a new prepare run
-    assert not stage.resumable(pre, train)
-    stage.begin(pre, train)  # a run started from the new data, then interrupted
-    assert stage.resumable(pre, train)
+    assert not out_of(pre).resumable()
+    out_of(pre).begin()  # a run started from the new data, then interrupted
+    assert out_of(pre).resumable()
     _prepared(data)
-    assert not stage.resumable(pre, train)
+    assert not out_of(pre).resumable()
 
 
 def test_only_an_interrupted_run_of_the_same_config_counts_as_one_to_finish(tmp_path):
@@ -151,13 +163,13 @@ def test_only_an_interrupted_run_of_the_same_config_counts_as_one_to_finish(tmp_
     very config: a finished output, or a partial dir of another config, is started over."""
     out = tmp_path / "train"
     pre = _cfg(out)
-    assert not stage.interrupted(pre, out)  # nothing there
+    assert not out_of(pre).interrupted()  # nothing there
     _finish(pre, out)
-    assert not stage.interrupted(pre, out)  # finished: nothing to finish off
-    stage.begin(pre, out)  # started again, then killed
-    assert stage.interrupted(pre, out)
-    assert stage.interrupted(dataclasses.replace(pre, force=True), out)  # run control aside
-    assert not stage.interrupted(_cfg(out, "train.lr=0.01"), out)
+    assert not out_of(pre).interrupted()  # finished: nothing to finish off
+    out_of(pre).begin()  # started again, then killed
+    assert out_of(pre).interrupted()
+    assert out_of(dataclasses.replace(pre, force=True)).interrupted()  # run control aside
+    assert not out_of(_cfg(out, "train.lr=0.01")).interrupted()
 
 
 def test_an_edited_corpus_file_makes_prepare_run_again(tmp_path):
@@ -172,20 +184,20 @@ def test_an_edited_corpus_file_makes_prepare_run_again(tmp_path):
     corpus.mkdir()
     (corpus / "a.jsonl").write_text('{"text": "one"}\n')
     cfg = cfgmod.load(PrepareConfig, None, [f"inputs=[{corpus}]", f"output={out}"])
-    stage.publish(stage.begin(cfg, out), out)
-    assert stage.is_finished(cfg, out)
-    marker = stage.parse_marker((out / stage.DONE_MARKER).read_text())
-    assert marker["inputs"]["files:inputs"].startswith("1 files, sha256:")
+    _done(cfg)
+    assert out_of(cfg).finished()
+    marker = Marker.parse((out / DONE_MARKER).read_text())
+    assert marker.inputs["files:inputs"].startswith("1 files, sha256:")
     (corpus / "a.jsonl").write_text('{"text": "two"}\n')  # same size, edited in place
     os.utime(corpus / "a.jsonl", ns=(1, 1))
-    assert not stage.is_finished(cfg, out)
-    stage.publish(stage.begin(cfg, out), out)
+    assert not out_of(cfg).finished()
+    _done(cfg)
     (corpus / "b.jsonl").write_text('{"text": "three"}\n')  # a new file
-    assert not stage.is_finished(cfg, out)
-    stage.publish(stage.begin(cfg, out), out)
+    assert not out_of(cfg).finished()
+    _done(cfg)
     (corpus / "notes.md").write_text("not a corpus file")  # not read by prepare: no change
-    assert stage.is_finished(cfg, out)
+    assert out_of(cfg).finished()
     for f in corpus.iterdir():
         f.unlink()
     corpus.rmdir()
-    assert stage.is_finished(cfg, out)  # the corpus is gone: the finished run is kept, not failed
+    assert out_of(cfg).finished()  # the corpus is gone: the finished run is kept, not failed

@@ -1,14 +1,15 @@
-"""``lmforge tune``: a hyperparameter sweep over a pretrain or finetune config on Ray Tune.
+"""The ``tune`` stage's entry (the contract: :mod:`lmforge.stages`): a hyperparameter sweep over the config
+of any stage that trains (pretrain, finetune, ...) on Ray Tune.
 
 Run: ``lmforge tune jobs/tune_tiny.yaml`` (``tune.resume=auto``, the default, finishes an interrupted
 sweep; ``search=optuna``, ``scheduler=none`` to compare).
 
 The run, step by step: read the base config and check it, and the space against it, before anything
-starts (:mod:`.space`); open ``<output>.partial/``; for finetune, render the training rows once for
-every trial; plan how many trials fit the cluster at once (:mod:`.plan`); run the trials on Ray Tune,
-or restore an interrupted sweep and finish it (:mod:`.ray_tune`); write ``trials.csv``, ``best.yaml``
-(the base with the best values, runnable as is), ``summary.json`` and the plots (:mod:`.results`);
-publish.
+starts (:mod:`.space`); open ``<output>.partial/``; make what every trial shares once (the swept stage's
+``training_context``: finetune renders its rows); plan how many trials fit the cluster at once
+(:mod:`.plan`); run the trials on Ray Tune, or restore an interrupted sweep and finish it
+(:mod:`.ray_tune`); write ``trials.csv``, ``best.yaml`` (the base with the best values, runnable as is),
+``summary.json`` and the plots (:mod:`.results`); publish.
 """
 
 from __future__ import annotations
@@ -20,27 +21,37 @@ from pathlib import Path
 from typing import Any
 
 from lmforge import config as cfgmod
-from lmforge import stage, storage
+from lmforge import storage
 from lmforge.config import ConfigError
+from lmforge.outputs import DONE_MARKER, Output
+from lmforge.stages import STAGES, Input, training_stages
 from lmforge.tune import results, space
-from lmforge.tune.config import TuneConfig
+from lmforge.tune.config import TuneConfig as Config
 from lmforge.tune.plan import Plan, plan
+from lmforge.tune.recipe import feed, wire  # noqa: F401  (hooks of this entry module)
 
 log = logging.getLogger("lmforge.tune")
 
+SUMMARY = "hyperparameter sweep over a stage that trains (Ray Tune: ASHA, random or Optuna, resumable)"
+# not wired (the base is the swept stage's section, inputs and all), but recorded, so that a re-run
+# upstream stage makes the sweep run again
+INPUTS = (Input("base.data"), Input("base.model.init_from"))
 
-def run(cfg: TuneConfig) -> Path:
-    if done := stage.already_done(cfg, "tune"):
-        return done
+
+def run(cfg: Config) -> Path | str:
+    out = Output("tune", cfg)
+    if out.skip():
+        return out.result()
     sweep = Sweep.of(cfg)
+    sweep.entry.check_inputs(sweep.base_cfg)
     # Only an interrupted run of this very sweep is finished off; a finished or interrupted one of another
     # config (space, trials, base or upstream runs changed) is not restored in its place.
-    fresh = cfg.tune.resume == "never" or cfg.force or not stage.interrupted(cfg, cfg.output)
-    partial = stage.begin(cfg, cfg.output, resume=not fresh)
-    root = storage_root(cfg, partial)
-    if fresh and storage.is_remote(root):
+    fresh = cfg.tune.resume == "never" or cfg.force or not out.interrupted()
+    partial = out.begin(resume=not fresh)
+    root = cfg.tune.storage.rstrip("/") if cfg.tune.storage else out.durable_root()
+    if fresh:
         _wipe(root)
-    context = sweep.context(partial, root)
+    context = sweep.entry.training_context(sweep.base_cfg, partial, root)
     from lmforge.cluster.session import ray_session
     from lmforge.tune import ray_tune
 
@@ -59,22 +70,16 @@ def run(cfg: TuneConfig) -> Path:
                                   resume=not fresh, keep=sweep.train.keep_checkpoints)
         trials = ray_tune.collect(grid, [p.key for p in sweep.params])
     write_outputs(cfg, sweep, trials, partial, time.perf_counter() - start)
-    return stage.publish(partial, cfg.output, keep=REMOTE_DIRS)
+    return out.publish(keep=REMOTE_DIRS)
 
 
-REMOTE_DIRS = ("ray_tune", "trials", "data")  # under a remote storage root: Tune's, checkpoints, rows
+# Under a remote storage root: Tune's experiment, the trials' checkpoints, what trials share (rows). The
+# root is ``tune.storage``, else the output itself when it is s3:// (trials on any node reach it, and an
+# interrupted sweep resumes from it), else the local partial dir.
+REMOTE_DIRS = ("ray_tune", "trials", "data")
 
 
-def storage_root(cfg: TuneConfig, partial: Path) -> str:
-    """Where Tune's experiment, the trials' checkpoints and (finetune) the rows live: ``tune.storage``,
-    else the output itself when it is ``s3://`` (trials on any node reach it, and an interrupted sweep
-    resumes from it), else the local partial dir."""
-    if cfg.tune.storage:
-        return cfg.tune.storage.rstrip("/")
-    return cfg.output.rstrip("/") if storage.is_remote(cfg.output) else str(partial.resolve())
-
-
-def resolved_dict(cfg: TuneConfig) -> dict:
+def dry_run(cfg: Config) -> dict:
     """The sweep as ``--dry-run`` prints it, after checking the base and the space: the base fully
     resolved (every default filled in) and the stage it runs."""
     sweep = Sweep.of(cfg)
@@ -85,84 +90,68 @@ def resolved_dict(cfg: TuneConfig) -> dict:
 
 
 class Sweep:
-    """The base stage's config and the space, checked; how a trial's config and worker spec are made."""
+    """The swept stage's base config and the space, checked; how a trial's config and job are made."""
 
-    def __init__(self, cfg: TuneConfig, stage_name: str, base: dict):
-        from lmforge.stages import STAGES
-
+    def __init__(self, cfg: Config, stage_name: str, base: dict):
         self.cfg, self.stage, self.base = cfg, stage_name, base
-        self.stage_cls = STAGES[stage_name].config_class()
+        self.entry = STAGES[stage_name].entry()
+        self.stage_cls = self.entry.Config
         self.sweep_set = {"output": f"{cfg.output}/trial"}  # a trial publishes nothing; it only checkpoints
         try:
             self.base_cfg = cfgmod.from_dict(self.stage_cls, space.trial_dict(base, {}, self.sweep_set))
         except ConfigError as e:
             raise ConfigError(f"base.{e}") from None
         self.train = self.base_cfg.train
-        self.params = space.parse(cfg.space, self.stage_cls, stage_name, base, self.sweep_set)
+        self.params = space.parse(cfg.space, self.stage_cls, stage_name, base, self.sweep_set,
+                                  getattr(self.entry, "SHARED_BY_TRIALS", ()))
 
     @classmethod
-    def of(cls, cfg: TuneConfig) -> Sweep:
+    def of(cls, cfg: Config) -> Sweep:
         base = cfgmod.read_yaml(cfg.base) if isinstance(cfg.base, str) else dict(cfg.base)
         base.pop("output", None)
-        stage_name = cfg.stage or ("finetune" if "finetune" in base else "pretrain")
-        return cls(cfg, stage_name, base)
+        return cls(cfg, cfg.stage or swept_stage(base), base)
 
     def trial_config(self, params: dict[str, Any], extra: dict[str, Any] | None = None):
         sweep_set = {**self.sweep_set, **(extra or {})}
         return cfgmod.from_dict(self.stage_cls, space.trial_dict(self.base, params, sweep_set))
 
-    def context(self, partial: Path, root: str) -> dict:
-        """What every trial shares, made once here with absolute paths (trials run in other directories)
-        or URIs: pretrain, the prepared data's manifest; finetune, the base model and the rendered rows
-        (shared under a remote ``root``, where trials on any node mirror them)."""
-        if self.stage == "pretrain":
-            from lmforge.data import manifest as prepared
-
-            data = self.base_cfg.data
-            data = data if storage.is_remote(data) else str(Path(data).resolve())
-            return {"data": data, "manifest": prepared.read(data)}
-        from lmforge.finetune import data, finetune
-
-        base = finetune.base_dir(self.base_cfg.model.init_from)
-        rows = partial / "data"
-        if not (rows / "counts.json").is_file():  # a resumed sweep keeps the rows its trials trained on
-            c = self.base_cfg
-            train, val = data.load_examples(c.data, c.val_data, c.finetune.val_fraction, c.finetune.max_examples)
-            finetune.write_rows(c, base, train, val, rows)
-            if storage.is_remote(root):
-                stage.share_dir(rows, storage.join(root, "data"))
-        shared = storage.join(root, "data") if storage.is_remote(root) else str(rows.resolve())
-        return {"base": base, "rows": shared}
-
     def spec_builder(self, context: dict, trial_plan: Plan):
         """``(params, checkpoint_root) -> WorkerSpec`` for the trainable (plain values only: it is shipped
         to the trial's actor). Trials checkpoint at every evaluation: that is when they report."""
-        stage_name, stage_cls, base, sweep_set = self.stage, self.stage_cls, self.base, self.sweep_set
+        stage_name, base, sweep_set = self.stage, self.base, self.sweep_set
         extra = {"train.checkpoint_every": self.train.eval_every}
         if trial_plan.workers:  # an in-process trial's CPUs are the trial's own (Plan.trial_resources)
             extra["train.cpus_per_worker"] = trial_plan.worker_cpus
 
         def build(params: dict, ckpt_root: str):
-            cfg = cfgmod.from_dict(stage_cls, space.trial_dict(base, params, {**sweep_set, **extra}))
-            if stage_name == "pretrain":
-                from dataclasses import replace
-
-                from lmforge.train import pretrain
-
-                return pretrain.worker_spec(replace(cfg, data=context["data"]), context["manifest"], ckpt_root)
-            from lmforge.finetune import finetune
-
-            return finetune.worker_spec(cfg, context["base"], context["rows"], ckpt_root)
+            entry = STAGES[stage_name].entry()
+            cfg = cfgmod.from_dict(entry.Config, space.trial_dict(base, params, {**sweep_set, **extra}))
+            return entry.worker_spec(cfg, context, ckpt_root)
 
         return build
 
 
-def write_outputs(cfg: TuneConfig, sweep: Sweep, trials: list[results.Trial], out: Path, seconds: float) -> None:
+def swept_stage(base: dict) -> str:
+    """The stage a base config is of, when the sweep names none: the one training stage whose config takes
+    it (the later one when several do: a stage that builds on another has the more specific config)."""
+    errors = {}
+    for stage in reversed(training_stages()):
+        try:
+            cfgmod.from_dict(stage.config_class(), {**base, "output": "-"})
+            return stage.name
+        except ConfigError as e:
+            errors[stage.name] = str(e)
+    raise ConfigError("stage: base is no config of a stage that trains (set stage:): "
+                      + "; ".join(f"as {name}: {e}" for name, e in errors.items()))
+
+
+def write_outputs(cfg: Config, sweep: Sweep, trials: list[results.Trial], out: Path, seconds: float) -> None:
     max_steps = sweep.train.max_steps
     rows = results.table(trials, sweep.params, cfg.metric, cfg.mode, max_steps)
     results.write_csv(rows, out / "trials.csv")
     summary = results.summary(trials, cfg.metric, cfg.mode, max_steps, seconds)
     summary["stage"] = sweep.stage
+    summary["trial_start_to_training_s"] = results.start_to_training(out / "trial_events.jsonl")
     best = results.best_trial(trials, cfg.metric, cfg.mode)
     if best is not None:
         best_cfg = sweep.trial_config(best.params, {"output": f"{cfg.output.rstrip('/')}-best"})
@@ -181,8 +170,12 @@ def write_outputs(cfg: TuneConfig, sweep: Sweep, trials: list[results.Trial], ou
 
 def _wipe(root: str) -> None:
     """A fresh sweep starts from an empty remote root (the output itself is unmarked first: it no longer
-    holds a finished sweep)."""
-    storage.delete_remote(f"{root}/{stage.DONE_MARKER}")
-    fs, path = storage.filesystem(root)
-    for sub in REMOTE_DIRS:
-        fs.delete_dir_contents(f"{path}/{sub}", missing_dir_ok=True)
+    holds a finished sweep); a local one is the fresh partial dir already."""
+    storage.empty_remote(root, DONE_MARKER, subdirs=REMOTE_DIRS)
+
+
+def report(cfg: Config | None, result: dict) -> list:
+    """The sweep's section: every trial, the best one and whether the swept stage trained with it."""
+    from lmforge.tune.report import sweep_section
+
+    return [sweep_section(cfg)]

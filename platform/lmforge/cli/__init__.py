@@ -1,22 +1,27 @@
 """The ``lmforge`` command: ``lmforge <stage> [CONFIG.yaml] [dotted.key=value ...] [--dry-run] [--help]``.
 
-The stages come from the registry (:mod:`lmforge.stages`), the benchmarks from :mod:`lmforge.bench`.
-``--help`` prints every key of the stage's config; ``--dry-run`` prints the resolved config and exits.
-A bad key or value exits with status 2 and a message naming the key (and the nearest valid ones).
+The stages come from the registry (:mod:`lmforge.stages`), the benchmarks from :mod:`lmforge.bench`;
+``submit``, ``jobs`` and ``cluster`` run them on a Ray cluster (:mod:`.submit`), with the same arguments
+(:mod:`.args`). ``--help`` prints every key of the stage's config; ``--dry-run`` prints the resolved
+config and exits. A bad key or value exits with status 2 and a message naming the key (and the nearest
+valid ones).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import logging
+import os
 import sys
 
 from lmforge import __version__
 from lmforge import config as cfgmod
-from lmforge.stages import STAGES, Stage, load
+from lmforge.cli.args import StageArgs, help_text, parse, resolved
+from lmforge.stages import STAGES
 from lmforge.tasks.jsonl import DataError
 
-FLAGS = ("--dry-run", "--help")
+REMOTE = ("submit", "jobs", "cluster")
 
 
 def usage() -> str:
@@ -35,27 +40,23 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def force_to_overrides(args: list[str]) -> list[str] | int:
-    """``lmforge run RECIPE --force STAGE``: that stage's ``force=true``; the stages after it re-run too,
-    as their finished outputs were made from the run it replaces."""
-    out, forced, i = [], [], 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--force" or arg.startswith("--force="):
-            name = arg.partition("=")[2] or (args[i + 1] if i + 1 < len(args) else "")
-            i += 1 if "=" in arg else 2
-            if name not in STAGES or "force" not in STAGES[name].config_class().__dataclass_fields__:
-                print(f"lmforge run: --force takes a stage that writes an output, not {name!r}", file=sys.stderr)
-                return 2
-            forced.append(f"{name}.force=true")
-            continue
-        out.append(arg)
-        i += 1
-    return out + forced  # after the config path, wherever the flag was
+def setup_logging(level: int = logging.INFO) -> None:
+    """One plain log format for every command (idempotent); no per-file progress bars from the Hugging
+    Face libraries (set before they are imported, and inherited by the Ray workers started after)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    root = logging.getLogger("lmforge")
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
 
 
-def _find(argv: list[str]) -> tuple[str, Stage, list[str]] | int:
-    """The command name, its registry entry and its arguments; or an exit status after an error."""
+def find(argv: list[str]):
+    """The command name and its registry entry (a stage or a bench), and its arguments; or an exit status
+    after an error."""
     if argv[0] == "bench":
         from lmforge.bench import BENCHES
 
@@ -79,44 +80,31 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "--version":
         print(__version__)
         return 0
-    if argv[0] in ("submit", "jobs", "cluster"):
-        from lmforge.cluster import jobs
+    if argv[0] in REMOTE:
+        from lmforge.cli import submit
 
-        return jobs.main(argv)
-    found = _find(argv)
+        return submit.main(argv)
+    found = find(argv)
     if isinstance(found, int):
         return found
-    command, stage, args = found
-    if command == "run":
-        args = force_to_overrides(args)
-        if isinstance(args, int):
-            return args
-    path, overrides, flags = cfgmod.split_args(args)
-    for flag in flags:
-        if flag not in (*FLAGS, "-h"):
-            close = difflib.get_close_matches(flag, FLAGS, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else f" (options: {', '.join(FLAGS)})"
-            print(f"lmforge {command}: unknown option {flag}{hint}", file=sys.stderr)
-            return 2
-    if "--help" in flags or "-h" in flags:
-        from lmforge.help import render
-
-        print(render(stage.config_class(), command, stage.summary))
+    command, entry, args = found
+    parsed = parse(command, args)
+    if isinstance(parsed, int):
+        return parsed
+    if parsed.help:
+        print(help_text(command, entry))
         return 0
-    return _run(command, stage, path, overrides, "--dry-run" in flags)
+    return _run(command, entry, parsed)
 
 
-def _run(command: str, stage: Stage, path: str | None, overrides: list[str], dry_run: bool) -> int:
-    from lmforge.stage import setup_logging
-
+def _run(command: str, entry, parsed: StageArgs) -> int:
     try:
-        cfg = cfgmod.load(stage.config_class(), path, overrides)
-        if dry_run:
-            shown = load(stage.dry_run)(cfg) if stage.dry_run else cfg
-            print(cfgmod.dump(shown), end="")
+        cfg = cfgmod.load(entry.config_class(), parsed.path, parsed.overrides)
+        if parsed.dry_run:
+            print(cfgmod.dump(resolved(entry, cfg)), end="")
             return 0
         setup_logging()
-        result = stage.run_fn()(cfg)
+        result = entry.run_fn()(cfg)
     except cfgmod.ConfigError as e:
         print(f"lmforge {command}: config error: {e}", file=sys.stderr)
         return 2
