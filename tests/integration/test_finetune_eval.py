@@ -29,9 +29,9 @@ from lmforge.data import prepare
 from lmforge.data.config import PrepareConfig
 from lmforge.evaluate import evaluation
 from lmforge.evaluate.config import EvalConfig
-from lmforge.finetune import finetune
+from lmforge.finetune import stage as finetune
 from lmforge.finetune.config import FinetuneConfig
-from lmforge.train import pretrain
+from lmforge.train import stage as pretrain
 from lmforge.train.config import PretrainConfig
 from tests.integration import procs
 from tests.integration.conftest import registered_steps

@@ -20,7 +20,7 @@ from lmforge.export import onnx_export
 from lmforge.export.config import ExportConfig
 from lmforge.serve import server
 from lmforge.serve.config import ServeConfig
-from lmforge.train import pretrain
+from lmforge.train import stage as pretrain
 from lmforge.train.config import PretrainConfig
 from tests.integration.conftest import free_port
 

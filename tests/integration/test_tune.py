@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from lmforge import config as cfgmod
-from lmforge.train import pretrain
+from lmforge.train import stage as pretrain
 from lmforge.train.config import PretrainConfig
-from lmforge.tune import tune
+from lmforge.tune import stage as tune
 from lmforge.tune.config import TuneConfig
 from tests.integration import procs
 from tests.integration.conftest import registered_steps
@@ -56,7 +56,7 @@ def test_asha_sweep_stops_trials_and_best_yaml_runs_as_is(data, tmp_path):
     """Trials that train in their own process (train.num_workers=0: no trainer to start, seconds each),
     one at a time: which trials ASHA stops then depends only on the seeded samples and the
     (deterministic) training, not on which of two concurrent trials reaches a rung first. (Trials on
-    Ray Train trainers: the killed sweep below, and the lifecycle test.)"""
+    Ray Train trainers: the killed sweep below.)"""
     out = tune.run(cfgmod.load(TuneConfig, sweep_yaml(data, tmp_path / "sweep", 3, workers=0),
                                ["max_concurrent_trials=1"]))
     rows = read_csv(out / "trials.csv")
@@ -89,7 +89,8 @@ def _registered_steps(trial_id: str) -> list[int]:
 
 @pytest.mark.timeout(420)
 def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tmp_path, session_cluster):
-    """The sweep (two trials on Ray Train trainers, one after the other) is SIGKILLed, its process and every
+    """The sweep (two trials on Ray Train trainers of 2 workers, one after the other; a trial of one worker
+    trains in its own process, without one) is SIGKILLed, its process and every
     Ray process it started (trials, trainers, workers), as when the machine running it dies, once the first
     trial has finished and the second is mid-way; the same command finishes the rest. Tune's experiment and
     the trials' checkpoints live on the S3 server, as on a cluster without a shared disk; the Optuna
@@ -98,7 +99,7 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="sweeps")
     out = tmp_path / "resumed"
-    cmd = [sys.executable, "-m", "lmforge", "tune", str(sweep_yaml(data, out, 2)),
+    cmd = [sys.executable, "-m", "lmforge", "tune", str(sweep_yaml(data, out, 2, workers=2)),
            f"ray.address={session_cluster.address}", "max_concurrent_trials=1", "scheduler=none", "search=optuna",
            "tune.storage=s3://sweeps/tiny"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

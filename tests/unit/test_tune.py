@@ -279,3 +279,17 @@ def test_a_resumed_trial_reads_only_what_ray_train_registered(tmp_path):
     (ckpts / "checkpoint_manager_snapshot.json").write_text(json.dumps(
         {"checkpoint_results": [result], "latest_checkpoint_result": result}))
     assert registered_report(str(root)) == metrics
+
+
+def test_a_sweep_takes_a_stage_that_trains_and_finds_which_from_its_base():
+    from lmforge.tune.stage import Sweep
+
+    space = {"train.lr": {"uniform": [0.1, 0.2]}}
+    sweep = {"output": "runs/t", "space": space}
+    with pytest.raises(ConfigError, match="stage: 'export' is no stage that trains"):
+        Sweep.of(cfgmod.from_dict(TuneConfig, {**sweep, "base": {"data": "d"}, "stage": "export"}))
+    assert Sweep.of(cfgmod.from_dict(TuneConfig, {**sweep, "base": {"data": "d"}})).stage == "pretrain"
+    finetune_base = {"data": "xsum", "model": {"init_from": "m"}, "finetune": {"method": "full"}}
+    assert Sweep.of(cfgmod.from_dict(TuneConfig, {**sweep, "base": finetune_base})).stage == "finetune"
+    with pytest.raises(ConfigError, match="base is no config of a stage that trains"):
+        Sweep.of(cfgmod.from_dict(TuneConfig, {**sweep, "base": {"nonsense": 1}}))

@@ -109,6 +109,9 @@ class Sweep:
     def of(cls, cfg: Config) -> Sweep:
         base = cfgmod.read_yaml(cfg.base) if isinstance(cfg.base, str) else dict(cfg.base)
         base.pop("output", None)
+        trains = [s.name for s in training_stages()]
+        if cfg.stage is not None and cfg.stage not in trains:
+            raise ConfigError(f"stage: {cfg.stage!r} is no stage that trains (these do: {', '.join(trains)})")
         return cls(cfg, cfg.stage or swept_stage(base), base)
 
     def trial_config(self, params: dict[str, Any], extra: dict[str, Any] | None = None):
