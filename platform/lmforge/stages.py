@@ -20,10 +20,11 @@ and, only where the stage needs them (each is looked up by name; absent means "n
 - ``report(config | None, result) -> [lmforge.report.Section]``: its part of a recipe's report
   (``config`` is None when the recipe did not run it);
 - a stage that trains on the shared worker (:func:`lmforge.train.launch.run_training` runs it, and
-  ``tune`` can sweep it): ``check_inputs(config)`` (before anything is written),
-  ``training_context(config, partial, root) -> dict`` (what the run, or every trial of a sweep, shares:
-  made once), ``worker_spec(config, context, checkpoint_root) -> lmforge.train.config.WorkerSpec`` (the
-  job for the worker, its loss included), optionally ``finish(config, partial, context)`` (after training:
+  ``tune`` can sweep it): ``check_inputs(config)`` (before anything is written);
+  ``training_context(config, partial, root, reuse=False) -> dict`` (what the run, or every trial of a
+  sweep, shares, made once; ``reuse``: a resumed sweep keeps what it made before);
+  ``worker_spec(config, context, checkpoint_root) -> lmforge.train.config.WorkerSpec`` (the job for the
+  worker, its own loss included); optionally ``finish(config, partial, context)`` (after training:
   finetune merges its LoRA adapter) and ``SHARED_BY_TRIALS`` (keys a sweep cannot vary because the
   context is made from them once).
 

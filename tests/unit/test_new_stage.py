@@ -40,7 +40,7 @@ def check_inputs(cfg):
     pass
 
 
-def training_context(cfg, partial, root):
+def training_context(cfg, partial, root, reuse=False):
     return {"data": cfg.data}
 
 

@@ -49,16 +49,17 @@ def check_inputs(cfg: Config) -> None:
     data.load_examples(cfg.data, cfg.val_data, cfg.finetune.val_fraction, cfg.finetune.max_examples)
 
 
-def training_context(cfg: Config, partial: Path, root: str) -> dict:
-    """What the run (every trial of a sweep) shares: the base model and the rendered rows, made once in
-    ``partial/data`` (a resumed run keeps the rows it trained on) and shared where workers on any node
-    reach them (under a remote ``root``)."""
+def training_context(cfg: Config, partial: Path, root: str, reuse: bool = False) -> dict:
+    """What the run (every trial of a sweep) shares: the base model and the rendered rows, made in
+    ``partial/data`` (a resumed sweep, ``reuse``, keeps the rows its trials trained on; a run renders
+    them anew, from the data as it is now) and shared where workers on any node reach them (under a
+    remote ``root``)."""
     from lmforge.finetune import data
     from lmforge.outputs import share_dir
 
     base = base_dir(cfg.model.init_from)
     rows = partial / "data"
-    if not (rows / "counts.json").is_file():
+    if not (reuse and (rows / "counts.json").is_file()):
         train, val = data.load_examples(cfg.data, cfg.val_data, cfg.finetune.val_fraction, cfg.finetune.max_examples)
         write_rows(cfg, base, train, val, rows)
     return {"base": base, "rows": share_dir(rows, root)}

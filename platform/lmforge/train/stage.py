@@ -37,7 +37,7 @@ def check_inputs(cfg: Config) -> None:
     prepared.read(cfg.data)
 
 
-def training_context(cfg: Config, partial, root: str) -> dict:
+def training_context(cfg: Config, partial, root: str, reuse: bool = False) -> dict:
     """What the run (every trial of a sweep) shares: the prepared data, where workers reach it, and its
     manifest."""
     from lmforge.data import manifest as prepared

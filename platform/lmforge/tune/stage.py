@@ -51,7 +51,7 @@ def run(cfg: Config) -> Path | str:
     root = cfg.tune.storage.rstrip("/") if cfg.tune.storage else out.durable_root()
     if fresh:
         _wipe(root)
-    context = sweep.entry.training_context(sweep.base_cfg, partial, root)
+    context = sweep.entry.training_context(sweep.base_cfg, partial, root, reuse=True)
     from lmforge.cluster.session import ray_session
     from lmforge.tune import ray_tune
 
