@@ -89,8 +89,8 @@ def _registered_steps(trial_id: str) -> list[int]:
 
 @pytest.mark.timeout(420)
 def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tmp_path, session_cluster):
-    """The sweep (two trials on Ray Train trainers of 2 workers, one after the other; a trial of one worker
-    trains in its own process, without one) is SIGKILLed, its process and every
+    """The sweep (two trials on Ray Train trainers, one after the other: one worker each, with
+    ``train.max_failures``, which keeps a one-worker trial on a trainer) is SIGKILLed, its process and every
     Ray process it started (trials, trainers, workers), as when the machine running it dies, once the first
     trial has finished and the second is mid-way; the same command finishes the rest. Tune's experiment and
     the trials' checkpoints live on the S3 server, as on a cluster without a shared disk; the Optuna
@@ -99,7 +99,7 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="sweeps")
     out = tmp_path / "resumed"
-    cmd = [sys.executable, "-m", "lmforge", "tune", str(sweep_yaml(data, out, 2, workers=2)),
+    cmd = [sys.executable, "-m", "lmforge", "tune", str(sweep_yaml(data, out, 2)), "base.train.max_failures=1",
            f"ray.address={session_cluster.address}", "max_concurrent_trials=1", "scheduler=none", "search=optuna",
            "tune.storage=s3://sweeps/tiny"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

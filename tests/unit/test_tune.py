@@ -90,8 +90,7 @@ def test_trials_at_once_always_fit_their_workers_and_drivers(cpus, workers, samp
     p = plan.plan(cpus, 0, workers=workers, use_gpu=False, num_samples=samples, max_concurrent=limit)
     assert p.concurrent == concurrent
     assert p.concurrent * (p.driver_cpus + p.workers * p.worker_cpus) <= 0.95 * cpus + 1e-9
-    assert (p.workers == 0) == (workers == 1)  # one worker: in the trial's own process, no trainer
-    assert p.driver_cpus > 0 and (p.workers == 0 or 0.1 <= p.worker_cpus <= 1.0)
+    assert 0.1 <= p.worker_cpus <= 1.0 and p.driver_cpus > 0
 
 
 def test_plan_refuses_what_cannot_fit():
@@ -103,12 +102,11 @@ def test_plan_refuses_what_cannot_fit():
 
 
 def test_trials_that_train_in_their_own_process_get_the_cpus_a_worker_would():
-    """One worker (train.num_workers 0 or 1): no trainer, so no driver sliver beside it: the trial itself
-    holds the CPUs its one worker would, and as many run at once as one-worker trainers would."""
+    """No trainer, so no driver sliver beside it: the trial itself holds the CPUs its one worker would,
+    and as many run at once as one-worker trials would."""
     for cpus, samples, limit in ((2, 6, None), (2, 6, 1), (16, 4, None)):
         own = plan.plan(cpus, 0, workers=0, use_gpu=False, num_samples=samples, max_concurrent=limit)
-        assert plan.plan(cpus, 0, workers=1, use_gpu=False, num_samples=samples, max_concurrent=limit) == own
-        one = plan._with_trainers(cpus, 0, 1, False, samples, limit, None)
+        one = plan.plan(cpus, 0, workers=1, use_gpu=False, num_samples=samples, max_concurrent=limit)
         assert (own.concurrent, own.workers) == (one.concurrent, 0)
         assert own.trial_resources() == {"CPU": one.worker_cpus + one.driver_cpus}
         assert own.concurrent * own.driver_cpus <= 0.95 * cpus + 1e-9
@@ -293,3 +291,14 @@ def test_a_sweep_takes_a_stage_that_trains_and_finds_which_from_its_base():
     assert Sweep.of(cfgmod.from_dict(TuneConfig, {**sweep, "base": finetune_base})).stage == "finetune"
     with pytest.raises(ConfigError, match="base is no config of a stage that trains"):
         Sweep.of(cfgmod.from_dict(TuneConfig, {**sweep, "base": {"nonsense": 1}}))
+
+
+def test_a_trial_of_one_worker_trains_in_its_own_process_unless_it_asks_for_restarts():
+    """Starting a Ray Train trainer per trial cost ~15 s against seconds of training: one worker trains in
+    the trial's process; a trial that asks Ray Train to restart it (max_failures) keeps its trainer."""
+    from lmforge.train.config import TrainConfig
+    from lmforge.tune.stage import trial_workers
+
+    assert trial_workers(TrainConfig(num_workers=1)) == trial_workers(TrainConfig(num_workers=0)) == 0
+    assert trial_workers(TrainConfig(num_workers=1, max_failures=1)) == 1
+    assert trial_workers(TrainConfig(num_workers=2)) == 2

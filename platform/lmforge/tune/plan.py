@@ -4,9 +4,8 @@ A trial is a driver (the Tune function trainable, which only waits on its traine
 workers. The driver holds a sliver of a CPU: a whole one each would leave the workers of the trials it
 drives nothing to run on, and the sweep would wait forever for CPUs its own drivers hold
 (RAY_NOTES.md). Everything is planned so that all concurrent trials' drivers and workers fit at once.
-A trial of one worker (``train.num_workers`` 0 or 1) trains in its own process, without a Ray Train
-trainer: starting one (a controller, worker actors, a placement group) took ~15 s per trial on 2 cores,
-against seconds of training in a sweep of small models.
+A trial planned with no workers trains in its own process, without a trainer: it is its one worker (a
+sweep plans its trials so when they have one worker: :func:`lmforge.tune.stage.trial_workers`).
 """
 
 from __future__ import annotations
@@ -46,15 +45,10 @@ def plan(cluster_cpus: float, cluster_gpus: float, *, workers: int, use_gpu: boo
     """As many trials at once as fit with one CPU (or GPU) per worker, or ``max_concurrent`` (CPU workers
     then get a fraction of a CPU each), never more than there are trials; each worker gets an equal
     share of the CPUs (at most one) unless ``cpus_per_worker`` is set."""
-    if workers <= 1:  # each trial trains in its own process: planned as one worker, without a driver
-        one = _with_trainers(cluster_cpus, cluster_gpus, 1, use_gpu, num_samples, max_concurrent, cpus_per_worker)
+    if workers == 0:  # each trial trains in its own process: planned as one worker, without a driver
+        one = plan(cluster_cpus, cluster_gpus, workers=1, use_gpu=use_gpu, num_samples=num_samples,
+                   max_concurrent=max_concurrent, cpus_per_worker=cpus_per_worker)
         return Plan(one.concurrent, one.worker_cpus + one.driver_cpus, 0.0, 0, use_gpu)
-    return _with_trainers(cluster_cpus, cluster_gpus, workers, use_gpu, num_samples, max_concurrent, cpus_per_worker)
-
-
-def _with_trainers(cluster_cpus: float, cluster_gpus: float, workers: int, use_gpu: bool, num_samples: int,
-                   max_concurrent: int | None, cpus_per_worker: float | None) -> Plan:
-    """Trials that each drive a Ray Train trainer of ``workers`` workers."""
     usable = HEADROOM * cluster_cpus
     if use_gpu:
         fits = int(cluster_gpus // workers)
