@@ -33,11 +33,11 @@ def data(small_data) -> Path:
     return small_data
 
 
-def sweep_yaml(data: Path, out: Path, num_samples: int, workers: int = 1) -> Path:
+def sweep_yaml(data: Path, out: Path, num_samples: int, workers: int = 1, steps: int = STEPS) -> Path:
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump({
         "base": {"data": str(data), "model": {"preset": "tiny"},
-                 "train": {"num_workers": workers, "max_steps": STEPS, "micro_batch_size": 8, "warmup_steps": 5,
+                 "train": {"num_workers": workers, "max_steps": steps, "micro_batch_size": 8, "warmup_steps": 5,
                            "eval_every": EVAL, "eval_batches": 2, "log_every": EVAL}},
         "space": {"train.lr": {"loguniform": [1e-4, 3e-2]}, "model.hidden_size": {"choice": [32, 64]}},
         "num_samples": num_samples, "output": str(out), "asha": {"reduction_factor": 2}}))
@@ -156,3 +156,38 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
         key = f"tiny/trials/{trial_id}/checkpoints/step_{STEPS:06d}/state.json"
         state = json.loads(s3.get_object(Bucket="sweeps", Key=key)["Body"].read())
         assert state["resumed_from"] == [step], (trial_id, step, state["resumed_from"])
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_trial_that_trains_in_its_own_process_resumes_from_its_tune_checkpoint(data, tmp_path,
+                                                                                         session_cluster):
+    """A one-worker trial trains in the Tune trial's own process and checkpoints through Tune (no
+    trainer): SIGKILLed mid-way with every Ray process the sweep started, the same command goes on from
+    the newest checkpoint Tune recorded (its experiment state saved at every step here, instead of every
+    10 s), not from step 0."""
+    steps = 200
+    out = tmp_path / "inproc"
+    cmd = [sys.executable, "-m", "lmforge", "tune", str(sweep_yaml(data, out, 1, steps=steps)),
+           f"ray.address={session_cluster.address}", "scheduler=none"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    experiment = Path(f"{out}.partial") / "ray_tune"
+    started = time.time()
+    proc = procs.start(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(experiment.glob("*/checkpoint_*"))) < 3:  # a few evaluations in, far from the end
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoints in 2 minutes"
+            time.sleep(0.05)
+    finally:
+        procs.stop_session(proc.pid, sig=signal.SIGKILL)
+        procs.kill(procs.in_session_matching(session_cluster.sid, "ray::", since=started))
+        proc.wait(timeout=30)
+    assert not out.exists()
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "resuming the sweep" in rerun.stderr
+    assert [int(r["steps"]) for r in read_csv(out / "trials.csv")] == [steps]
+    last = max((out / "ray_tune").glob("*/checkpoint_*"), key=lambda p: p.name)
+    resumed = json.loads((last / "state.json").read_text())["resumed_from"]
+    assert len(resumed) == 1 and 0 < resumed[0] < steps, resumed
