@@ -2,7 +2,8 @@
 
 Descriptions are written once, in the config class, as the comment on a field's line or the comment
 lines right above it (litgpt and torchtitan print the same from theirs). Nothing here imports a stage's
-code beyond its config, starts Ray or reads an input.
+code beyond its entry module (its config, and hooks that import their work only when called), starts
+Ray or reads an input.
 """
 
 from __future__ import annotations

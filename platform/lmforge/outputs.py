@@ -109,12 +109,12 @@ class Output:
 
     def input_runs(self) -> dict[str, str | None]:
         """``{input key: the run id of the stage output it names}``, and the state of the raw files read."""
-        entry = STAGES[self.stage].entry()
-        paths = {i.key: cfgmod.get_dotted(self.cfg, i.key) for i in getattr(entry, "INPUTS", ())}
-        if read_paths := getattr(entry, "read_paths", None):
+        stage = STAGES[self.stage]
+        paths = {i.key: cfgmod.get_dotted(self.cfg, i.key) for i in stage.inputs}
+        if read_paths := stage.hook("read_paths"):
             paths.update(read_paths(self.cfg))
         runs = {key: run_of(path) for key, path in paths.items() if isinstance(path, str) and path}
-        if raw_inputs := getattr(entry, "raw_inputs", None):
+        if raw_inputs := stage.hook("raw_inputs"):
             runs.update(raw_inputs(self.cfg))
         return runs
 

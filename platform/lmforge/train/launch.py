@@ -43,7 +43,7 @@ def run_training(stage: str, cfg: TrainingConfig) -> Path | str:
     start = time.perf_counter()
     launch(spec, metrics, cfg.ray)
     write_results(partial, spec.checkpoint_root, time.perf_counter() - start, stage)
-    if finish := getattr(entry, "finish", None):
+    if finish := STAGES[stage].hook("finish"):
         finish(cfg, partial, context)
     return out.publish()
 
