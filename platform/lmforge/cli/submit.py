@@ -15,6 +15,7 @@ default ``~/.ray/auth_token``; with one present, requests carry it (``RAY_AUTH_M
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import shlex
@@ -178,8 +179,8 @@ SUBMIT_USAGE = """usage: lmforge submit [--address URL] [--no-wait] <stage | REC
                       [--force STAGE] [--dry-run] [--help]
 
 A stage (or a recipe: run, or its YAML itself) as a job on a Ray cluster, with the arguments it takes
-locally. --address: the cluster's Jobs API (default: $RAY_ADDRESS, else {address}); --no-wait: print the
-job id and return at once."""
+locally. --address: the cluster's Jobs API (default: $RAY_ADDRESS, else {address});
+--no-wait: print the job id and return at once."""
 
 
 def split_submit(argv: list[str]) -> tuple[str | None, bool, list[str]]:
@@ -204,13 +205,15 @@ def submit_main(argv: list[str]) -> int:
     """``lmforge submit ...``: the stage's arguments parsed as ``lmforge <stage>`` parses them."""
     address, wait, rest = split_submit(argv)
     if not rest or rest[0] in ("-h", "--help"):
-        print(SUBMIT_USAGE.format(address=DEFAULT_ADDRESS))
+        print(SUBMIT_USAGE.format(address=DEFAULT_ADDRESS), file=sys.stdout if rest else sys.stderr)
         return 0 if rest else 2
     command, args = rest[0], rest[1:]
     if command.endswith((".yaml", ".yml")):  # `lmforge submit jobs/quickstart.yaml`: a recipe
         command, args = "run", [command, *args]
     if command not in STAGES:
-        print(f"lmforge submit: unknown stage {command!r} (stages: {', '.join(STAGES)})", file=sys.stderr)
+        close = difflib.get_close_matches(command, list(STAGES), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"stages: {', '.join(STAGES)}"
+        print(f"lmforge submit: unknown stage {command!r} ({hint})", file=sys.stderr)
         return 2
     parsed = parse(command, args)
     if isinstance(parsed, int):
