@@ -165,7 +165,7 @@ def test_a_killed_trial_that_trains_in_its_own_process_resumes_from_its_tune_che
     trainer): SIGKILLed mid-way with every Ray process the sweep started, the same command goes on from
     the newest checkpoint Tune recorded (its experiment state saved at every step here, instead of every
     10 s), not from step 0."""
-    steps = 200
+    steps = 120
     out = tmp_path / "inproc"
     cmd = [sys.executable, "-m", "lmforge", "tune", str(sweep_yaml(data, out, 1, steps=steps)),
            f"ray.address={session_cluster.address}", "scheduler=none"]
