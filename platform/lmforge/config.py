@@ -32,15 +32,6 @@ def check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def split_args(args: list[str]) -> tuple[str | None, list[str], list[str]]:
-    """A command line's ``[CONFIG.yaml] [dotted.key=value ...] [--flag ...]`` -> (config path or None,
-    overrides, flags): what ``lmforge <stage>`` and ``lmforge submit <stage>`` both take."""
-    flags = [a for a in args if a.startswith("-")]
-    rest = [a for a in args if not a.startswith("-")]
-    path = rest[0] if rest and "=" not in rest[0] else None
-    return path, rest[1:] if path else rest, flags
-
-
 def parse_overrides(items: list[str]) -> dict:
     """``["a.b=3", "c=[x,y]"]`` -> ``{"a": {"b": 3}, "c": ["x", "y"]}``; values are parsed as YAML."""
     tree: dict = {}

@@ -7,7 +7,6 @@ import dataclasses
 import difflib
 import sys
 
-from lmforge import config as cfgmod
 from lmforge.stages import STAGES
 
 FLAGS = ("--dry-run", "--help", "-h")
@@ -27,7 +26,7 @@ def parse(command: str, args: list[str]) -> StageArgs | int:
         args = force_to_overrides(args)
         if isinstance(args, int):
             return args
-    path, overrides, flags = cfgmod.split_args(args)
+    path, overrides, flags = split_args(args)
     for flag in flags:
         if flag not in FLAGS:
             close = difflib.get_close_matches(flag, FLAGS, n=1)
@@ -35,6 +34,15 @@ def parse(command: str, args: list[str]) -> StageArgs | int:
             print(f"lmforge {command}: unknown option {flag}{hint}", file=sys.stderr)
             return 2
     return StageArgs(path, overrides, "--dry-run" in flags, "--help" in flags or "-h" in flags)
+
+
+def split_args(args: list[str]) -> tuple[str | None, list[str], list[str]]:
+    """A command line's ``[CONFIG.yaml] [dotted.key=value ...] [--flag ...]`` -> (config path or None,
+    overrides, flags): what ``lmforge <stage>`` and ``lmforge submit <stage>`` both take."""
+    flags = [a for a in args if a.startswith("-")]
+    rest = [a for a in args if not a.startswith("-")]
+    path = rest[0] if rest and "=" not in rest[0] else None
+    return path, rest[1:] if path else rest, flags
 
 
 def force_to_overrides(args: list[str]) -> list[str] | int:
