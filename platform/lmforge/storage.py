@@ -366,6 +366,30 @@ def download_dir(uri: str, dest: Path, exclude: tuple[str, ...] = ()) -> Path:
     return dest
 
 
+def put_dir(src: Path, uri: str, last: str | None = None) -> None:
+    """Put a finished local dir at ``uri`` (local or remote), replacing what is there: locally copied under
+    a temporary name, then renamed into place (atomic on one filesystem); remotely uploaded, ``last`` (a
+    file name in ``src``) after everything else, so a reader that waits for it sees a whole dir."""
+    if is_remote(uri):
+        upload_dir(src, uri, last=last)
+        return
+    import shutil
+
+    dest = Path(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(src, staging)
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+
+
+def delete_dir(uri: str) -> None:
+    """Delete a dir and everything under it, local or remote."""
+    fs, path = filesystem(uri)
+    fs.delete_dir(path)
+
+
 def upload_dir(src: Path, uri: str, keep: tuple[str, ...] = (), last: str | None = None) -> None:
     """Make the remote dir ``uri`` hold exactly ``src``'s files: remote files ``src`` lacks are deleted
     (except under the ``keep`` sub-dirs, such as checkpoints written there directly), and ``last`` (a

@@ -31,7 +31,8 @@ OUTPUTS = {"prepare": "data", "pretrain": "train", "tune": "tune", "finetune": "
            "export": "onnx"}
 SHRUNK = ["prepare.text_field=text", "prepare.pack.seq_len=64", "prepare.tokenizer.vocab_size=1024",
           "prepare.canaries.count=2", "pretrain.model.preset=tiny", "pretrain.train.max_steps=20",
-          "pretrain.train.eval_every=10", "pretrain.train.log_every=10", "tune.num_samples=1",
+          "pretrain.train.eval_every=10", "pretrain.train.log_every=10", "pretrain.train.num_workers=0",
+          "pretrain.train.checkpoint_every=5", "tune.num_samples=1",
           "tune.base.train.max_steps=4", "tune.base.train.eval_every=2", "tune.base.train.num_workers=0",
           "finetune.finetune.max_examples=200",
           "finetune.train.max_steps=10", "finetune.train.eval_every=5", "finetune.train.checkpoint_every=5",
@@ -84,8 +85,11 @@ def test_whole_lifecycle_on_s3_with_its_report(lifecycle):
     for sub in OUTPUTS.values():
         assert f"quick/{sub}/.done" in keys and f"quick/{sub}/config.yaml" in keys
     assert any(k.startswith("quick/data/train/part-") for k in keys)  # written by Ray Data tasks
-    assert any(k.startswith("quick/train/checkpoints/step_") for k in keys)  # by Ray Train
-    assert any(k.startswith("quick/finetune/checkpoints/step_") for k in keys)
+    # pretrain ran bare (no Ray Train): its 4 checkpoints uploaded, then pruned to the best 3 as Ray Train
+    # prunes; each whole (its state.json, uploaded last)
+    steps = {k.split("/")[3] for k in keys if k.startswith("quick/train/checkpoints/step_")}
+    assert len(steps) == 3 and all(f"quick/train/checkpoints/{s}/state.json" in keys for s in steps), steps
+    assert any(k.startswith("quick/finetune/checkpoints/step_") for k in keys)  # by Ray Train
     assert any(k.startswith("quick/finetune/data/train/") for k in keys)  # rows every worker mirrors
     # full fine-tuning (the recipe's finetune.method) on Ray Train's two workers: no adapter, every weight
     finetuned = json.loads(boto3.resource("s3").Object("runs", "quick/finetune/summary.json").get()["Body"].read())

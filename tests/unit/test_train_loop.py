@@ -141,14 +141,17 @@ def test_early_stopping_after_patience_evaluations():
 def test_bare_runs_prune_checkpoints_like_ray_train(tmp_path):
     import json
 
-    from lmforge.train.checkpoint import to_prune
+    from lmforge.train.checkpoint import list_checkpoints, to_prune
 
     for step, val in ((10, 3.0), (20, 2.0), (30, 2.5), (40, None)):
-        d = tmp_path / f"step_{step:06d}"
-        d.mkdir()
+        d = tmp_path / "checkpoints" / f"step_{step:06d}"
+        d.mkdir(parents=True)
         history = [{"step": step, "loss": 1.0}] + ([{"step": step, "val_loss": val}] if val else [])
         (d / "state.json").write_text(json.dumps({"history": history}))
-    pruned = [p.name for p in to_prune(tmp_path, keep=2)]
+    (tmp_path / "checkpoints" / "step_000050").mkdir()  # cut off while written: no state.json, no checkpoint
+    ckpts = list_checkpoints(str(tmp_path))
+    assert [c.rsplit("/", 1)[1] for c in ckpts] == ["step_000010", "step_000020", "step_000030", "step_000040"]
+    pruned = [c.rsplit("/", 1)[1] for c in to_prune(ckpts, keep=2)]
     assert pruned == ["step_000010"]  # 20 and 30 are the best two; 40 is the newest
 
 

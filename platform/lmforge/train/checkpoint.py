@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 
 from lmforge import storage
 
+STATE = "state.json"  # in every checkpoint; written (or uploaded) last
 RUN_NAME = "checkpoints"  # checkpoints land in <checkpoint root>/checkpoints/step_N (Ray Train's run name)
 
 
@@ -37,7 +37,9 @@ def list_checkpoints(root: str) -> list[str]:
     filesystem, path = storage.filesystem(f"{root}/{RUN_NAME}")
     infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     dirs = [i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("step_")]
-    return [storage.with_scheme(root, d) for d in sorted(dirs)]
+    # a dir whose state.json (written last) is missing was cut off while it was written: not a checkpoint
+    ckpts = [storage.with_scheme(root, d) for d in sorted(dirs)]
+    return [c for c in ckpts if storage.read_bytes(storage.join(c, STATE)) is not None]
 
 
 def wipe(root: str) -> None:
@@ -68,28 +70,23 @@ def best(ckpts: list[str], history: list[dict]) -> str:
     return min(scored)[1] if scored else ckpts[-1]
 
 
-def to_prune(root: Path, keep: int) -> list[Path]:
-    """Ray Train's policy, for bare runs: keep the ``keep`` best by val_loss, and always the newest."""
-    steps = sorted(p for p in root.iterdir() if p.name.startswith("step_"))
+def to_prune(ckpts: list[str], keep: int) -> list[str]:
+    """Ray Train's policy, for bare runs: of ``ckpts`` (oldest first), keep the ``keep`` best by val_loss,
+    and always the newest."""
+    def val_loss(ckpt: str) -> float:
+        state = storage.read_text(storage.join(ckpt, STATE))
+        return last_val_loss(json.loads(state).get("history", []) if state else [])
 
-    def val_loss(step_dir: Path) -> float:
-        return last_val_loss(json.loads((step_dir / "state.json").read_text()).get("history", []))
-
-    kept = set(sorted(steps, key=val_loss)[:keep]) | set(steps[-1:])
-    return [p for p in steps if p not in kept]
+    kept = set(sorted(ckpts, key=val_loss)[:keep]) | set(ckpts[-1:])
+    return [c for c in ckpts if c not in kept]
 
 
-def save_local(tmp: Path, root: str, name: str, keep: int) -> None:
-    """Without Ray: copy into place under a temporary name, then rename (atomic on one filesystem)."""
-    run_dir = Path(root) / RUN_NAME
-    run_dir.mkdir(parents=True, exist_ok=True)
-    staging = run_dir / f".{name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(tmp, staging)
-    shutil.rmtree(run_dir / name, ignore_errors=True)
-    staging.rename(run_dir / name)
-    for old in to_prune(run_dir, keep):
-        shutil.rmtree(old)
+def save_bare(tmp: Path, root: str, name: str, keep: int) -> None:
+    """Without Ray: put the checkpoint in place under ``root`` (local, or s3:// uploaded with its
+    ``state.json`` last), then prune as Ray Train does."""
+    storage.put_dir(tmp, f"{root}/{RUN_NAME}/{name}", last=STATE)
+    for old in to_prune(list_checkpoints(root), keep):
+        storage.delete_dir(old)
 
 
 def rng_state() -> dict:

@@ -162,7 +162,7 @@ class WorkerContext:
         """A bare run saves it beside the others (pruned as Ray Train does); under Ray Train every rank
         reports it (a collective), rank 0 with the checkpoint."""
         if self.ray_ctx is None:
-            checkpoint.save_local(ckpt, self.spec.checkpoint_root, name, self.spec.train.keep_checkpoints)
+            checkpoint.save_bare(ckpt, self.spec.checkpoint_root, name, self.spec.train.keep_checkpoints)
             return
         import ray.train
 
