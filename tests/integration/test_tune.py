@@ -162,10 +162,10 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
 def test_a_killed_trial_that_trains_in_its_own_process_resumes_from_its_tune_checkpoint(data, tmp_path,
                                                                                          session_cluster):
     """A one-worker trial trains in the Tune trial's own process and checkpoints through Tune (no
-    trainer): SIGKILLed mid-way with every Ray process the sweep started, the same command goes on from
-    the newest checkpoint Tune recorded (its experiment state saved at every step here, instead of every
-    10 s), not from step 0."""
-    steps = 120
+    trainer): SIGKILLed mid-way with every Ray process the sweep started, once Tune's saved experiment
+    state records the trial and a checkpoint of it (saved at every step here, instead of every 10 s or
+    more), the same command goes on from that checkpoint, not from step 0."""
+    steps = 300
     out = tmp_path / "inproc"
     cmd = [sys.executable, "-m", "lmforge", "tune", str(sweep_yaml(data, out, 1, steps=steps)),
            f"ray.address={session_cluster.address}", "scheduler=none"]
@@ -175,7 +175,7 @@ def test_a_killed_trial_that_trains_in_its_own_process_resumes_from_its_tune_che
     proc = procs.start(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
-        while len(list(experiment.glob("*/checkpoint_*"))) < 3:  # a few evaluations in, far from the end
+        while not (len(list(experiment.glob("*/checkpoint_*"))) >= 3 and _recorded(experiment)):
             assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "no checkpoints in 2 minutes"
             time.sleep(0.05)
@@ -191,3 +191,9 @@ def test_a_killed_trial_that_trains_in_its_own_process_resumes_from_its_tune_che
     last = max((out / "ray_tune").glob("*/checkpoint_*"), key=lambda p: p.name)
     resumed = json.loads((last / "state.json").read_text())["resumed_from"]
     assert len(resumed) == 1 and 0 < resumed[0] < steps, resumed
+
+
+def _recorded(experiment: Path) -> bool:
+    """Whether Tune's saved experiment state names the trial's sampled values and a checkpoint of it."""
+    text = "".join(p.read_text(errors="ignore") for p in experiment.glob("experiment_state-*.json"))
+    return "train.lr" in text and "checkpoint_0000" in text
