@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from lmforge import config as cfgmod
-from lmforge import storage
+from lmforge import storage, uploads
 from lmforge.stages import RUN_CONTROL, STAGES
 
 log = logging.getLogger("lmforge")
@@ -182,13 +182,13 @@ class Output:
     def durable_root(self) -> str:
         """Where a run writes what workers on any node must reach (checkpoints, shared rows): the partial
         dir, or for a remote output the output itself."""
-        return storage.remote_or(self.uri, str(self.partial.resolve()))
+        return uploads.remote_or(self.uri, str(self.partial.resolve()))
 
     def parts_root(self) -> str:
         """Where the stage's Ray tasks write its bulky parts: :meth:`durable_root`; a remote one emptied
         first and unmarked (no ``.done``) until :meth:`publish`."""
         root = self.durable_root()
-        storage.empty_remote(root)
+        uploads.empty_remote(root)
         return root
 
     def publish(self, keep: tuple[str, ...] = ("checkpoints",)) -> Path | str:
@@ -201,7 +201,7 @@ class Output:
         inputs.unlink(missing_ok=True)
         # a run id (mirrors of an older run are stale, downstream outputs made from one re-run) and its inputs'
         (self.partial / DONE_MARKER).write_text(Marker.new(runs).dump())
-        if storage.publish_remote(self.partial, self.uri, keep=keep, marker=DONE_MARKER):
+        if uploads.publish_remote(self.partial, self.uri, keep=keep, marker=DONE_MARKER):
             log.info("published %s", self.uri)
         if self.staging.exists():
             shutil.rmtree(self.staging)
@@ -215,7 +215,7 @@ def share_dir(local: Path, root: str) -> str:
     its URI; else ``local`` itself, absolute."""
     uri = storage.join(root, local.name)
     (local / DONE_MARKER).write_text(Marker.new({}).dump())
-    return uri if storage.publish_remote(local, uri, keep=(), marker=DONE_MARKER) else str(local.resolve())
+    return uri if uploads.publish_remote(local, uri, keep=(), marker=DONE_MARKER) else str(local.resolve())
 
 
 def check(path: str, key: str) -> None:

@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from lmforge import storage
+from lmforge import storage, uploads
 from lmforge.data import report
 from lmforge.data.curate import PII_COLUMNS
 from lmforge.data.packing import PACKED_SCHEMA, tokenize_and_pack
@@ -118,7 +118,7 @@ def sum_stats(rows: list[dict]) -> dict:
 
 def make_dirs(out: str) -> None:
     for sub in OUTPUT_DIRS:
-        storage.ensure_dir(storage.join(out, sub))
+        uploads.ensure_dir(storage.join(out, sub))
 
 
 def write_empty_parts(out: str) -> None:

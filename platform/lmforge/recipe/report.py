@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lmforge import storage
+from lmforge import storage, uploads
 from lmforge.report import Section, render_html, render_md
 from lmforge.stages import recipe_stages
 
@@ -26,7 +26,7 @@ def write(recipe, stages: dict, result: dict) -> Path:
     texts = {"report.md": render_md(sections), "report.html": render_html(sections, recipe.output)}
     for name, text in texts.items():
         (local / name).write_text(text, encoding="utf-8")
-        storage.mirror_back(local / name, storage.join(recipe.output, name))
+        uploads.mirror_back(local / name, storage.join(recipe.output, name))
     log.info("report: %s", local / "report.html")
     return local / "report.html"
 

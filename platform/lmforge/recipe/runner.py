@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from lmforge import config as cfgmod
-from lmforge import storage
+from lmforge import storage, uploads
 from lmforge.cluster.session import ray_session
 from lmforge.recipe.config import section as recipe_section
 from lmforge.stages import STAGES, Input, StageConfig, UsesRay, recipe_stages
@@ -64,7 +64,7 @@ def run(recipe) -> dict:
     """Run the recipe's stages in order; returns each stage's output, seconds and the served completions."""
     stages = resolve(recipe)
     written = cfgmod.write(recipe, storage.staging(recipe.output))
-    storage.mirror_back(written, storage.join(recipe.output, "config.yaml"))
+    uploads.mirror_back(written, storage.join(recipe.output, "config.yaml"))
     result: dict = {"outputs": {}, "seconds": {}}
     with ray_session(recipe.ray):
         names = list(stages)

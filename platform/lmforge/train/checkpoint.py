@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge import storage
+from lmforge import storage, uploads
 
 STATE = "state.json"  # in every checkpoint; written (or uploaded) last
 RUN_NAME = "checkpoints"  # checkpoints land in <checkpoint root>/checkpoints/step_N (Ray Train's run name)
@@ -84,9 +84,9 @@ def to_prune(ckpts: list[str], keep: int) -> list[str]:
 def save_bare(tmp: Path, root: str, name: str, keep: int) -> None:
     """Without Ray: put the checkpoint in place under ``root`` (local, or s3:// uploaded with its
     ``state.json`` last), then prune as Ray Train does."""
-    storage.put_dir(tmp, f"{root}/{RUN_NAME}/{name}", last=STATE)
+    uploads.put_dir(tmp, f"{root}/{RUN_NAME}/{name}", last=STATE)
     for old in to_prune(list_checkpoints(root), keep):
-        storage.delete_dir(old)
+        uploads.delete_dir(old)
 
 
 def rng_state() -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge import config as cfgmod
-from lmforge import storage
+from lmforge import uploads
 from lmforge.config import ConfigError
 from lmforge.outputs import DONE_MARKER, Output
 from lmforge.stages import STAGES, Input, training_stages
@@ -182,7 +182,7 @@ def write_outputs(cfg: Config, sweep: Sweep, trials: list[results.Trial], out: P
 def _wipe(root: str) -> None:
     """A fresh sweep starts from an empty remote root (the output itself is unmarked first: it no longer
     holds a finished sweep); a local one is the fresh partial dir already."""
-    storage.empty_remote(root, DONE_MARKER, subdirs=REMOTE_DIRS)
+    uploads.empty_remote(root, DONE_MARKER, subdirs=REMOTE_DIRS)
 
 
 def report(cfg: Config | None, result: dict) -> list:
