@@ -182,7 +182,7 @@ class Output:
     def durable_root(self) -> str:
         """Where a run writes what workers on any node must reach (checkpoints, shared rows): the partial
         dir, or for a remote output the output itself."""
-        return uploads.remote_or(self.uri, str(self.partial.resolve()))
+        return storage.remote_or(self.uri, str(self.partial.resolve()))
 
     def parts_root(self) -> str:
         """Where the stage's Ray tasks write its bulky parts: :meth:`durable_root`; a remote one emptied

@@ -211,6 +211,11 @@ def staging(uri: str | os.PathLike) -> Path:
     return mirror_path(uri) if is_remote(uri) else Path(uri)
 
 
+def remote_or(uri: str, local: str) -> str:
+    """``uri`` itself when it is remote (every node reaches it), else ``local``."""
+    return uri.rstrip("/") if is_remote(uri) else local
+
+
 def absolute(path: str | os.PathLike) -> str:
     """A path as workers in other directories (or on other nodes) can use it: a URI as it is, a local
     path made absolute."""

@@ -21,11 +21,6 @@ def mirror_back(local: Path, uri: str) -> None:
         write_remote_text(uri, local.read_text(encoding="utf-8"))
 
 
-def remote_or(uri: str, local: str) -> str:
-    """``uri`` itself when it is remote (every node reaches it), else ``local``."""
-    return uri.rstrip("/") if is_remote(uri) else local
-
-
 def empty_remote(uri: str, marker: str = ".done", subdirs: tuple[str, ...] | None = None) -> None:
     """Delete everything under a remote dir (or under its ``subdirs``), its ``marker`` first (it holds no
     finished run any more); a local dir is left as it is."""

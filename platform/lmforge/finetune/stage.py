@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from lmforge import config as cfgmod
-from lmforge import storage, uploads
+from lmforge import storage
 from lmforge.finetune.config import FinetuneConfig as Config
 from lmforge.report import Section
 from lmforge.stages import Input
@@ -68,7 +68,7 @@ def training_context(cfg: Config, partial: Path, root: str, reuse: bool = False)
 def worker_spec(cfg: Config, context: dict, checkpoint_root: str) -> WorkerSpec:
     """The job as workers get it: the rendered rows, the base model, LoRA settings (an ``s3://`` base or
     rows stay URIs: each worker mirrors them on its own node)."""
-    base = uploads.remote_or(cfg.model.init_from, context["base"])
+    base = storage.remote_or(cfg.model.init_from, context["base"])
     rows = context["rows"]
     return WorkerSpec(
         train_rows=storage.join(rows, "train"), val_rows=storage.join(rows, "val"),
