@@ -190,10 +190,9 @@ def open_input(uri: str) -> BinaryIO:
 
 # --- Stage outputs on object storage -------------------------------------------------------------------
 # A stage whose ``output`` is ``s3://...`` builds it in a local staging dir, as it does a local output,
-# and publishing uploads it (the ``.done`` marker last, so a reader never trusts a half-uploaded dir).
-# A stage reading an ``s3://`` dir gets a local copy: this node's mirror of it, downloaded once and
-# re-downloaded only when the remote run changed (its ``.done`` marker holds a run id). Every node makes
-# its own mirror, so a multi-node run needs object storage and no shared disk.
+# and publishing uploads it (:mod:`lmforge.uploads`, the ``.done`` marker last). A stage reading an
+# ``s3://`` dir gets this node's mirror of it, downloaded once and again only when the remote run changed
+# (its ``.done`` marker holds a run id). Every node makes its own: no shared disk is needed.
 
 def cache_root() -> Path:
     """Where remote dirs are mirrored on this node (``LMFORGE_CACHE``, default ``~/.cache/lmforge``)."""
