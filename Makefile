@@ -58,6 +58,7 @@ bench: setup
 	$(VENV)/bin/lmforge bench train output=runs/bench/train.json
 	$(VENV)/bin/lmforge bench generate output=runs/bench/generate.json
 	$(VENV)/bin/lmforge bench kernels output=runs/bench/kernels.json
+	$(VENV)/bin/lmforge bench eval output=runs/bench/eval.json
 	$(VENV)/bin/lmforge bench serve output=runs/bench/serve.json
 
 lint: setup

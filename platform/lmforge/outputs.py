@@ -81,7 +81,10 @@ def same_inputs(recorded: dict | None, current: dict) -> bool:
 
 def run_of(path: str) -> str | None:
     """The run id of the finished stage output that holds ``path`` (it, or up to two levels above:
-    ``runs/q/train/model`` is in ``runs/q/train``); None when it is not in one (a user's own dir)."""
+    ``runs/q/train/model`` is in ``runs/q/train``); None when it is not in one (a user's own dir, or a
+    served model's http(s) endpoint)."""
+    if path.startswith(("http://", "https://")):
+        return None
     found = storage.find_above(path, DONE_MARKER)
     return Marker.parse(found[1]).run if found else None
 

@@ -180,8 +180,13 @@ def test_eval_on_ray_data_reports_base_and_tuned_side_by_side(world, tuned, scru
         f"models={{base: {scrubbed[1]}, tuned: {tuned / 'model'}}}", f"tasks=[{task}, bias]", "chat=true",
         "max_examples=24", f"output={world / 'eval'}", "engine=ray", "actors=2", "batch_size=4"]))
     scores = json.loads((out / "eval.json").read_text())
-    assert set(scores) == {"base", "tuned"}
+    assert set(scores) == {"base", "tuned", "comparisons"}
     assert scores["tuned"]["qa"]["rougeL"] > scores["base"]["qa"]["rougeL"] + 30
+    # the paired difference tells the gain from noise: its interval excludes 0, with the score between
+    gain = scores["comparisons"]["tuned vs base"]["qa"]["rougeL"]
+    low, high = gain["ci95"]
+    assert 0 < low <= gain["difference"] <= high and gain["p_value"] < 0.05 and gain["examples"] == 24
+    assert scores["tuned"]["qa"]["ci95"]["rougeL"][0] <= scores["tuned"]["qa"]["rougeL"]
     assert scores["tuned"]["qa"]["perplexity"] < scores["base"]["qa"]["perplexity"]
     bias = scores["base"]["bias"]
     low, high = bias["overall"]["ci95"]

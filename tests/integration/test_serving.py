@@ -453,3 +453,33 @@ def test_past_the_queue_refused_with_retry_after_and_recovery(served, status):
     assert all(r.headers.get("content-type") == "application/json" and r.json()["error"]["code"] == "overloaded"
                for r in refused), [(r.headers, r.text[:200]) for r in refused]  # OpenAI-shaped, not Serve's text
     assert post(0).status_code == 200  # recovered once the load stopped
+
+
+def test_eval_through_the_endpoint_agrees_with_the_local_evaluation(served, exports, tmp_path, monkeypatch):
+    """``lmforge eval model=http://.../v1``: multiple choice scored through /v1/completions (echo +
+    logprobs, token-id prompts) and generation through it pick what the same export picks in process,
+    example by example; the key comes from the environment variable api_key_env names."""
+    from lmforge.evaluate import evaluation
+    from lmforge.evaluate.config import EvalConfig
+
+    served.default()
+    mc, gen = tmp_path / "mc.jsonl", tmp_path / "gen.jsonl"
+    mc.write_text("".join(json.dumps({"prompt": f"Item {i} of the list is", "choices": ["red", "a blue one", "green"],
+                                      "answer": i % 3}) + "\n" for i in range(16)))
+    gen.write_text("".join(json.dumps({"prompt": f"The river {i}", "reference": "flows south"}) + "\n"
+                           for i in range(6)))
+    tasks = [{"name": "mc", "data": str(mc)}, {"name": "gen", "data": str(gen), "max_tokens": 8,
+                                               "metrics": ["rougeL", "perplexity"]}]
+    monkeypatch.setenv("LMFORGE_EVAL_KEY", KEY)
+    runs = {}
+    for name, model in (("local", str(exports["v1"])), ("endpoint", f"{served.url}/v1")):
+        out = evaluation.run(cfgmod.from_dict(EvalConfig, {
+            "model": model, "tokenizer": str(exports["v1"]), "api_key_env": "LMFORGE_EVAL_KEY", "tasks": tasks,
+            "engine": "local", "output": str(tmp_path / name), "concurrency": 4}))
+        runs[name] = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    local, remote = runs["local"], runs["endpoint"]
+    assert [r["id"] for r in local] == [r["id"] for r in remote] and len(local) == 22
+    assert [r["prediction"] for r in local] == [r["prediction"] for r in remote]
+    for a, b in zip(local, remote):
+        if "logprobs" in a:
+            assert np.allclose(a["logprobs"], b["logprobs"], atol=1e-3), (a, b)

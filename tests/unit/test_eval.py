@@ -78,8 +78,8 @@ def test_tasks_score_end_to_end_on_a_model(backends, hf_dir):
              [Example(id="1", prompt="The river", reference="flows"),
               Example(id="2", prompt="서울은", reference="수도")],
              max_tokens=4),
-        Task("choice", "choice", ("accuracy", "f1"),
-             [Example(id="1", prompt="Is it?", choices=[" yes", " no"], answer=0)]),
+        Task("choice", "choice", ("acc", "acc_norm", "f1"),
+             [Example(id="1", prompt="Is it?", choices=["yes", "no"], answer=0)]),
         Task("bias", "bias", (), [Example(id="c", category="crows/x", pair=("He is a doctor.", "She is a doctor.")),
                                   Example(id="s", category="stereoset/y", context="A nurse.",
                                           pair=(" She cares.", " He cares."), choices=[" Cats fly."])]),
@@ -89,19 +89,19 @@ def test_tasks_score_end_to_end_on_a_model(backends, hf_dir):
     requests = [r for t in tasks for r in requests_for(t, tok)]
     results = {name: execute(backend, requests, batch_size=4) for name, backend in backends.items()}
     for task in tasks:
-        scores, rows = score(task, results["onnx"])
-        again, torch_rows = score(task, results["torch"])
+        scores, rows, _ = score(task, results["onnx"])
+        again, torch_rows, _ = score(task, results["torch"])
         if task.kind == "generate":  # the same greedy text from both (batched, left-padded); perplexity to float
             assert [r["prediction"] for r in rows] == [r["prediction"] for r in torch_rows]
             assert scores.pop("perplexity") == pytest.approx(again.pop("perplexity"), rel=1e-4)
         if task.kind != "canary":
             assert json.dumps(scores, sort_keys=True) == json.dumps(again, sort_keys=True), task.name
         assert rows
-    qa, _ = score(tasks[0], results["onnx"])
+    qa, _, _ = score(tasks[0], results["onnx"])
     assert qa["examples"] == 2 and qa["perplexity"] > 1
-    bias, _ = score(tasks[2], results["onnx"])
+    bias, _, _ = score(tasks[2], results["onnx"])
     assert set(bias["by_category"]) == {"crows/x", "stereoset/y"} and "stereoset_language_model_score" in bias
-    canary, rows = score(tasks[3], results["onnx"])
+    canary, rows, _ = score(tasks[3], results["onnx"])
     assert canary["canaries"] == 1 and 1 <= rows[0]["rank"] <= 101 and canary["reproduced"] == 0
 
 
@@ -140,7 +140,7 @@ def test_the_built_in_tasks_through_the_eval_stage(hf_dir, tmp_path, monkeypatch
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     by_task = {name: [r for r in rows if r["task"] == name] for name in names}
     assert all(len(by_task[n]) == 2 and all(r["prompt"] and r["reference"] for r in by_task[n]) for n in names)
-    assert {r["reference"] for r in by_task["boolq"]} <= {"yes", "no", " yes", " no"}
+    assert {r["reference"] for r in by_task["boolq"]} <= {"yes", "no"}
     assert all("shared/page" in r["id"] for r in by_task["translate_en_ko"])  # pairs from the help tree
     assert all(any("\uac00" <= c <= "\ud7a3" for c in r["reference"]) for r in by_task["translate_en_ko"])
     assert all(any("\uac00" <= c <= "\ud7a3" for c in r["prompt"]) for r in by_task["translate_ko_en"])

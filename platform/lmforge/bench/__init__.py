@@ -48,6 +48,8 @@ BENCHES: dict[str, Bench] = {b.name: b for b in (
           "lmforge.bench.config:KernelBenchConfig", "lmforge.bench.kernel_bench:run"),
     Bench("serve", "the server under a bounded load (TTFT, inter-token latency, tokens/s) against its engine alone",
           "lmforge.bench.config:ServeBenchConfig", "lmforge.bench.serve_bench:run"),
+    Bench("eval", "multiple-choice scores and time against lm-evaluation-harness on the same rows",
+          "lmforge.bench.config:EvalBenchConfig", "lmforge.bench.eval_bench:run"),
 )}
 
 

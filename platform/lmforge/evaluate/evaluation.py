@@ -5,12 +5,16 @@ Run: ``lmforge eval model=runs/smollm2 tasks=[boolq,nq_open,bias] output=runs/ev
 
 The run, step by step: load each task's held-out examples (:mod:`lmforge.tasks`); turn them into
 generation and scoring requests (:mod:`.tasks`); run them batched, on Ray Data with model actors
-(:mod:`.ray_eval`) or in process; score them (:mod:`.metrics`); write ``eval.json`` (``{task: {metric:
-value}}``, or ``{model: {task: ...}}`` for several models), ``predictions.jsonl`` and ``report.md``.
+(:mod:`.ray_eval`), in process, or through an endpoint (:mod:`.endpoint`); score them (:mod:`.metrics`)
+with a 95% interval per metric and, with several models, each one's paired difference from the first
+(:mod:`.intervals`); write ``eval.json`` (``{task: {metric: value, "ci95": {metric: [low, high]}}}``, or
+``{model: {task: ...}, "comparisons": {"tuned vs base": {task: {metric: {difference, ci95, p_value}}}}}``
+for several models), ``predictions.jsonl`` and ``report.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -19,14 +23,15 @@ from pathlib import Path
 from lmforge import storage
 from lmforge.cluster.session import ray_session
 from lmforge.data import canaries
-from lmforge.evaluate import report
+from lmforge.evaluate import intervals, report
 from lmforge.evaluate.config import EvalConfig, TaskSpec
+from lmforge.evaluate.endpoint import is_endpoint
 from lmforge.evaluate.tasks import Task, execute, requests_for, score
 from lmforge.outputs import Output
 from lmforge.progress import Ticker
-from lmforge.tasks.builtin import TASKS
+from lmforge.tasks.builtin import TASKS, expand
 from lmforge.tasks.examples import take
-from lmforge.tasks.jsonl import read_examples
+from lmforge.tasks.jsonl import DataError, read_examples
 
 log = logging.getLogger(__name__)
 
@@ -35,51 +40,85 @@ def run(cfg: EvalConfig) -> Path:
     out = Output("eval", cfg)
     if out.skip():
         return out.result()
-    tasks = [load_task(t, cfg) for t in cfg.tasks]  # bad task data fails here, before any model loads
-    models = dict(cfg.models) if cfg.models else {Path(cfg.model).name: cfg.model}
+    tasks = [load_task(t, cfg) for t in expand(cfg.tasks)]  # bad task data fails here, before any model loads
+    models = dict(cfg.models) if cfg.models else {_model_name(cfg.model): cfg.model}
+    _check_endpoints(models, cfg, tasks)  # a down endpoint, or one without logprobs, fails here too
     partial = out.begin()
-    results, rows, seconds = {}, [], {}
-    if cfg.engine == "ray":
-        with ray_session(cfg.ray):
-            for name, model_dir in models.items():
-                results[name], seconds[name] = _evaluate(model_dir, tasks, cfg, rows, name)
-    else:
+    results, rows, seconds, samples = {}, [], {}, {}
+    local = cfg.engine == "local" or all(is_endpoint(m) for m in models.values())
+    with ray_session(cfg.ray) if not local else contextlib.nullcontext():
         for name, model_dir in models.items():
-            results[name], seconds[name] = _evaluate(model_dir, tasks, cfg, rows, name)
-    body = results if len(models) > 1 else next(iter(results.values()))
+            results[name], seconds[name], samples[name] = _evaluate(model_dir, tasks, cfg, rows, name)
+    comparisons = _compare(samples, cfg)
+    body = {**results, "comparisons": comparisons} if len(models) > 1 else next(iter(results.values()))
     (partial / "eval.json").write_text(json.dumps(body, indent=2, ensure_ascii=False))
     with (partial / "predictions.jsonl").open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    (partial / "report.md").write_text(report.render(results, models, seconds, cfg))
+    (partial / "report.md").write_text(report.render(results, models, seconds, cfg, comparisons))
     log.info("eval: %s", json.dumps({m: {t: {k: v for k, v in s.items() if isinstance(v, (int, float))}
                                          for t, s in r.items()} for m, r in results.items()}))
     return out.publish()
 
 
+def _model_name(model: str) -> str:
+    return model.rstrip("/").split("://", 1)[-1].replace("/", "_") if is_endpoint(model) else Path(model).name
+
+
 def load_task(spec: str | TaskSpec, cfg: EvalConfig) -> Task:
-    """A built-in task's held-out examples, or a JSONL task, or the canary audit's secrets."""
+    """A built-in task's held-out examples (few-shot ones from its train split), or a JSONL task, or the
+    canary audit's secrets."""
+    fewshot = {"num_fewshot": cfg.num_fewshot, "seed": cfg.seed, "chat": cfg.chat}
     if isinstance(spec, str):
         if spec not in TASKS:
             from lmforge.config import ConfigError
 
-            raise ConfigError(f"tasks: unknown task {spec!r} (built-in: {', '.join(TASKS)}, or {{name, data, "
-                              "metrics}})")
+            raise ConfigError(f"tasks: unknown task {spec!r} (built-in: {', '.join(TASKS)}, the group "
+                              "`standard`, or {name, data, metrics})")
         d = TASKS[spec]
-        return Task(d.name, d.kind, d.metrics, take(d.load(), cfg.split, cfg.max_examples), d.max_tokens, d.stop,
-                    chat=cfg.chat)
+        every = d.load()
+        # shots from the train split, which evaluation never scores (with split=all: from the other examples)
+        shots = (take(every, "train") if cfg.split == "test" else every) if cfg.num_fewshot else []
+        return Task(d.name, d.kind, d.metrics, take(every, cfg.split, cfg.max_examples), d.max_tokens, d.stop,
+                    description=d.description, target_delimiter=d.target_delimiter, shots=shots, **fewshot)
     if spec.name == "canary":
         data = spec.data if spec.data.endswith(".jsonl") else storage.join(spec.data, "canaries.jsonl")
         found = canaries.read(Path(storage.local_file(data)))
         return Task("canary", "canary", (), [], canaries=found)
-    examples = read_examples(spec.data, cfg.max_examples)
-    return Task(spec.name, "generate", tuple(spec.metrics), examples, spec.max_tokens, tuple(spec.stop),
-                chat=cfg.chat)
+    every = read_examples(spec.data)
+    kinds = {"choice" if e.choices else "generate" for e in every}
+    if len(kinds) > 1:
+        raise DataError(f"{spec.data}: mixes multiple-choice rows (with \"choices\") and generation rows; "
+                        "give them as two tasks")
+    kind = kinds.pop()
+    default = ("acc", "acc_norm") if kind == "choice" else ("rougeL",)
+    examples = every[: cfg.max_examples] if cfg.max_examples else every
+    # shots from the rows not scored; with every row scored, from the others (never the example itself)
+    shots = (every[len(examples):] or every) if cfg.num_fewshot else []
+    return Task(spec.name, kind, tuple(spec.metrics or default), examples, spec.max_tokens, tuple(spec.stop),
+                description=spec.description, target_delimiter=spec.target_delimiter, shots=shots, **fewshot)
+
+
+def _check_endpoints(models: dict[str, str], cfg: EvalConfig, tasks: list[Task]) -> None:
+    from lmforge.evaluate.endpoint import EndpointBackend
+
+    needs_scores = any(t.kind != "generate" or "perplexity" in t.metrics or t.canaries for t in tasks)
+    for model in models.values():
+        if is_endpoint(model):
+            EndpointBackend.from_config(model, cfg).check(logprobs=needs_scores)
 
 
 def _evaluate(model_dir: str, tasks: list[Task], cfg: EvalConfig, rows: list[dict], name: str):
     from transformers import AutoTokenizer
 
     start = time.perf_counter()
+    if is_endpoint(model_dir):
+        from lmforge.evaluate.endpoint import EndpointBackend
+
+        backend = EndpointBackend.from_config(model_dir, cfg)
+        requests = [r for t in tasks for r in requests_for(t, backend.tokenizer)]
+        log.info("eval: %s: %d requests over %d tasks, through %s", name, len(requests), len(tasks), model_dir)
+        ticker = Ticker(log, f"eval: {name}", len(requests), "requests")
+        return _scored(tasks, execute(backend, requests, cfg.batch_size, ticker.update), rows, name, cfg, start)
     # an s3:// model stays a URI for the actors, each of which mirrors it on its own node
     shipped = storage.absolute(model_dir)
     model_dir = storage.local_dir(model_dir)
@@ -96,8 +135,46 @@ def _evaluate(model_dir: str, tasks: list[Task], cfg: EvalConfig, rows: list[dic
 
         ticker = Ticker(log, f"eval: {name}", len(requests), "requests")
         results = execute(load_backend(model_dir, cfg.threads), requests, cfg.batch_size, ticker.update)
-    scores = {}
+    scores, seconds, samples = _scored(tasks, results, rows, name, cfg, start)
+    _add_contamination(scores, shipped, tasks)
+    return scores, seconds, samples
+
+
+def _add_contamination(scores: dict, model: str, tasks: list[Task]) -> None:
+    """Per task, how many scored examples share a 13-gram with the model's training corpus, when its
+    lineage leads to a prepare output (null: not known)."""
+    from lmforge.evaluate import contamination
+
+    found = contamination.report(model, [t for t in tasks if t.kind in ("generate", "choice")])
     for task in tasks:
-        scores[task.name], task_rows = score(task, results)
+        if task.kind in ("generate", "choice"):
+            entry = found.get(task.name) if found else None
+            scores[task.name]["contamination"] = (
+                {"contaminated": entry["contaminated"], "of": entry["examples"], "ngram": found["ngram"],
+                 "corpus": found["corpus"], "ids": entry["ids"][:20]} if entry else None)
+
+
+def _scored(tasks: list[Task], results: dict, rows: list[dict], name: str, cfg: EvalConfig, start: float):
+    """Each task's metrics with their 95% intervals, the prediction rows, and the samples behind them."""
+    scores, samples = {}, {}
+    for task in tasks:
+        scores[task.name], task_rows, samples[task.name] = score(task, results)
+        ci = {m: intervals.interval(s, cfg.bootstrap, cfg.seed) for m, s in samples[task.name].items()}
+        if any(v is not None for v in ci.values()):
+            scores[task.name]["ci95"] = ci
         rows += [{"model": name, **r} for r in task_rows]
-    return scores, round(time.perf_counter() - start, 1)
+    return scores, round(time.perf_counter() - start, 1), samples
+
+
+def _compare(samples: dict[str, dict], cfg: EvalConfig) -> dict:
+    """Each model after the first against the first, on the same examples: ``{"tuned vs base": {task:
+    {metric: {difference, ci95, p_value, test}}}}``."""
+    names = list(samples)
+    out = {}
+    for other in names[1:]:
+        pair = {}
+        for task, by_metric in samples[names[0]].items():
+            pair[task] = {m: intervals.paired(s, samples[other][task][m], cfg.bootstrap, cfg.seed)
+                          for m, s in by_metric.items() if m in samples[other].get(task, {})}
+        out[f"{other} vs {names[0]}"] = {t: v for t, v in pair.items() if v}
+    return out

@@ -1,9 +1,12 @@
 """Evaluation metrics over predictions and references; no model, no Ray.
 
 BLEU and chrF are sacrebleu's (corpus level); ROUGE is ``rouge-score``'s with a tokenizer that keeps every
-script (its default one keeps ``[a-z0-9]`` only, so Korean would score 0); accuracy and F1 are
-scikit-learn's; exact match and token F1 follow SQuAD's normalization (lowercase, no punctuation or
-articles), best over the references. Scores are percentages, except accuracy (a share) and perplexity.
+script (its default one keeps ``[a-z0-9]`` only, so Korean would score 0); multiple choice is scored as
+lm-evaluation-harness does (``acc``; ``acc_norm`` on log-likelihood per character), with macro F1 over
+the choices as classes; exact match and token F1 follow SQuAD's normalization (lowercase, no
+punctuation or articles), best over the references. Scores are percentages, except acc/acc_norm (a
+share) and perplexity. Each metric also comes per example (or as per-example statistics) for its
+bootstrap interval (:mod:`.intervals`).
 """
 
 from __future__ import annotations
@@ -23,29 +26,59 @@ class ScriptTokenizer:
         return _WORD.findall(text.lower())
 
 
-def rouge(predictions: list[str], references: list[list[str]], kinds=("rouge1", "rouge2", "rougeL")) -> dict:
-    """Mean ROUGE F-measure (x100), each prediction against its best reference."""
+def rouge_per_example(predictions: list[str], references: list[list[str]],
+                      kinds=("rouge1", "rouge2", "rougeL")) -> dict[str, list[float]]:
+    """ROUGE F-measure (x100) of each prediction against its best reference."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(list(kinds), tokenizer=ScriptTokenizer())
-    totals = dict.fromkeys(kinds, 0.0)
+    out: dict[str, list[float]] = {kind: [] for kind in kinds}
     for pred, refs in zip(predictions, references):
         scores = [scorer.score(ref, pred) for ref in refs]
         for kind in kinds:
-            totals[kind] += max(s[kind].fmeasure for s in scores)
-    return {kind: 100 * total / max(1, len(predictions)) for kind, total in totals.items()}
+            out[kind].append(100 * max(s[kind].fmeasure for s in scores))
+    return out
+
+
+def rouge(predictions: list[str], references: list[list[str]], kinds=("rouge1", "rouge2", "rougeL")) -> dict:
+    """Mean ROUGE F-measure (x100), each prediction against its best reference."""
+    per = rouge_per_example(predictions, references, kinds)
+    return {kind: sum(v) / max(1, len(v)) for kind, v in per.items()}
+
+
+def _streams(references: list[list[str]]) -> list[list[str]]:
+    width = max(len(r) for r in references)
+    return [[refs[i] if i < len(refs) else refs[0] for refs in references] for i in range(width)]
+
+
+def _sacrebleu_metrics(korean_target: bool):
+    from sacrebleu.metrics import BLEU, CHRF
+
+    return {"bleu": BLEU(tokenize="char" if korean_target else "13a"), "chrf": CHRF()}
 
 
 def sacrebleu_scores(predictions: list[str], references: list[list[str]], korean_target: bool = False) -> dict:
     """Corpus BLEU and chrF; Korean targets are tokenized by character for BLEU (no word boundaries to
     trust), as sacrebleu's own ``char`` tokenizer does."""
-    import sacrebleu
+    streams = _streams(references)
+    return {name: m.corpus_score(predictions, streams).score
+            for name, m in _sacrebleu_metrics(korean_target).items()}
 
-    width = max(len(r) for r in references)
-    streams = [[refs[i] if i < len(refs) else refs[0] for refs in references] for i in range(width)]
-    bleu = sacrebleu.corpus_bleu(predictions, streams, tokenize="char" if korean_target else "13a")
-    chrf = sacrebleu.corpus_chrf(predictions, streams)
-    return {"bleu": bleu.score, "chrf": chrf.score}
+
+def sacrebleu_stats(predictions: list[str], references: list[list[str]], korean_target: bool = False) -> dict:
+    """Per sentence, sacrebleu's sufficient statistics (n-gram matches and lengths) of BLEU and chrF, and
+    the function from their sum to the corpus score: what a bootstrap over sentences resamples."""
+    streams = _streams(references)
+    out = {}
+    for name, m in _sacrebleu_metrics(korean_target).items():
+        stats = m._extract_corpus_statistics(predictions, streams)  # the sums corpus_score itself takes
+
+        def from_stats(summed, m=m, counts=name == "bleu"):  # BLEU's statistics are integer counts
+            return [float(m._compute_score_from_stats([int(round(x)) if counts else x for x in row]).score)
+                    for row in summed]
+
+        out[name] = (stats, from_stats)
+    return out
 
 
 def normalize_answer(text: str) -> str:
@@ -80,14 +113,26 @@ def qa_scores(predictions: list[str], references: list[list[str]]) -> dict:
             "f1": 100 * sum(token_f1(p, r) for p, r in zip(predictions, references)) / n}
 
 
-def classification_scores(predicted: list[int], gold: list[int]) -> dict:
-    """Accuracy and F1 (of the first class, "yes", in binary tasks; macro otherwise)."""
-    from sklearn.metrics import accuracy_score, f1_score
+def class_counts(predicted: list[int], gold: list[int], classes: int) -> list[list[int]]:
+    """Per example, one-hot true-positive, false-positive and false-negative counts of every class."""
+    rows = []
+    for p, g in zip(predicted, gold):
+        row = [0] * (3 * classes)
+        if p == g:
+            row[3 * g] = 1
+        else:
+            row[3 * p + 1], row[3 * g + 2] = 1, 1
+        rows.append(row)
+    return rows
 
-    binary = set(gold) | set(predicted) <= {0, 1}
-    f1 = f1_score(gold, predicted, pos_label=0, average="binary") if binary else f1_score(gold, predicted,
-                                                                                          average="macro")
-    return {"accuracy": float(accuracy_score(gold, predicted)), "f1": 100 * float(f1)}
+
+def macro_f1(summed) -> list[float]:
+    """Macro F1 (x100, over the classes that occur) from summed :func:`class_counts` rows."""
+    out = []
+    for row in summed:
+        f1s = [2 * tp / (2 * tp + fp + fn) for tp, fp, fn in zip(row[0::3], row[1::3], row[2::3]) if tp + fp + fn]
+        out.append(100 * float(sum(f1s)) / max(1, len(f1s)))
+    return out
 
 
 def perplexity(total_logprob: float, tokens: int) -> float:

@@ -32,16 +32,30 @@ class _ModelActor:
         return pa.table({"result": [json.dumps({"rid": r["rid"], **results[r["rid"]]}) for r in requests]})
 
 
+def actor_share(actors: int, actor_cpus: float | None, threads: int) -> tuple[float, int]:
+    """``(CPUs each actor reserves, its intra-op threads)``: unset, the actors split the largest node's CPUs
+    (eval runs alone in a recipe), and an actor runs as many threads as it has CPUs (Ray caps a 1-CPU
+    actor's torch at one thread, which left one of two cores idle)."""
+    import ray
+
+    if actor_cpus is None:
+        largest = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+        actor_cpus = max(1.0, float(int(largest // actors)))
+    return actor_cpus, threads or max(1, int(actor_cpus))
+
+
 def execute_on_ray(model_dir: str, requests: list[dict], batch_size: int, threads: int, actors: int,
-                   actor_cpus: float, label: str = "eval") -> dict[str, dict]:
+                   actor_cpus: float | None, label: str = "eval") -> dict[str, dict]:
     """Every request's result by ``rid``; results stream back as batches finish, with a progress line
     (requests, rate, time left) at most every 10 s."""
     import ray
 
+    actor_cpus, threads = actor_share(actors, actor_cpus, threads)
+    log.info("%s: %d model actors, %s CPUs and %d threads each", label, actors, actor_cpus, threads)
     ds = ray.data.from_items([{"request": json.dumps(r)} for r in requests])
     scored = ds.map_batches(_ModelActor, fn_constructor_kwargs={"model_dir": model_dir, "threads": threads,
                                                                 "batch_size": batch_size},
-                            batch_size=max(16, 4 * batch_size), batch_format="pyarrow", concurrency=actors,
+                            batch_size=max(32, 8 * batch_size), batch_format="pyarrow", concurrency=actors,
                             num_cpus=actor_cpus)
     ticker = Ticker(log, label, len(requests), "requests")
     results = {}

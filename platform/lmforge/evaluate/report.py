@@ -7,7 +7,29 @@ from lmforge.report import Section, absent, fmt, read_json, rerun
 from lmforge.tasks.builtin import TASKS
 
 
-def render(results: dict[str, dict], models: dict[str, str], seconds: dict[str, float], cfg) -> str:
+def with_ci(value, ci) -> str:
+    """``0.352 [0.286, 0.418]``, or the value alone when it has no interval."""
+    return f"{fmt(value)} [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else fmt(value)
+
+
+def signed(value) -> str:
+    return ("+" if isinstance(value, (int, float)) and value > 0 else "") + fmt(value)
+
+
+def comparison_rows(comparisons: dict) -> list[list]:
+    """``[comparison, task, metric, difference [95% CI], p-value (test)]`` per paired difference."""
+    rows = []
+    for pair, tasks in comparisons.items():
+        for task, by_metric in tasks.items():
+            for metric, c in by_metric.items():
+                ci = c.get("ci95")
+                diff = signed(c["difference"]) + (f" [{signed(ci[0])}, {signed(ci[1])}]" if ci else "")
+                rows.append([pair, task, metric, diff, f"{fmt(c.get('p_value'))} ({c.get('test', '-')})"])
+    return rows
+
+
+def render(results: dict[str, dict], models: dict[str, str], seconds: dict[str, float], cfg,
+           comparisons: dict | None = None) -> str:
     lines = ["# eval report", "", "| model | dir | seconds |", "| --- | --- | ---: |"]
     lines += [f"| {name} | `{models[name]}` | {seconds[name]} |" for name in results]
     task_names = list(next(iter(results.values())))
@@ -15,8 +37,10 @@ def render(results: dict[str, dict], models: dict[str, str], seconds: dict[str, 
         lines += ["", f"## {task}", ""]
         flat = {name: {k: v for k, v in r[task].items() if isinstance(v, (int, float))} for name, r in results.items()}
         keys = list(next(iter(flat.values())))
+        cis = {name: r[task].get("ci95", {}) for name, r in results.items()}
         lines += ["| model | " + " | ".join(keys) + " |", "| --- |" + " ---: |" * len(keys)]
-        lines += [f"| {name} | " + " | ".join(fmt(flat[name].get(k)) for k in keys) + " |" for name in flat]
+        lines += [f"| {name} | " + " | ".join(with_ci(flat[name].get(k), cis[name].get(k)) for k in keys) + " |"
+                  for name in flat]
         for name, r in results.items():
             if "by_category" in r[task]:
                 lines += ["", f"{name}: share of pairs where the stereotyped sentence is preferred (0.5: none), "
@@ -24,8 +48,23 @@ def render(results: dict[str, dict], models: dict[str, str], seconds: dict[str, 
                           "| --- | ---: | --- | ---: |"]
                 lines += [f"| {c} | {s['share']:.3f} | {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f} | {s['pairs']} |"
                           for c, s in [("overall", r[task]["overall"]), *r[task]["by_category"].items()]]
-    lines += ["", f"split: {cfg.split}, at most {cfg.max_examples} examples per task; predictions.jsonl has "
-              "every answer.", ""]
+    contamination = [[name, task, f"{c['contaminated']} of {c['of']}", ", ".join(c["corpus"])]
+                     for name, r in results.items() for task, scores in r.items()
+                     if isinstance(scores, dict) and (c := scores.get("contamination"))]
+    if contamination:
+        lines += ["", "## contamination", "", "Scored examples that share a 13-word sequence with the training "
+                  "corpus in the model's lineage (GPT-3's and lm-eval's rule).", "",
+                  "| model | task | contaminated | corpus |", "| --- | --- | ---: | --- |"]
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in contamination]
+    if comparisons:
+        lines += ["", "## paired differences", "",
+                  "Each model against the first on the same examples: the difference, its 95% interval (paired "
+                  "bootstrap) and a two-sided p-value (McNemar's exact test for accuracy).", "",
+                  "| comparison | task | metric | difference [95% CI] | p-value |", "| --- | --- | --- | ---: | ---: |"]
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in comparison_rows(comparisons)]
+    lines += ["", f"split: {cfg.split}, at most {cfg.max_examples} examples per task, {cfg.num_fewshot}-shot; "
+              f"intervals: 95%, {cfg.bootstrap} bootstrap resamples of the examples; predictions.jsonl has every "
+              "answer.", ""]
     return "\n".join(lines)
 
 
@@ -35,20 +74,33 @@ def recipe_sections(cfg) -> list[Section]:
     if evaluation is None:
         return [absent(t, "eval") for t in ("Evaluation", "Bias audit", "Privacy audit")]
     output = cfg.output
-    by_model = {"model": evaluation} if _is_task_table(evaluation) else evaluation
+    comparisons = {} if _is_task_table(evaluation) else evaluation.get("comparisons", {})
+    by_model = ({"model": evaluation} if _is_task_table(evaluation)
+                else {k: v for k, v in evaluation.items() if k != "comparisons"})
     command = rerun("eval", output)
     metric_rows = []
     for model, tasks in by_model.items():
         for task, scores in tasks.items():
             if task in ("bias", "canary"):
                 continue
-            metric_rows += [[task, metric, model, fmt(v)] for metric, v in scores.items()
+            ci = scores.get("ci95", {})
+            metric_rows += [[task, metric, model, with_ci(v, ci.get(metric))] for metric, v in scores.items()
                             if isinstance(v, (int, float)) and metric != "examples"]
     metric_rows.sort(key=lambda r: (r[0], r[1], r[2]))
-    evaluation_section = Section("Evaluation", command, ["Held-out examples (test split), each model side by side. "
-                                  "Exact match, F1, ROUGE, BLEU and chrF are percentages (0-100); accuracy is a "
-                                  "fraction (0-1)."],
-                                 [(["task", "metric", "model", "score"], metric_rows)])
+    tables = [(["task", "metric", "model", "score [95% CI]"], metric_rows)]
+    contaminated = [[task, model, f"{c['contaminated']} of {c['of']}"] for model, tasks in by_model.items()
+                    for task, scores in tasks.items()
+                    if isinstance(scores, dict) and (c := scores.get("contamination"))]
+    if contaminated:
+        tables.append((["task", "model", "examples in the training corpus (13-gram)"], contaminated))
+    if comparisons:
+        tables.append((["comparison", "task", "metric", "difference [95% CI]", "p-value"],
+                       comparison_rows(comparisons)))
+    evaluation_section = Section("Evaluation", command, [
+        "Held-out examples (test split), each model side by side, with 95% intervals (bootstrap over the examples). "
+        "Exact match, F1, ROUGE, BLEU and chrF are percentages (0-100); acc and acc_norm are fractions (0-1). "
+        "With several models, each is compared with the first on the same examples: a difference whose interval "
+        "excludes 0 is not noise."], tables)
     bias_rows, canary_rows = [], []
     for model, tasks in by_model.items():
         if "bias" in tasks:
@@ -74,4 +126,4 @@ def recipe_sections(cfg) -> list[Section]:
 
 def _is_task_table(evaluation: dict) -> bool:
     """eval.json of one model maps task -> scores; of several, model -> task -> scores."""
-    return any(k in TASKS or k == "canary" for k in evaluation)
+    return "comparisons" not in evaluation and any(k in TASKS or k == "canary" for k in evaluation)

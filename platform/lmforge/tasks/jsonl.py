@@ -1,4 +1,6 @@
-"""Task data from JSONL: ``{"prompt", "response"}`` (or ``"reference"``) rows, or chat ``{"messages"}``.
+"""Task data from JSONL: ``{"prompt", "response"}`` (or ``"reference"``) rows, or chat ``{"messages"}``;
+for multiple choice ``{"prompt", "choices", "answer"}`` (or ``{"messages", "choices", "answer"}``, the
+chat ending on the user's turn), ``answer`` being the gold choice's index or its text.
 
 Every malformed row is reported with its line number, so a run stops before it starts, not halfway.
 """
@@ -43,11 +45,11 @@ def read_examples(path: str, limit: int | None = None) -> list[Example]:
 def _example(row, example_id: str) -> Example:
     if not isinstance(row, dict):
         raise DataError("a row must be a JSON object")
+    if "choices" in row:
+        return _choice_example(row, example_id)
     if "messages" in row:
         messages = row["messages"]
-        if not isinstance(messages, list) or not all(isinstance(m, dict) and m.get("role") in ROLES
-                                                     and isinstance(m.get("content"), str) for m in messages):
-            raise DataError(f"messages: a list of {{role: {'|'.join(ROLES)}, content: text}}")
+        _check_messages(messages)
         if not any(m["role"] == "assistant" for m in messages):
             raise DataError("messages: a chat without an assistant turn has nothing to learn or score")
         last = next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
@@ -58,3 +60,32 @@ def _example(row, example_id: str) -> Example:
             isinstance(target, list) and target and all(isinstance(t, str) for t in target))):
         raise DataError('needs "prompt" and "response" (or "reference") as text, or "messages"')
     return Example(id=str(row.get("id", example_id)), prompt=prompt, reference=target)
+
+
+def _check_messages(messages) -> None:
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages):
+        raise DataError(f"messages: a list of {{role: {'|'.join(ROLES)}, content: text}}")
+
+
+def _choice_example(row: dict, example_id: str) -> Example:
+    """A multiple-choice row: its choices, and the gold one's index (given as an index or as the text)."""
+    choices, answer = row["choices"], row.get("answer")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        raise DataError('"choices" must be a list of at least two non-empty texts')
+    if isinstance(answer, bool) or not isinstance(answer, (int, str)):
+        raise DataError('"answer" must be the correct choice\'s index or its text')
+    if isinstance(answer, str):
+        if answer not in choices:
+            raise DataError(f'"answer" {answer!r} is not among "choices" {choices!r}')
+        answer = choices.index(answer)
+    elif not 0 <= answer < len(choices):
+        raise DataError(f'"answer" {answer} is not an index of "choices" (0..{len(choices) - 1})')
+    if "messages" in row:
+        _check_messages(row["messages"])
+        if row["messages"][-1]["role"] != "user":
+            raise DataError("messages: a multiple-choice chat ends on the user's turn (the choices answer it)")
+        return Example(id=str(row.get("id", example_id)), messages=row["messages"], choices=choices, answer=answer)
+    if not isinstance(row.get("prompt"), str):
+        raise DataError('a multiple-choice row needs "prompt" (text) or "messages"')
+    return Example(id=str(row.get("id", example_id)), prompt=row["prompt"], choices=choices, answer=answer)
