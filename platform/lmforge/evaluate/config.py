@@ -61,8 +61,8 @@ class EvalConfig(UsesRay, StageConfig):
     actor_cpus: float | None = None  # CPUs Ray reserves per actor; null: the largest node's CPUs split among them
     # an endpoint model: the environment variable holding its API key (unset or empty: no key sent)
     api_key_env: str = "OPENAI_API_KEY"
-    # an endpoint model: the model's tokenizer (an HF or export dir). With it, prompts go as token ids and
-    # chat prompts through its template, exactly as a local run; without it, as text (any server)
+    # an endpoint model: the model's tokenizer (an HF or export dir), required: prompts go as its token ids and
+    # chat prompts through its template, exactly as a local run makes them
     tokenizer: str | None = None
     concurrency: int = 8  # an endpoint model: requests in flight at once
     retries: int = 3  # an endpoint model: tries again after a connection error, 429 or 5xx, backing off

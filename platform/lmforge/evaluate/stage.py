@@ -10,7 +10,7 @@ from lmforge.evaluate.config import EvalConfig as Config
 from lmforge.report import Section
 from lmforge.stages import Input
 
-SUMMARY = "task metrics (ROUGE, BLEU, chrF, EM/F1, accuracy, perplexity), bias and canary audits"
+SUMMARY = "benchmarks as lm-eval scores them, task metrics with intervals, on a model or endpoint; audits"
 # the newest model a recipe makes
 INPUTS = (Input("model", (("finetune", "model"), ("pretrain", "model"), ("import", ""))),)
 
