@@ -119,6 +119,8 @@ def test_paired_differences_mcnemar_and_bootstrap():
     c = intervals.paired(base, better, 1000, seed=0)
     assert c["difference"] == pytest.approx(0.2) and c["test"] == "mcnemar"
     assert c["p_value"] == pytest.approx(2 / 2**10) and c["ci95"][0] > 0  # 10 discordant pairs, all one way
+    as_percent = intervals.paired(intervals.Sample.mean(base.values * 100), intervals.Sample.mean(better.values * 100))
+    assert as_percent["test"] == "mcnemar" and as_percent["p_value"] == c["p_value"]  # exact match is 0/100
     same = intervals.paired(base, base, 1000)
     assert same["difference"] == 0 and same["p_value"] == 1.0
     rouge_a = intervals.Sample.mean(np.linspace(10, 30, 40))

@@ -44,7 +44,9 @@ class Sample:
         return np.asarray(self.from_stats(self.stats[idx].sum(axis=1)), dtype=np.float64)
 
     def binary(self) -> bool:
-        return self.values is not None and bool(np.isin(self.values, (0.0, 1.0)).all())
+        """Right or wrong per example: 0/1 (accuracy) or 0/100 (exact match, a percentage)."""
+        return self.values is not None and (bool(np.isin(self.values, (0.0, 1.0)).all())
+                                            or bool(np.isin(self.values, (0.0, 100.0)).all()))
 
 
 def _rows(n: int, resamples: int, seed: int) -> np.ndarray:
@@ -87,9 +89,10 @@ def paired(base: Sample, other: Sample, resamples: int = 1000, seed: int = 0) ->
 
 
 def mcnemar(a: np.ndarray, b: np.ndarray) -> float:
-    """Exact two-sided McNemar p-value of two 0/1 vectors: a binomial test on the discordant pairs."""
-    only_a = int(np.sum((a == 1) & (b == 0)))
-    only_b = int(np.sum((a == 0) & (b == 1)))
+    """Exact two-sided McNemar p-value of two right/wrong vectors (nonzero = right): a binomial test on the
+    discordant pairs."""
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
     n = only_a + only_b
     if n == 0:
         return 1.0
