@@ -118,6 +118,21 @@ def test_stop_strings_cut_the_text_and_finish(model):
     assert "".join(o.text for o in outs) == full[: full.find(stop)] and outs[-1].finish_reason == "stop"
 
 
+def test_a_stop_string_across_tokens_is_never_streamed_in_part(model):
+    """OpenAI's contract: the text ends before the stop string, streamed or not. A stop that starts inside
+    one token and ends in the next must not have its start sent before the next token shows it is a stop;
+    a partial match that never completes is sent when the completion ends."""
+    deltas = [o.text for o in _run_one(model, SamplingParams(max_tokens=16, ignore_eos=True))]
+    full = "".join(deltas)
+    starts = [sum(len(d) for d in deltas[:i]) for i in range(len(deltas))]
+    stop = next(s for i in range(len(deltas) - 1) if deltas[i] and deltas[i + 1]
+                for s in [deltas[i][-1] + deltas[i + 1][:2]] if full.find(s) == starts[i] + len(deltas[i]) - 1)
+    outs = _run_one(model, SamplingParams(max_tokens=16, ignore_eos=True, stop=[stop]))
+    assert "".join(o.text for o in outs) == full[: full.find(stop)] and outs[-1].finish_reason == "stop"
+    never = _run_one(model, SamplingParams(max_tokens=16, ignore_eos=True, stop=[full[-1] + "\x00never"]))
+    assert "".join(o.text for o in never) == full and never[-1].finish_reason == "length"
+
+
 def _run_one(model, params, prompt=PROMPTS[0]):
     engine = Engine(model)
     engine.add("x", _ids(model, prompt), params)

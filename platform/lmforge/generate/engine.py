@@ -195,6 +195,7 @@ class Engine:
                 text, cut = text[:at], True
         if not cut and s.finish is None:
             text = text.rstrip("\ufffd")  # the rest of a multi-byte character comes with the next token
+            text = text[: len(text) - _held_back(text, s.params.stop)]
         delta = text[len(s.emitted):] if text.startswith(s.emitted) else ""
         s.emitted += delta
         return delta, cut
@@ -239,6 +240,13 @@ class Engine:
         self._retire()
         self._aborted.clear()
         return [self._output(s, [], "", [], None) for s in gone]
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many characters at the end of ``text`` could be the start of a stop string: they wait for the
+    next token, which shows whether the stop completes (and they are cut) or not (and they are sent)."""
+    return max((k for stop in stops for k in range(min(len(stop) - 1, len(text)), 0, -1)
+                if text.endswith(stop[:k])), default=0)
 
 
 def _pad_left(a: np.ndarray, length: int, axis: int) -> np.ndarray:
