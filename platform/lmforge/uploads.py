@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmforge.storage import filesystem, is_remote, remote_files, s3_filesystem
+from lmforge.aws import s3_filesystem
+from lmforge.storage import filesystem, is_remote, remote_files
 
 
 def write_remote_text(uri: str, text: str) -> None:

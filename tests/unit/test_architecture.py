@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "lmforge"
 
 LAYERS = [  # lowest first; the top-level modules of lmforge (config, storage, ...) are each their own unit
-    {"lmforge", "config", "storage", "uploads", "progress", "stages", "outputs", "report", "help"},  # shared
+    {"lmforge", "config", "aws", "storage", "uploads", "progress", "stages", "outputs", "report", "help"},  # shared
     {"cluster", "tasks", "generate", "model"},  # Ray sessions, task data, the ONNX generator; import (model)
     {"data"},  # prepare, and the data tools the stages above read with
     {"train"},  # pretrain, and the shared training worker every stage that trains runs on

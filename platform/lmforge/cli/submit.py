@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from lmforge import aws
 from lmforge import config as cfgmod
-from lmforge import storage
 from lmforge.cli.args import StageArgs, help_text, parse, resolved
 from lmforge.stages import STAGES
 
@@ -94,7 +94,7 @@ def runtime_env() -> dict:
     return {"working_dir": str(Path.cwd()), "excludes": EXCLUDES,
             "py_modules": [str(Path(lmforge.__file__).parent)],
             # (not the variables every stage's ray.init sets itself: Ray refuses a job env that repeats them)
-            "env_vars": storage.aws_env()}
+            "env_vars": aws.aws_env()}
 
 
 def submit(command: str, args: StageArgs, address: str | None, wait: bool) -> int:
