@@ -57,17 +57,10 @@ def _sacrebleu_metrics(korean_target: bool):
     return {"bleu": BLEU(tokenize="char" if korean_target else "13a"), "chrf": CHRF()}
 
 
-def sacrebleu_scores(predictions: list[str], references: list[list[str]], korean_target: bool = False) -> dict:
-    """Corpus BLEU and chrF; Korean targets are tokenized by character for BLEU (no word boundaries to
-    trust), as sacrebleu's own ``char`` tokenizer does."""
-    streams = _streams(references)
-    return {name: m.corpus_score(predictions, streams).score
-            for name, m in _sacrebleu_metrics(korean_target).items()}
-
-
 def sacrebleu_stats(predictions: list[str], references: list[list[str]], korean_target: bool = False) -> dict:
     """Per sentence, sacrebleu's sufficient statistics (n-gram matches and lengths) of BLEU and chrF, and
-    the function from their sum to the corpus score: what a bootstrap over sentences resamples."""
+    the function from their sum to the corpus score: what a bootstrap over sentences resamples. Korean
+    targets are tokenized by character for BLEU (no word boundaries to trust), as sacrebleu's ``char``."""
     streams = _streams(references)
     out = {}
     for name, m in _sacrebleu_metrics(korean_target).items():
@@ -79,6 +72,12 @@ def sacrebleu_stats(predictions: list[str], references: list[list[str]], korean_
 
         out[name] = (stats, from_stats)
     return out
+
+
+def sacrebleu_scores(predictions: list[str], references: list[list[str]], korean_target: bool = False) -> dict:
+    """Corpus BLEU and chrF, from the per-sentence statistics their intervals resample."""
+    return {name: from_stats([[sum(col) for col in zip(*stats)]])[0]
+            for name, (stats, from_stats) in sacrebleu_stats(predictions, references, korean_target).items()}
 
 
 def normalize_answer(text: str) -> str:
