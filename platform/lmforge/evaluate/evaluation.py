@@ -42,13 +42,14 @@ def run(cfg: EvalConfig) -> Path:
         return out.result()
     tasks = [load_task(t, cfg) for t in expand(cfg.tasks)]  # bad task data fails here, before any model loads
     models = dict(cfg.models) if cfg.models else {_model_name(cfg.model): cfg.model}
-    _check_endpoints(models, cfg, tasks)  # a down endpoint, or one without logprobs, fails here too
+    endpoints = _checked_endpoints(models, cfg, tasks)  # a down one, or one without logprobs, fails here too
     partial = out.begin()
     results, rows, seconds, samples = {}, [], {}, {}
     local = cfg.engine == "local" or all(is_endpoint(m) for m in models.values())
     with ray_session(cfg.ray) if not local else contextlib.nullcontext():
         for name, model_dir in models.items():
-            results[name], seconds[name], samples[name] = _evaluate(model_dir, tasks, cfg, rows, name)
+            results[name], seconds[name], samples[name] = _evaluate(model_dir, tasks, cfg, rows, name,
+                                                                    endpoints.get(name))
     comparisons = _compare(samples, cfg)
     body = {**results, "comparisons": comparisons} if len(models) > 1 else next(iter(results.values()))
     (partial / "eval.json").write_text(json.dumps(body, indent=2, ensure_ascii=False))
@@ -98,23 +99,24 @@ def load_task(spec: str | TaskSpec, cfg: EvalConfig) -> Task:
                 description=spec.description, target_delimiter=spec.target_delimiter, shots=shots, **fewshot)
 
 
-def _check_endpoints(models: dict[str, str], cfg: EvalConfig, tasks: list[Task]) -> None:
+def _checked_endpoints(models: dict[str, str], cfg: EvalConfig, tasks: list[Task]) -> dict:
+    """``{name: EndpointBackend}`` of the endpoint models, each checked to answer (with prompt logprobs
+    when a task scores)."""
     from lmforge.evaluate.endpoint import EndpointBackend
 
     needs_scores = any(t.kind != "generate" or "perplexity" in t.metrics or t.canaries for t in tasks)
-    for model in models.values():
-        if is_endpoint(model):
-            EndpointBackend.from_config(model, cfg).check(logprobs=needs_scores)
+    out = {name: EndpointBackend.from_config(model, cfg) for name, model in models.items() if is_endpoint(model)}
+    for backend in out.values():
+        backend.check(logprobs=needs_scores)
+    return out
 
 
-def _evaluate(model_dir: str, tasks: list[Task], cfg: EvalConfig, rows: list[dict], name: str):
+def _evaluate(model_dir: str, tasks: list[Task], cfg: EvalConfig, rows: list[dict], name: str, endpoint=None):
     from transformers import AutoTokenizer
 
     start = time.perf_counter()
-    if is_endpoint(model_dir):
-        from lmforge.evaluate.endpoint import EndpointBackend
-
-        backend = EndpointBackend.from_config(model_dir, cfg)
+    if endpoint is not None:
+        backend = endpoint
         requests = [r for t in tasks for r in requests_for(t, backend.tokenizer)]
         log.info("eval: %s: %d requests over %d tasks, through %s", name, len(requests), len(tasks), model_dir)
         ticker = Ticker(log, f"eval: {name}", len(requests), "requests")
