@@ -1,10 +1,9 @@
-"""Per-document curation: clean -> quality rules -> PII redaction -> dedup keys. Pure Python.
+"""Per-document curation: clean -> decontaminate -> quality rules -> PII redaction -> dedup keys. Pure Python.
 
 Takes a ledger record from :mod:`lmforge.data.sources` and returns it with the cleaned, redacted
-text, a drop reason if a rule failed (``empty``, ``contaminated:<task>``, ``quality:<rule>``), per-type PII
-counts, the exact-
-duplicate key and (batched, in :func:`curate_all`) the MinHash signature that the global dedup step
-(Ray glue) compares.
+text, a drop reason if a rule failed (``empty``, ``contaminated:<task>``, ``quality:<rule>``), per-type
+PII counts, the exact-duplicate key and (batched, in :func:`curate_all`) the MinHash signature that the
+global dedup step (Ray glue) compares.
 """
 
 from __future__ import annotations
