@@ -25,7 +25,6 @@ from lmforge.evaluate.intervals import Sample
 from lmforge.tasks.chat import chat_prompt
 from lmforge.tasks.examples import Example
 
-GENERATION_METRICS = {"rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match", "f1"}
 CANARY_CANDIDATES = 100  # random secrets of the same shape each canary is ranked among (exposure)
 
 
