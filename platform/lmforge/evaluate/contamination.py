@@ -65,10 +65,9 @@ def _documents(corpus: str):
             yield from pq.read_table(os.path.join(folder, part), columns=["text"]).column("text").to_pylist()
 
 
-def report(model: str, tasks) -> dict | None:
-    """``{"corpus", "ngram", task: {"examples", "contaminated", "ids"}}`` over the tasks with examples, or
-    None when the model's training corpus is not known."""
-    corpora = training_corpora(model)
+def report(corpora: list[str], tasks) -> dict | None:
+    """``{"corpus", "ngram", task: {"examples", "contaminated", "ids"}}`` of the tasks with examples against
+    the training corpora (prepare outputs), or None when there are none (the training data is not known)."""
     scored = {t.name: t.examples for t in tasks if t.examples}
     if not corpora or not scored:
         return None
@@ -80,6 +79,6 @@ def report(model: str, tasks) -> dict | None:
     out = {"corpus": corpora, "ngram": index.n}
     for name, examples in scored.items():
         out[name] = {"examples": len(examples), "contaminated": len(hit[name]), "ids": sorted(hit[name])}
-    log.info("eval: contamination of %s: %s", model,
+    log.info("eval: contamination against %s: %s", ", ".join(corpora),
              {k: v["contaminated"] for k, v in out.items() if isinstance(v, dict)})
     return out

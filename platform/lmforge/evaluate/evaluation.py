@@ -50,6 +50,7 @@ def run(cfg: EvalConfig) -> Path:
         for name, model_dir in models.items():
             results[name], seconds[name], samples[name] = _evaluate(model_dir, tasks, cfg, rows, name,
                                                                     endpoints.get(name))
+    _add_contamination(results, models, tasks)
     comparisons = _compare(samples, cfg)
     body = {**results, "comparisons": comparisons} if len(models) > 1 else next(iter(results.values()))
     (partial / "eval.json").write_text(json.dumps(body, indent=2, ensure_ascii=False))
@@ -137,24 +138,26 @@ def _evaluate(model_dir: str, tasks: list[Task], cfg: EvalConfig, rows: list[dic
 
         ticker = Ticker(log, f"eval: {name}", len(requests), "requests")
         results = execute(load_backend(model_dir, cfg.threads), requests, cfg.batch_size, ticker.update)
-    scores, seconds, samples = _scored(tasks, results, rows, name, cfg, start)
-    _add_contamination(scores, shipped, tasks)
-    return scores, seconds, samples
+    return _scored(tasks, results, rows, name, cfg, start)
 
 
-def _add_contamination(scores: dict, model: str, tasks: list[Task]) -> None:
-    """Per task, how many scored examples share a 13-gram with the model's training corpus, when its
-    lineage leads to a prepare output (null: not known)."""
+def _add_contamination(results: dict[str, dict], models: dict[str, str], tasks: list[Task]) -> None:
+    """Per task, how many scored examples share a 13-gram with each model's training corpus, when its
+    lineage leads to a prepare output (null: not known); models trained on the same corpus share one scan."""
     from lmforge.evaluate import contamination
 
-    found = contamination.report(model, [t for t in tasks if t.kind in ("generate", "choice")])
-    for task in tasks:
-        if task.kind in ("generate", "choice"):
+    scored = [t for t in tasks if t.kind in ("generate", "choice")]
+    by_corpora: dict[tuple[str, ...], dict | None] = {}
+    for name, model in models.items():
+        corpora = () if is_endpoint(model) else tuple(contamination.training_corpora(storage.absolute(model)))
+        if corpora not in by_corpora:
+            by_corpora[corpora] = contamination.report(list(corpora), scored)
+        found = by_corpora[corpora]
+        for task in scored:
             entry = found.get(task.name) if found else None
-            scores[task.name]["contamination"] = (
+            results[name][task.name]["contamination"] = (
                 {"contaminated": entry["contaminated"], "of": entry["examples"], "ngram": found["ngram"],
                  "corpus": found["corpus"], "ids": entry["ids"][:20]} if entry else None)
-
 
 def _scored(tasks: list[Task], results: dict, rows: list[dict], name: str, cfg: EvalConfig, start: float):
     """Each task's metrics with their 95% intervals, the prediction rows, and the samples behind them."""
