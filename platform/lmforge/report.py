@@ -50,6 +50,12 @@ def _cell(value) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def md_table(header: list[str], rows: list[list]) -> list[str]:
+    """A markdown table's lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows)]
+
+
 def render_md(sections: list[Section]) -> str:
     out = ["# lmforge run report", ""]
     for s in sections:
@@ -58,9 +64,7 @@ def render_md(sections: list[Section]) -> str:
             out += [f"Reproduce: `{s.command}`", ""]
         out += [line + "\n" for line in s.lines]
         for header, rows in s.tables:
-            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-            out.append("")
+            out += [*md_table(header, rows), ""]
         for caption, _ in s.images:
             out += [f"({caption}: in report.html)", ""]
     return "\n".join(out)

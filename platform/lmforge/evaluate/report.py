@@ -3,13 +3,16 @@ eval sections of a recipe's report."""
 
 from __future__ import annotations
 
-from lmforge.report import Section, absent, fmt, read_json, rerun
+from lmforge.report import Section, absent, fmt, md_table, read_json, rerun
 from lmforge.tasks.builtin import TASKS
 
 
 def with_ci(value, ci) -> str:
     """``0.352 [0.286, 0.418]``, or the value alone when it has no interval."""
     return f"{fmt(value)} [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else fmt(value)
+
+
+COMPARISON_HEADER = ["comparison", "task", "metric", "difference [95% CI]", "p-value"]
 
 
 def signed(value) -> str:
@@ -26,6 +29,13 @@ def comparison_rows(comparisons: dict) -> list[list]:
                 diff = signed(c["difference"]) + (f" [{signed(ci[0])}, {signed(ci[1])}]" if ci else "")
                 rows.append([pair, task, metric, diff, f"{fmt(c.get('p_value'))} ({c.get('test', '-')})"])
     return rows
+
+
+def contamination_rows(by_model: dict[str, dict]) -> list[list]:
+    """``[model, task, "k of n", corpus]`` per task whose model's training corpus is known."""
+    return [[model, task, f"{c['contaminated']} of {c['of']}", ", ".join(c["corpus"])]
+            for model, tasks in by_model.items() for task, scores in tasks.items()
+            if isinstance(scores, dict) and (c := scores.get("contamination"))]
 
 
 def render(results: dict[str, dict], models: dict[str, str], seconds: dict[str, float], cfg,
@@ -48,20 +58,15 @@ def render(results: dict[str, dict], models: dict[str, str], seconds: dict[str, 
                           "| --- | ---: | --- | ---: |"]
                 lines += [f"| {c} | {s['share']:.3f} | {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f} | {s['pairs']} |"
                           for c, s in [("overall", r[task]["overall"]), *r[task]["by_category"].items()]]
-    contamination = [[name, task, f"{c['contaminated']} of {c['of']}", ", ".join(c["corpus"])]
-                     for name, r in results.items() for task, scores in r.items()
-                     if isinstance(scores, dict) and (c := scores.get("contamination"))]
-    if contamination:
+    if contamination := contamination_rows(results):
         lines += ["", "## contamination", "", "Scored examples that share a 13-word sequence with the training "
-                  "corpus in the model's lineage (GPT-3's and lm-eval's rule).", "",
-                  "| model | task | contaminated | corpus |", "| --- | --- | ---: | --- |"]
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in contamination]
+                  "corpus in the model's lineage (GPT-3's and lm-eval's rule).", ""]
+        lines += md_table(["model", "task", "contaminated", "corpus"], contamination)
     if comparisons:
         lines += ["", "## paired differences", "",
                   "Each model against the first on the same examples: the difference, its 95% interval (paired "
-                  "bootstrap) and a two-sided p-value (McNemar's exact test for accuracy).", "",
-                  "| comparison | task | metric | difference [95% CI] | p-value |", "| --- | --- | --- | ---: | ---: |"]
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in comparison_rows(comparisons)]
+                  "bootstrap) and a two-sided p-value (McNemar's exact test for accuracy).", ""]
+        lines += md_table(COMPARISON_HEADER, comparison_rows(comparisons))
     lines += ["", f"split: {cfg.split}, at most {cfg.max_examples} examples per task, {cfg.num_fewshot}-shot; "
               f"intervals: 95%, {cfg.bootstrap} bootstrap resamples of the examples; predictions.jsonl has every "
               "answer.", ""]
@@ -88,14 +93,10 @@ def recipe_sections(cfg) -> list[Section]:
                             if isinstance(v, (int, float)) and metric != "examples"]
     metric_rows.sort(key=lambda r: (r[0], r[1], r[2]))
     tables = [(["task", "metric", "model", "score [95% CI]"], metric_rows)]
-    contaminated = [[task, model, f"{c['contaminated']} of {c['of']}"] for model, tasks in by_model.items()
-                    for task, scores in tasks.items()
-                    if isinstance(scores, dict) and (c := scores.get("contamination"))]
-    if contaminated:
+    if contaminated := [[task, model, found] for model, task, found, _ in contamination_rows(by_model)]:
         tables.append((["task", "model", "examples in the training corpus (13-gram)"], contaminated))
     if comparisons:
-        tables.append((["comparison", "task", "metric", "difference [95% CI]", "p-value"],
-                       comparison_rows(comparisons)))
+        tables.append((COMPARISON_HEADER, comparison_rows(comparisons)))
     evaluation_section = Section("Evaluation", command, [
         "Held-out examples (test split), each model side by side, with 95% intervals (bootstrap over the examples). "
         "Exact match, F1, ROUGE, BLEU and chrF are percentages (0-100); acc and acc_norm are fractions (0-1). "
