@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lmforge.generate.async_engine import AsyncEngine
-from lmforge.generate.engine import ContextLengthError, Engine, SamplingParams
+from lmforge.generate.engine import ContextLengthError, Engine, EngineFullError, SamplingParams
 from lmforge.generate.onnx_model import OnnxModel
 
 PROMPTS = ["The river", "서울은 대한민국의", "A much longer prompt that has a few more tokens in it than the others"]
@@ -47,7 +47,7 @@ def _alone(model, prompt: str, params: SamplingParams) -> list[int]:
                                     SamplingParams(max_tokens=12, temperature=0.9, top_p=0.9, seed=7,
                                                    ignore_eos=True)], ids=["greedy", "seeded"])
 def test_requests_joining_mid_stream_get_the_tokens_they_get_alone(model, params):
-    """A request admitted while others decode (left-padded into their batch, at its own positions) gives
+    """A request admitted while others decode (its own slot of the cache, at its own positions) gives
     exactly the tokens it gives alone; so do the ones already running."""
     engine = Engine(model, max_running=8)
     engine.add("0", _ids(model, PROMPTS[0]), params)
@@ -62,8 +62,8 @@ def test_requests_joining_mid_stream_get_the_tokens_they_get_alone(model, params
     for i, prompt in enumerate(PROMPTS):
         assert _tokens(outs[str(i)]) == _alone(model, prompt, params), i
     assert not engine.has_work() and not engine.running
-    # every finished row left the batch: no mask row or cache row stays behind (a leak per request)
-    assert engine.mask.shape[0] == 0 and all(a.shape[0] == 0 for a in engine.past.values()), engine.mask.shape
+    # every finished sequence gave its slot back (a slot kept busy would leak one per request)
+    assert not any(busy for pool in engine.pools for busy in pool.busy)
 
 
 def test_at_most_max_running_and_the_rest_wait(model):
@@ -78,15 +78,63 @@ def test_at_most_max_running_and_the_rest_wait(model):
     assert seen[-1] == (0, 0)
 
 
-def test_prefill_budget_admits_what_fits_and_a_long_prompt_alone(model):
-    engine = Engine(model, max_running=8, max_prefill_tokens=10)
+def test_a_long_prompt_is_prefilled_in_chunks_while_running_streams_keep_decoding(model):
+    """With ``max_prefill_tokens`` 4, a long prompt takes several steps to prefill; a stream already
+    running gets a token at every one of them (no stall for the prompt's whole length), and the long
+    prompt's tokens are those it gets prefilled at once."""
+    engine = Engine(model, max_running=4, max_prefill_tokens=4)
     long, short = _ids(model, PROMPTS[2]), _ids(model, PROMPTS[0])
-    assert len(long) > 10
-    engine.add("long", long, SamplingParams(max_tokens=2))
-    engine.add("short", short, SamplingParams(max_tokens=2))
-    first = {o.request_id for o in engine.step()}
-    assert first == {"long"}  # the long prompt alone, over budget; the short one waits a step
-    assert "short" in {o.request_id for o in engine.step()}
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    engine.add("short", short[:4], SamplingParams(max_tokens=40, ignore_eos=True))
+    engine.step()
+    engine.add("long", long, params)
+    chunks = -(-len(long) // 4)
+    for step in range(chunks):
+        ids = [o.request_id for o in engine.step() if o.token_ids]
+        assert "short" in ids, step
+        assert ("long" in ids) == (step == chunks - 1), step
+    outs = _run(engine)
+    rest = [t for o in outs["long"] for t in o.token_ids]
+    once = Engine(model, max_running=1, max_prefill_tokens=1000)
+    once.add("x", long, params)
+    assert len(rest) == 5 and _tokens(_run(once)["x"])[1:] == rest
+
+
+def test_a_prompt_sharing_a_prefix_with_a_finished_one_reuses_its_cache(model):
+    """The second prompt starts with the first one's tokens: only the rest is computed (hit rate), and its
+    tokens are those a fresh engine gives."""
+    first = _ids(model, PROMPTS[2])
+    second = first + _ids(model, " and then some more")
+    params = SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)
+    engine = Engine(model, max_running=2)
+    engine.add("a", first, params)
+    _run(engine)
+    engine.add("b", second, params)
+    got = _tokens(_run(engine)["b"])
+    assert engine.prefix_hit_rate == pytest.approx((len(first)) / (len(first) + len(second)), abs=0.02)
+    fresh = Engine(model, max_running=2)
+    fresh.add("b", second, params)
+    assert got == _tokens(_run(fresh)["b"]) and fresh.prefix_hit_rate == 0
+
+
+def test_memory_is_fixed_at_start_and_a_full_queue_refuses(model):
+    """Slots are allocated once (short ones and one of the full context); a request that needs more than a
+    short slot waits for the long one; past ``max_waiting`` a request is refused, not queued forever."""
+    engine = Engine(model, max_running=3, short_context=16, long_slots=1, max_waiting=2)
+    assert [(p.slots, p.capacity) for p in engine.pools] == [(2, 16), (1, 64)]
+    assert engine.cache_bytes == model.bytes_per_token * (2 * 16 + 64)
+    long = SamplingParams(max_tokens=30, ignore_eos=True)
+    engine.add("long1", _ids(model, PROMPTS[0]), long)
+    engine.add("long2", _ids(model, PROMPTS[0]), long)
+    engine.step()
+    assert engine.num_running == 1 and engine.num_waiting == 1  # one long slot
+    assert engine.room() == 2 + 2 - 1  # max_waiting + free slots - waiting
+    for i in range(3):
+        engine.add(f"more{i}", _ids(model, PROMPTS[0]), SamplingParams(max_tokens=2))
+    with pytest.raises(EngineFullError):
+        engine.add("over", _ids(model, PROMPTS[0]), SamplingParams(max_tokens=2))
+    outs = _run(engine)
+    assert {k for k, v in outs.items() if v[-1].finish_reason} == {"long1", "long2", "more0", "more1", "more2"}
 
 
 def test_abort_frees_the_slot_at_the_next_step(model):
@@ -226,3 +274,22 @@ def test_a_refused_request_fails_alone_and_any_seed_works(model):
 
     got, again = asyncio.run(main())
     assert len(got) >= 1 and got == again  # same seed, same tokens; the engine survived the bad request
+
+
+@pytest.mark.parametrize("span", [2, 3])
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_stop_strings_spanning_tokens_never_reach_the_text(model, span, where):
+    """A stop string made of the end of one token's text, whole tokens, and the start of another's (2 or 3
+    tokens), at the start, middle or end of the completion: the deltas, joined (what a stream sends, and
+    what a non-streamed response holds), end right before it; no delta ever carried part of it."""
+    pieces = [o.text for o in _run_one(model, SamplingParams(max_tokens=16, temperature=0, ignore_eos=True))]
+    starts = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces) + 1)]
+    full = "".join(pieces)
+    candidates = [i for i in range(len(pieces) - span + 1) if all(len(p) >= 2 for p in pieces[i:i + span])]
+    i = {"start": candidates[0], "middle": candidates[len(candidates) // 2], "end": candidates[-1]}[where]
+    stop = full[starts[i] + 1: starts[i + span] - 1]  # cuts into the first and last of the span
+    cut = full.find(stop)
+    outs = _run_one(model, SamplingParams(max_tokens=16, temperature=0, ignore_eos=True, stop=[stop]))
+    deltas = [o.text for o in outs]
+    assert "".join(deltas) == full[:cut] and outs[-1].finish_reason == "stop"
+    assert all(stop[:2] not in d for d in deltas)

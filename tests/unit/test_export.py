@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lmforge import config as cfgmod
 from lmforge.export import onnx_export, rewrites
 from lmforge.export.config import ExportConfig
-from lmforge.generate.onnx_generator import OnnxGenerator, SamplingParams, position_ids_for
+from lmforge.generate.onnx_generator import OnnxGenerator, SamplingParams
 from tests.unit.conftest import PPL_TEXT
 
 
@@ -26,8 +26,16 @@ def test_export_layout_and_parity(onnx_dir):
         assert (onnx_dir / name).is_file()
     import onnxruntime as ort
 
-    names = [i.name for i in ort.InferenceSession(str(onnx_dir / "model.onnx")).get_inputs()]
-    assert names[:3] == ["input_ids", "attention_mask", "position_ids"] and "past_key_values.1.value" in names
+    session = ort.InferenceSession(str(onnx_dir / "model.onnx"))
+    names = [i.name for i in session.get_inputs()]
+    assert names[:5] == ["input_ids", "query_seqlens", "seqlens_k", "total_sequence_length", "logits_index"]
+    assert "past_key_values.1.value" in names
+    # attention is onnxruntime's, over the caller's cache: no Concat of past and new keys/values
+    import onnx
+
+    nodes = onnx.load(str(onnx_dir / "model.onnx")).graph.node
+    readers = {n.op_type for n in nodes for i in n.input if i.startswith("past_key_values.")}
+    assert readers == {"GroupQueryAttention"} and sum(n.op_type == "GroupQueryAttention" for n in nodes) == 2
 
 
 def test_rerun_with_same_config_is_skipped(onnx_dir, hf_dir):
@@ -48,7 +56,7 @@ def test_greedy_generation_equals_transformers(hf_dir, onnx_dir, prompt):
     assert got.text == want_text
 
 
-def test_batched_left_padded_generation_equals_one_by_one(onnx_dir):
+def test_batched_generation_equals_one_by_one(onnx_dir):
     gen = OnnxGenerator(onnx_dir)
     prompts = ["A", "The longest of the three prompts here", "한글은"]
     params = SamplingParams(max_tokens=8, temperature=0)
@@ -65,11 +73,6 @@ def test_stream_ends_with_a_finish_reason_and_stop_strings_cut(onnx_dir):
     if len(full) > 2:
         (cut,) = gen.generate(["The"], SamplingParams(max_tokens=5, temperature=0, stop=[full[1:3]]))
         assert cut.text == full[:1] and cut.finish_reason == "stop"
-
-
-def test_position_ids_skip_left_padding():
-    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    assert position_ids_for(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4", "fp16"])

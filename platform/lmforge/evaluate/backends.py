@@ -31,7 +31,6 @@ class _Scoring:
     other one after the same context (a yes/no or A-D question costs one pass, not two or four)."""
 
     max_positions: int
-    scoring_rows: int | None = None  # sequences per scoring pass when the backend fixes it (else batch_size)
 
     def loglikelihood(self, requests: list[tuple[list[int], list[int]]], batch_size: int = 8,
                       progress=None) -> list[tuple[float, bool]]:
@@ -45,7 +44,7 @@ class _Scoring:
             passes.setdefault(key, (inputs, []))[1].append(i)
         order = sorted(passes.values(), key=lambda p: -len(p[0]))
         out: list[tuple[float, bool] | None] = [None] * len(requests)
-        done, rows = 0, self.scoring_rows or batch_size
+        done, rows = 0, batch_size
         for start in range(0, len(order), rows):
             chunk = order[start : start + rows]
             # a continuation longer than the context window is scored on its last tokens that fit
@@ -65,11 +64,8 @@ class _Scoring:
 
 
 class OnnxBackend(_Scoring):
-    # One sequence per scoring pass: an int8 export scores a left-padded row differently from the same row
-    # alone (up to 0.47 nats on a BoolQ answer, SmolLM2; an fp32 export within 4e-5), while alone it is exactly
-    # what `serve` returns for the request; and on CPU a prefill is compute-bound, so batching bought nothing
-    # (BoolQ, 200 rows: 19.6 s alone, 20.5 s in eights).
-    scoring_rows = 1
+    """Rows are right-padded, each attending over its own length: a row scores the same in any batch
+    (bit for bit, int8 included) and the same as ``serve`` returns for it alone."""
 
     def __init__(self, model_dir: str, threads: int = 0):
         from lmforge.generate.onnx_generator import OnnxGenerator
@@ -81,18 +77,17 @@ class OnnxBackend(_Scoring):
     def generate(self, prompts: list[list[int]], max_tokens: int, stop: list[str], batch_size: int = 8,
                  progress=None) -> list[str]:
         """Greedy completions through the continuous-batching engine: ``batch_size`` sequences run at once,
-        a finished one's slot goes to the next prompt; prompts enter longest first (rows of like length
-        pad less)."""
-        from lmforge.generate.engine import Engine, SamplingParams
+        a finished one's slot goes to the next prompt; prompts enter longest first."""
+        from lmforge.generate.engine import SamplingParams
 
-        engine = Engine(self.generator.model, max_running=batch_size)
-        for i in sorted(range(len(prompts)), key=lambda i: -len(prompts[i])):
-            ids = prompts[i][-(self.max_positions - max_tokens):]
-            engine.add(str(i), ids, SamplingParams(max_tokens=max_tokens, temperature=0, stop=stop))
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        ids = [prompts[i][-(self.max_positions - max_tokens):] for i in order]
+        params = SamplingParams(max_tokens=max_tokens, temperature=0, stop=stop)
+        engine = self.generator.engine(ids, params, max_running=batch_size)
         texts, done = [""] * len(prompts), 0
         while engine.has_work():
             for out in engine.step():
-                texts[int(out.request_id)] += out.text
+                texts[order[int(out.request_id)]] += out.text
                 if out.finish_reason is not None:
                     done += 1
                     if progress:
@@ -100,8 +95,12 @@ class OnnxBackend(_Scoring):
         return texts
 
     def _logprobs(self, seqs: list[list[int]], keep: int) -> np.ndarray:
-        logits, _, _ = self.generator.model.prefill(seqs)
-        return log_softmax(logits[:, -keep:, :])
+        """``[b, keep, V]``: each row's last ``keep`` positions (a shorter row's first ones are zeros)."""
+        logits = self.generator.model.logits(seqs, [max(0, len(s) - keep) for s in seqs])
+        out = np.zeros((len(seqs), keep, logits[0].shape[-1]))
+        for i, rows in enumerate(logits):
+            out[i, keep - len(rows):] = log_softmax(rows)
+        return out
 
 
 class TorchBackend(_Scoring):
@@ -151,10 +150,8 @@ class TorchBackend(_Scoring):
         """Log-softmax of the last ``keep`` positions only: the output layer and softmax skip the rest."""
         import torch
 
-        from lmforge.generate.onnx_model import position_ids_for
-
         ids, mask = self._padded(seqs)
-        positions = torch.from_numpy(position_ids_for(mask.numpy()))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # counted over real tokens: left padding shifts nothing
         with torch.no_grad():
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                 logits_to_keep=keep).logits

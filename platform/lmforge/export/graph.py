@@ -1,10 +1,19 @@
-"""The exported computation and its tracing: an HF causal LM as one ONNX graph with a KV cache.
+"""The exported computation and its tracing: an HF causal LM as one ONNX graph over a caller-owned KV cache.
 
-One graph serves prefill and decode: inputs ``input_ids``, ``attention_mask`` (past + new),
-``position_ids`` and ``past_key_values.{i}.key/value`` (sequence length 0 at prefill); outputs
-``logits`` and ``present.{i}.key/value``. Batch and every sequence axis are dynamic. Any causal LM whose
-forward takes ``cache=`` exports (Llama presets, SmolLM2, GPT-2); Llama-family attention is traced
-through :mod:`lmforge.export.lean_attention` (the same maths in fewer nodes).
+One graph serves prefill, chunked prefill and decode. Inputs:
+
+- ``input_ids`` ``[B, S]``: each row's new tokens, left-aligned, right-padded to ``S``;
+- ``query_seqlens`` ``[B]`` int32: how many of a row's ``S`` tokens are real (0: the row is idle);
+- ``seqlens_k`` ``[B]`` int32: tokens in the row's cache after this call, minus one;
+- ``total_sequence_length`` ``[]`` int32: an upper bound of ``seqlens_k + 1`` (the cache's capacity);
+- ``logits_index`` ``[B, K]`` int64: which of the ``S`` positions get logits (the last real one to
+  decode, every one to score a prompt);
+- ``past_key_values.{i}.key/value`` ``[B, kv_heads, C, head_dim]``: the cache, ``C`` positions per row.
+
+Outputs: ``logits`` ``[B, K, vocab]`` and ``present.{i}.key/value``, the same shape as the past; bound to
+the past's own buffers (:mod:`lmforge.generate.onnx_model`), the cache is updated in place. A row's new
+tokens sit at positions ``seqlens_k + 1 - query_seqlens`` onwards. Attention is onnxruntime's
+``GroupQueryAttention`` (:mod:`lmforge.export.slot_attention`).
 """
 
 from __future__ import annotations
@@ -14,28 +23,34 @@ from pathlib import Path
 
 import torch
 
-from lmforge.export.lean_attention import lean_attention
+from lmforge.export.slot_attention import SlotInputs, slot_attention
+
+INPUTS = ["input_ids", "query_seqlens", "seqlens_k", "total_sequence_length", "logits_index"]
 
 
-class KVModel(torch.nn.Module):
-    """The exported computation: (ids, mask, positions, *past) -> (logits, *present)."""
+class SlotModel(torch.nn.Module):
+    """The exported computation: (ids, query_seqlens, seqlens_k, total, logits_index, *past) -> (logits, *present)."""
 
-    def __init__(self, model):
+    def __init__(self, model, io: SlotInputs, modules: list[torch.nn.Module]):
         super().__init__()
-        self.model = model
+        self.model, self.io, self.modules_ = model, io, modules
         # A new Module starts in training mode, and torch.onnx.export restores the wrapper's mode after
         # tracing, recursively: that switched GPT-2's dropout on for every later PyTorch comparison.
         self.train(model.training)
 
-    def forward(self, input_ids, attention_mask, position_ids, *past):
-        from transformers import DynamicCache
-
-        pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
-        cache = DynamicCache(ddp_cache_data=pairs, config=self.model.config)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         cache=cache, use_cache=True)
-        presents = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
-        return (out.logits, *presents)
+    def forward(self, input_ids, query_seqlens, seqlens_k, total_sequence_length, logits_index, *past):
+        self.io.seqlens_k, self.io.total_sequence_length, self.io.query_seqlens = (
+            seqlens_k, total_sequence_length, query_seqlens)
+        self.io.past = list(past)
+        start = (seqlens_k + 1 - query_seqlens).to(torch.int64)  # each row's first new position
+        positions = start[:, None] + torch.arange(input_ids.shape[1])[None, :]
+        # padding past a row's end must still index the position table (GPT-2's; Llama's rotary is in the op)
+        positions = positions.clamp(0, self.model.config.max_position_embeddings - 1)
+        base = getattr(self.model, self.model.base_model_prefix)
+        hidden = base(input_ids=input_ids, position_ids=positions, use_cache=False).last_hidden_state
+        hidden = torch.gather(hidden, 1, logits_index[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        logits = self.model.lm_head(hidden)
+        return (logits, *(t for m in self.modules_ for t in m.slot_present))
 
 
 def kv_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -53,31 +68,30 @@ def load_model(model_dir: str):
     return model.eval()
 
 
-def past_shape(model, batch: int, past_len: int) -> tuple[int, ...]:
-    c = model.config
-    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return (batch, heads, past_len, head_dim)
+def kv_shape(config) -> tuple[int, int]:
+    """(kv heads, head dim) of one layer's cache."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return heads, head_dim
 
 
 def export_onnx(model, path: Path, opset: int) -> None:
-    """Trace ``KVModel`` once with a non-empty past; every batch/sequence axis is dynamic."""
+    """Trace :class:`SlotModel` once; batch, chunk, logits and cache-capacity axes are dynamic."""
     n_layers = model.config.num_hidden_layers
     past_names, present_names = kv_names(n_layers)
-    b, t, p = 2, 3, 4
-    ids = torch.randint(3, model.config.vocab_size, (b, t))
-    mask = torch.ones((b, p + t), dtype=torch.long)
-    pos = torch.arange(p, p + t).expand(b, t).contiguous()
-    past = [torch.randn(past_shape(model, b, p)) for _ in past_names]
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
-            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
-    axes |= {n: {0: "batch", 2: "past_sequence"} for n in past_names}
-    axes |= {n: {0: "batch", 2: "total_sequence"} for n in present_names}
-    with torch.no_grad(), lean_attention(model), warnings.catch_warnings():
+    b, s, capacity = 2, 3, 8
+    heads, head_dim = kv_shape(model.config)
+    example = (torch.randint(3, model.config.vocab_size, (b, s)), torch.tensor([3, 1], dtype=torch.int32),
+               torch.tensor([4, 5], dtype=torch.int32), torch.tensor(capacity, dtype=torch.int32),
+               torch.tensor([[2], [0]]), *(torch.zeros(b, heads, capacity, head_dim) for _ in past_names))
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "query_seqlens": {0: "batch"}, "seqlens_k": {0: "batch"},
+            "logits_index": {0: "batch", 1: "logits"}, "logits": {0: "batch", 1: "logits"}}
+    axes |= {n: {0: "batch", 2: "capacity"} for n in [*past_names, *present_names]}
+    io = SlotInputs(*example[1:4], past=[])
+    with torch.no_grad(), slot_attention(model, io) as modules, warnings.catch_warnings():
         # Tracing warns about every Python-side shape decision; the parity checks are what tell.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-        torch.onnx.export(KVModel(model), (ids, mask, pos, *past), str(path),
-                          input_names=["input_ids", "attention_mask", "position_ids", *past_names],
-                          output_names=["logits", *present_names], dynamic_axes=axes, opset_version=opset,
-                          custom_opsets={"com.microsoft": 1}, dynamo=False)
+        torch.onnx.export(SlotModel(model, io, modules), example, str(path),
+                          input_names=[*INPUTS, *past_names], output_names=["logits", *present_names],
+                          dynamic_axes=axes, opset_version=opset, custom_opsets={"com.microsoft": 1}, dynamo=False)

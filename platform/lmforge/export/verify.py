@@ -16,8 +16,9 @@ import torch
 
 from lmforge import storage
 from lmforge.export.config import ExportConfig
-from lmforge.export.graph import KVModel, kv_names, past_shape
-from lmforge.generate.onnx_generator import OnnxGenerator, SamplingParams, position_ids_for
+from lmforge.generate.onnx_generator import OnnxGenerator, SamplingParams
+from lmforge.generate.onnx_model import OnnxModel
+from lmforge.generate.sampling import log_softmax
 
 log = logging.getLogger(__name__)
 
@@ -25,31 +26,39 @@ MAX_PPL_INCREASE = {"int8": 0.05, "int4": 0.10, "fp16": 0.01}  # default bounds 
 
 
 def parity(model, onnx_path: Path, cfg: ExportConfig, seed: int = 0) -> dict:
-    """Max abs logits difference, PyTorch vs onnxruntime: a left-padded prefill, then decode steps."""
-    import onnxruntime as ort
-
+    """Max abs logits difference, PyTorch vs onnxruntime: a prefill of rows of different lengths (the
+    shorter right-padded), then decode steps, each row in its own slot of one KV cache."""
     rng = np.random.default_rng(seed)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    b, t = cfg.parity_batch, cfg.parity_seq_len
-    ids = rng.integers(3, model.config.vocab_size, size=(b, t), dtype=np.int64)
-    mask = np.ones_like(ids)
-    mask[0, : t // 4] = 0  # a left-padded row exercises the mask and position ids
-    past_names, _ = kv_names(model.config.num_hidden_layers)
-    past = [np.zeros(past_shape(model, b, 0), np.float32) for _ in past_names]
-    diffs = {}
-    for step in range(cfg.parity_decode_steps + 1):
-        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids_for(mask)[:, -ids.shape[1]:]}
-        feeds |= dict(zip(past_names, past))
-        got = session.run(None, feeds)
-        with torch.no_grad():
-            want = KVModel(model)(*(torch.from_numpy(feeds[n]) for n in ["input_ids", "attention_mask",
-                                                                          "position_ids", *past_names]))
-        real = mask[:, -ids.shape[1]:].astype(bool)
-        diffs["prefill" if step == 0 else f"decode_{step}"] = float(np.abs(got[0][real] - want[0].numpy()[real]).max())
-        past = got[1:]
-        ids = got[0][:, -1:, :].argmax(-1).astype(np.int64)
-        mask = np.concatenate([mask, np.ones((b, 1), np.int64)], axis=1)
+    onnx = OnnxModel(onnx_path.parent, model_file=onnx_path.name)
+    b, t, steps = cfg.parity_batch, cfg.parity_seq_len, cfg.parity_decode_steps
+    lengths = np.array([t - (t // 4 if i % 2 else 0) for i in range(b)], np.int32)
+    seqs = [rng.integers(3, model.config.vocab_size, size=int(n)).tolist() for n in lengths]
+    cache = onnx.new_cache(b, t + steps + 1)
+    ids = np.zeros((b, t), np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+    index = np.tile(np.arange(t), (b, 1))
+    got = onnx.run(cache, 0, ids, lengths, lengths - 1, index)
+    diffs = {"prefill": max(_diff(got[i, : len(s)], _torch_logits(model, s)) for i, s in enumerate(seqs))}
+    last = [got[i, len(s) - 1] for i, s in enumerate(seqs)]
+    for step in range(1, steps + 1):
+        for s, row in zip(seqs, last):
+            s.append(int(row.argmax()))
+        lengths = lengths + 1
+        got = onnx.run(cache, 0, np.array([[s[-1]] for s in seqs]), np.ones(b, np.int32), lengths - 1,
+                       np.zeros((b, 1), np.int64))[:, 0]
+        diffs[f"decode_{step}"] = max(_diff(got[i], _torch_logits(model, s)[-1]) for i, s in enumerate(seqs))
+        last = list(got)
     return {"max_abs_diff": max(diffs.values()), "atol": cfg.parity_atol, "steps": diffs}
+
+
+def _torch_logits(model, seq: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([seq])).logits[0].numpy()
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max())
 
 
 GREEDY_PROMPT = "The history of the city"
@@ -88,17 +97,11 @@ def agreement(model, model_dir: Path, onnx_path: Path, n_tokens: int) -> dict:
     the two continue from different text, so later positions say little). ``top1_agreement``: with
     PyTorch's greedy text fed to both (teacher forcing), the share of positions where both pick the
     same next token; a quantization slip that flips close calls shows here first."""
-    import onnxruntime as ort
-
     prompt, want = torch_greedy(model, model_dir, n_tokens)
     got = onnx_greedy(model_dir, onnx_path, prompt, len(want))
     prefix = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
     ids = np.array([prompt + want[:-1]], dtype=np.int64)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    shapes = {i.name: i.shape for i in session.get_inputs()}
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None]}
-    feeds |= {n: np.zeros((1, shapes[n][1], 0, shapes[n][3]), np.float32) for n in shapes if n.startswith("past")}
-    quant = session.run(["logits"], feeds)[0][0, len(prompt) - 1:]
+    quant = OnnxModel(model_dir, model_file=onnx_path.name).logits([ids[0].tolist()], [len(prompt) - 1])[0]
     with torch.no_grad():
         ref = model(torch.from_numpy(ids)).logits[0, len(prompt) - 1:].numpy()
     return {"greedy_tokens": len(want), "greedy_prefix": prefix,
@@ -123,26 +126,15 @@ def held_out_text(path: str, max_docs: int) -> str:
 
 def perplexity(onnx_path: Path, model_dir: Path, text: str, window: int, max_windows: int = 8) -> float:
     """exp(mean next-token NLL) over up to ``max_windows`` non-overlapping windows of ``window`` tokens."""
-    import onnxruntime as ort
-    from transformers import AutoTokenizer
-
-    ids = AutoTokenizer.from_pretrained(str(model_dir))(text, verbose=False).input_ids  # longer than the context
-    hf = json.loads((model_dir / "config.json").read_text())
-    window = min(window, int(hf.get("max_position_embeddings") or hf.get("n_positions") or window) - 1)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    past_names = [i.name for i in session.get_inputs() if i.name.startswith("past_key_values")]
-    shapes = {i.name: i.shape for i in session.get_inputs()}
+    onnx = OnnxModel(model_dir, model_file=onnx_path.name)
+    ids = onnx.tokenizer(text, verbose=False).input_ids  # longer than the context
+    window = min(window, onnx.max_positions - 1)
     nll, count = 0.0, 0
     for start in range(0, min(len(ids) - 1, window * max_windows), window):
-        chunk = np.array([ids[start : start + window + 1]], dtype=np.int64)
-        x, y = chunk[:, :-1], chunk[:, 1:]
-        feeds = {"input_ids": x, "attention_mask": np.ones_like(x), "position_ids": np.arange(x.shape[1])[None]}
-        feeds |= {n: np.zeros((1, shapes[n][1], 0, shapes[n][3]), np.float32) for n in past_names}
-        logits = session.run(["logits"], feeds)[0][0].astype(np.float64)
-        logits -= logits.max(-1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        nll -= logp[np.arange(y.shape[1]), y[0]].sum()
-        count += y.shape[1]
+        chunk = ids[start : start + window + 1]
+        logp = log_softmax(onnx.logits([chunk[:-1]])[0])
+        nll -= logp[np.arange(len(chunk) - 1), chunk[1:]].sum()
+        count += len(chunk) - 1
     return float(np.exp(nll / max(count, 1)))
 
 

@@ -1,23 +1,37 @@
-"""Continuous batching over a KV-cached ONNX model: requests join between decode steps and leave when done.
+"""Continuous batching over an ONNX model whose KV cache lives in preallocated slots, updated in place.
 
-Every :meth:`Engine.step` decodes one token for each running sequence, retires the ones that finished
-(end of sequence, ``max_tokens``, a stop string, the context, or an abort), then prefills waiting
-requests (up to ``max_running`` sequences and ``max_prefill_tokens`` prompt tokens per step) and merges
-them into the batch. The batch's key/values are left-padded to a common length, with the attention mask
-and per-row position ids keeping each sequence's maths its own. Each request has its own sampling
-parameters and random generator, so a seeded request gives the same tokens whatever else is running.
-No Ray, no threads: :mod:`lmforge.generate.async_engine` drives it from a server.
+Every :meth:`Engine.step`:
+
+1. admits waiting requests into free slots (a prompt whose start a free slot still holds reuses it);
+2. decodes one token for every running sequence: one graph call per cache pool, each row attending
+   over its own length, idle rows costing one padding token;
+3. prefills at most ``max_prefill_tokens`` prompt tokens, in chunks, so a long prompt delays the
+   running streams by a chunk per step rather than by its whole length; logits only for the last
+   position (every position when the request asks for prompt logprobs);
+4. retires sequences that finished (end of sequence, ``max_tokens``, a stop string, the context, an
+   abort), whose slots free at once with nothing copied.
+
+Memory is fixed at start (:attr:`Engine.cache_bytes`): ``max_running`` slots, most of them
+``short_context`` positions long and ``long_slots`` of them the full ``max_context``, so one long
+prompt does not make every slot long. Each request has its own sampling parameters and random
+generator, so a seeded request gives the same tokens whatever else is running. No Ray, no threads:
+:mod:`lmforge.generate.async_engine` drives it from a server.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from lmforge.generate.kv_cache import KVCache
 from lmforge.generate.onnx_model import OnnxModel
-from lmforge.generate.sampling import log_softmax, sample_row
+from lmforge.generate.sampling import log_softmax, sample_row, top_logprobs
+from lmforge.generate.text import TextStream
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -60,28 +74,61 @@ class ContextLengthError(ValueError):
     """A request that does not fit the model's context."""
 
 
+class EngineFullError(RuntimeError):
+    """The engine's queue has no room for a request's sequences now; the caller may retry later."""
+
+
 @dataclass
 class _Seq:
     id: str
     prompt: list[int]
     params: SamplingParams
     rng: np.random.Generator
+    text: TextStream
     generated: list[int] = field(default_factory=list)
-    text: str = ""  # the completion decoded so far
-    emitted: str = ""  # the part of it already handed out
     finish: str | None = None
+    pool: KVCache | None = None
+    slot: int = -1
+    computed: int = 0  # prompt tokens in the cache (prefill progress)
+    scored: list | None = None  # prompt logprobs gathered over the prefill's chunks
+
+    @property
+    def length(self) -> int:
+        """Tokens in the cache once the last sampled token is fed."""
+        return len(self.prompt) + len(self.generated)
 
 
 class Engine:
     """One model, many concurrent requests. ``add`` and ``abort`` queue work; ``step`` does it."""
 
-    def __init__(self, model: OnnxModel, max_running: int = 16, max_prefill_tokens: int = 4096):
-        self.model, self.max_running, self.max_prefill_tokens = model, max_running, max_prefill_tokens
+    def __init__(self, model: OnnxModel, max_running: int = 16, max_prefill_tokens: int = 512,
+                 max_context: int | None = None, short_context: int = 1024, long_slots: int = 1,
+                 max_waiting: int | None = None):
+        """``max_running`` sequences decode together (KV cache slots): ``long_slots`` of them hold
+        ``max_context`` positions (default: the model's limit), the rest ``short_context``;
+        ``max_prefill_tokens`` prompt tokens are computed per step; ``max_waiting`` sequences may queue
+        beyond the free slots (default 16 x ``max_running``), more are refused (:class:`EngineFullError`)."""
+        self.model = model
+        self.max_context = min(max_context or model.max_positions, model.max_positions)
+        self.max_prefill_tokens = max_prefill_tokens
+        short = min(short_context, self.max_context)
+        long_slots = max_running if short >= self.max_context else min(long_slots, max_running)
+        self.pools = [model.new_cache(n, c) for n, c in ((max_running - long_slots, short),
+                                                          (long_slots, self.max_context)) if n > 0]
+        self.max_waiting = max_waiting if max_waiting is not None else 16 * max_running
         self.waiting: collections.deque[_Seq] = collections.deque()
+        self.prefilling: list[_Seq] = []
         self.running: list[_Seq] = []
-        self.past: dict[str, np.ndarray] = {}
-        self.mask = np.zeros((0, 0), np.int64)
         self._aborted: set[str] = set()
+
+    @property
+    def cache_bytes(self) -> int:
+        """The KV cache's memory, all of it allocated at start."""
+        return sum(p.nbytes for p in self.pools)
+
+    def describe(self) -> str:
+        pools = " + ".join(f"{p.slots} x {p.capacity}" for p in self.pools)
+        return f"KV cache: {pools} positions = {self.cache_bytes / 2**30:.2f} GiB"
 
     # ------------------------------------------------------------------ requests
     def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
@@ -89,22 +136,30 @@ class Engine:
         if not prompt_ids:
             raise ContextLengthError("the prompt has no tokens")
         needed = len(prompt_ids) + params.max_tokens
-        if needed > self.model.max_positions:
+        if needed > self.max_context:
             raise ContextLengthError(
-                f"This model's maximum context length is {self.model.max_positions} tokens. However, you "
+                f"This model's maximum context length is {self.max_context} tokens. However, you "
                 f"requested {needed} tokens ({len(prompt_ids)} in the prompt, {params.max_tokens} in the completion).")
 
+    def room(self) -> int:
+        """Sequences that can still be queued."""
+        return self.max_waiting + sum(p.free_slots() for p in self.pools) - len(self.waiting)
+
     def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Queue a request (see :meth:`check`)."""
+        """Queue a request (see :meth:`check`); :class:`EngineFullError` when the queue is full."""
         self.check(prompt_ids, params)
+        if self.room() < 1:
+            raise EngineFullError(f"{len(self.waiting)} sequences are waiting already")
         seed = None if params.seed is None else params.seed % 2**64  # any integer seeds (OpenAI allows negatives)
-        self.waiting.append(_Seq(request_id, list(prompt_ids), params, np.random.default_rng(seed)))
+        stream = TextStream(self.model.tokenizer, params.stop)
+        self.waiting.append(_Seq(request_id, list(prompt_ids), params, np.random.default_rng(seed), stream))
 
     def reset(self) -> list[str]:
         """Drop every request (after a failed step); returns their ids."""
-        ids = [s.id for s in [*self.running, *self.waiting]]
-        self.running, self.waiting, self._aborted = [], collections.deque(), set()
-        self.past, self.mask = {}, np.zeros((0, 0), np.int64)
+        ids = [s.id for s in [*self.running, *self.prefilling, *self.waiting]]
+        self.running, self.prefilling, self.waiting, self._aborted = [], [], collections.deque(), set()
+        for pool in self.pools:
+            pool.clear()
         return ids
 
     def abort(self, request_id: str) -> None:
@@ -112,128 +167,154 @@ class Engine:
         self._aborted.add(request_id)
 
     def has_work(self) -> bool:
-        return bool(self.running or self.waiting)
+        return bool(self.running or self.prefilling or self.waiting)
 
     @property
     def num_running(self) -> int:
-        return len(self.running)
+        return len(self.running) + len(self.prefilling)
 
     @property
     def num_waiting(self) -> int:
         return len(self.waiting)
 
+    @property
+    def prefix_hit_rate(self) -> float:
+        """Share of admitted prompt tokens found in a slot's cache instead of computed."""
+        prompt = sum(p.stats.prompt_tokens for p in self.pools)
+        return sum(p.stats.reused_tokens for p in self.pools) / prompt if prompt else 0.0
+
     # ------------------------------------------------------------------ one step
     def step(self) -> list[Output]:
-        """Decode one token for every running sequence, retire the finished, admit waiting requests."""
+        """Admit, decode one token for every running sequence, prefill a chunk, retire the finished."""
         outputs = self._drop_aborted()
-        if self.running:
-            ids = np.array([[s.generated[-1]] for s in self.running], np.int64)
-            positions = np.array([[len(s.prompt) + len(s.generated) - 1] for s in self.running], np.int64)
-            mask = np.concatenate([self.mask, np.ones((len(self.running), 1), np.int64)], axis=1)
-            logits, self.past = self.model.run(ids, mask, positions, self.past)
-            self.mask = mask
-            outputs += [self._advance(s, row) for s, row in zip(self.running, logits[:, -1, :])]
-            self._retire()
-        return outputs + self._admit()
-
-    def _admit(self) -> list[Output]:
-        new: list[_Seq] = []
-        budget = self.max_prefill_tokens
-        while self.waiting and len(self.running) + len(new) < self.max_running:
-            cost = len(self.waiting[0].prompt)
-            if new and cost > budget:  # a prompt over the budget still runs, alone
-                break
-            new.append(self.waiting.popleft())
-            budget -= cost
-        if not new:
-            return []
-        logits, past, mask = self.model.prefill([s.prompt for s in new])
-        width = mask.shape[1]
-        outputs = []
-        for i, s in enumerate(new):
-            scored = _prompt_logprobs(logits[i, width - len(s.prompt):], s) if s.params.prompt_logprobs else None
-            if s.params.max_tokens == 0:
-                s.finish = "length"
-                outputs.append(self._output(s, [], "", [], None, scored))
-            else:
-                out = self._advance(s, logits[i, -1])
-                out.prompt_logprobs = scored
-                outputs.append(out)
-        self._merge(new, past, mask)
+        self._admit()
+        for pool in self.pools:
+            rows = [s for s in self.running if s.pool is pool]
+            if rows:
+                outputs += self._decode(pool, rows)
+        outputs += self._prefill()
+        self._retire()
         return outputs
 
-    def _advance(self, s: _Seq, logits: np.ndarray) -> Output:
-        """Choose ``s``'s next token from its logits; update its text, finish state and output."""
+    def _admit(self) -> None:
+        while self.waiting:
+            s = self.waiting[0]
+            need = len(s.prompt) + s.params.max_tokens
+            pool = next((p for p in self.pools if p.capacity >= need and p.free_slots()), None)
+            if pool is None:
+                return  # first come, first served: a long request waiting is not overtaken by short ones
+            self.waiting.popleft()
+            # the prompt's logprobs need logits at every position: no reuse for them
+            s.slot, s.computed = pool.acquire(s.prompt, reuse=not s.params.prompt_logprobs)
+            s.pool = pool
+            s.scored = [None] if s.params.prompt_logprobs else None
+            self.prefilling.append(s)
+
+    def _decode(self, pool: KVCache, rows: list[_Seq]) -> list[Output]:
+        """One graph call: each running row's last token joins its cache; the next token is chosen."""
+        first = min(s.slot for s in rows)
+        n = max(s.slot for s in rows) - first + 1
+        ids = np.zeros((n, 1), np.int64)
+        query = np.zeros(n, np.int32)
+        total = np.ones(n, np.int32)  # idle rows: 0 new tokens, their cache untouched
+        for s in rows:
+            i = s.slot - first
+            ids[i, 0], query[i], total[i] = s.generated[-1], 1, s.length
+        logits = self.model.run(pool, first, ids, query, total - 1, np.zeros((n, 1), np.int64))[:, 0]
+        for s in rows:
+            pool.tokens[s.slot].append(s.generated[-1])
+        picks = self._choose(logits[[s.slot - first for s in rows]], rows)
+        return [self._advance(s, row, token) for s, row, token in picks]
+
+    def _prefill(self) -> list[Output]:
+        """Up to ``max_prefill_tokens`` prompt tokens, in arrival order: a chunk of a long prompt at a time."""
+        outputs, budget = [], self.max_prefill_tokens
+        for s in list(self.prefilling):
+            if budget <= 0:
+                break
+            chunk = s.prompt[s.computed: s.computed + budget]
+            budget -= len(chunk)
+            end = s.computed + len(chunk)
+            scored = s.scored is not None
+            index = np.arange(len(chunk) if scored else 1, dtype=np.int64) + (0 if scored else len(chunk) - 1)
+            logits = self.model.run(s.pool, s.slot, np.array([chunk], np.int64), np.array([len(chunk)], np.int32),
+                                    np.array([end - 1], np.int32), index[None])[0]
+            s.pool.tokens[s.slot].extend(chunk)
+            if scored:  # logits at prompt position j score token j + 1
+                s.scored += [_logprob(logits[j], s.prompt[s.computed + j + 1], s.params.logprobs or 0)
+                             for j in range(len(chunk)) if s.computed + j + 1 < len(s.prompt)]
+            s.computed = end
+            if end < len(s.prompt):
+                continue
+            self.prefilling.remove(s)
+            if s.params.max_tokens == 0:
+                s.finish = "length"
+                outputs.append(self._output(s, [], "", [], None, s.scored))
+                continue
+            ((_, row, token),) = self._choose(logits[-1:], [s])
+            out = self._advance(s, row, token)
+            out.prompt_logprobs = s.scored
+            outputs.append(out)
+            self.running.append(s)
+        return outputs
+
+    def _choose(self, logits: np.ndarray, rows: list[_Seq]) -> list[tuple[_Seq, np.ndarray, int]]:
+        """Each row's next token: one argmax for all the plain greedy rows, a sampler call for the rest."""
+        plain = [i for i, s in enumerate(rows) if s.params.temperature <= 0 and not self._masks_eos(s)]
+        tokens = np.zeros(len(rows), np.int64)
+        if plain:
+            tokens[plain] = logits[plain].argmax(axis=-1)
+        for i, s in enumerate(rows):
+            if i in plain:
+                continue
+            p, choices = s.params, logits[i]
+            if self._masks_eos(s):
+                choices = choices.copy()
+                choices[self.model.eos_ids] = -np.inf
+            tokens[i] = sample_row(choices, p.temperature, p.top_k, p.top_p, s.rng)
+        return [(s, logits[i], int(tokens[i])) for i, s in enumerate(rows)]
+
+    def _masks_eos(self, s: _Seq) -> bool:
+        return bool(self.model.eos_ids) and (len(s.generated) < s.params.min_tokens or s.params.ignore_eos)
+
+    def _advance(self, s: _Seq, logits: np.ndarray, token: int) -> Output:
+        """Record ``s``'s next token; update its text, finish state and output."""
         p = s.params
-        choices = logits.astype(np.float32, copy=True)
-        if (len(s.generated) < p.min_tokens or p.ignore_eos) and self.model.eos_ids:
-            choices[self.model.eos_ids] = -np.inf
-        token = sample_row(choices, p.temperature, p.top_k, p.top_p, s.rng)
         # logprobs are the model's own distribution, whatever was masked for the choice
-        logprobs = [_token_logprob(logits, token, p.logprobs)] if p.logprobs is not None else None
+        logprobs = [_logprob(logits, token, p.logprobs)] if p.logprobs is not None else None
         if token in self.model.eos_ids and not p.ignore_eos:  # the end: not part of the completion
             s.finish = "stop"
-            delta, _ = self._new_text(s)  # what was held back for an incomplete character
+            s.text.flush()
+            delta, _ = s.text.new_text(final=True)  # what was held back for an incomplete character
             return self._output(s, [], delta, [], [] if logprobs is not None else None)
         s.generated.append(token)
-        offset = len(s.text)
-        delta, cut = self._new_text(s)
+        offset = len(s.text.text)
+        s.text.add(token)
+        delta, cut = s.text.new_text(final=False)
         if cut:
             s.finish = "stop"
-        elif len(s.generated) >= p.max_tokens or len(s.prompt) + len(s.generated) >= self.model.max_positions:
+        elif len(s.generated) >= p.max_tokens or s.length >= s.pool.capacity:  # no room to feed it
             s.finish = "length"
-            delta += self._new_text(s)[0]
+            s.text.flush()
+            delta += s.text.new_text(final=True)[0]
         return self._output(s, [token], delta, [offset], logprobs)
-
-    def _new_text(self, s: _Seq) -> tuple[str, bool]:
-        """The completion's new text since the last output, and whether a stop string cut it."""
-        s.text = self.model.tokenizer.decode(s.generated, skip_special_tokens=True)
-        text, cut = s.text, False
-        for stop in s.params.stop:
-            at = text.find(stop, max(0, len(s.emitted) - len(stop)))
-            if at >= 0:
-                text, cut = text[:at], True
-        if not cut and s.finish is None:
-            text = text.rstrip("\ufffd")  # the rest of a multi-byte character comes with the next token
-            text = text[: len(text) - _held_back(text, s.params.stop)]
-        delta = text[len(s.emitted):] if text.startswith(s.emitted) else ""
-        s.emitted += delta
-        return delta, cut
 
     def _output(self, s: _Seq, token_ids, text: str, offsets, logprobs, prompt_logprobs=None) -> Output:
         return Output(s.id, token_ids, text, offsets, logprobs, s.finish, len(s.prompt), len(s.generated),
                       prompt_logprobs)
 
-    # ------------------------------------------------------------------ the batch's key/values
-    def _merge(self, new: list[_Seq], past: dict[str, np.ndarray], mask: np.ndarray) -> None:
-        keep = [i for i, s in enumerate(new) if s.finish is None]
-        if not keep:
-            return
-        length = max(self.mask.shape[1], mask.shape[1])
-        if self.running:
-            self.past = {n: np.concatenate([_pad_left(self.past[n], length, 2), _pad_left(past[n][keep], length, 2)])
-                         for n in past}
-            self.mask = np.concatenate([_pad_left(self.mask, length, 1), _pad_left(mask[keep], length, 1)])
-        else:
-            self.past, self.mask = {n: past[n][keep] for n in past}, mask[keep]
-        self.running += [new[i] for i in keep]
-
+    # ------------------------------------------------------------------ leaving
     def _retire(self) -> None:
-        keep = [i for i, s in enumerate(self.running) if s.finish is None]
-        if len(keep) == len(self.running):
-            return
-        self.running = [self.running[i] for i in keep]
-        self.past = {n: a[keep] for n, a in self.past.items()}
-        self.mask = self.mask[keep]
-        if self.running:  # drop the columns that are padding for every remaining row
-            first = int(np.argmax(self.mask.any(axis=0)))
-            self.past = {n: np.ascontiguousarray(a[:, :, first:]) for n, a in self.past.items()}
-            self.mask = self.mask[:, first:]
+        for group in (self.running, self.prefilling):
+            done = [s for s in group if s.finish is not None]
+            for s in done:
+                group.remove(s)
+                s.pool.release(s.slot)
 
     def _drop_aborted(self) -> list[Output]:
         if not self._aborted:
             return []
-        gone = [s for s in [*self.running, *self.waiting] if s.id in self._aborted]
+        gone = [s for s in [*self.running, *self.prefilling, *self.waiting] if s.id in self._aborted]
         self.waiting = collections.deque(s for s in self.waiting if s.id not in self._aborted)
         for s in gone:
             s.finish = "abort"
@@ -242,29 +323,6 @@ class Engine:
         return [self._output(s, [], "", [], None) for s in gone]
 
 
-def _held_back(text: str, stops: list[str]) -> int:
-    """How many characters at the end of ``text`` could be the start of a stop string: they wait for the
-    next token, which shows whether the stop completes (and they are cut) or not (and they are sent)."""
-    return max((k for stop in stops for k in range(min(len(stop) - 1, len(text)), 0, -1)
-                if text.endswith(stop[:k])), default=0)
-
-
-def _pad_left(a: np.ndarray, length: int, axis: int) -> np.ndarray:
-    missing = length - a.shape[axis]
-    if missing <= 0:
-        return a
-    widths = [(0, 0)] * a.ndim
-    widths[axis] = (missing, 0)
-    return np.pad(a, widths)
-
-
-def _token_logprob(logits: np.ndarray, token: int, top: int | None) -> TokenLogprob:
+def _logprob(logits: np.ndarray, token: int, top: int | None) -> TokenLogprob:
     logp = log_softmax(logits)
-    best = np.argsort(-logp)[:top] if top else []
-    return TokenLogprob(int(token), float(logp[token]), [(int(t), float(logp[t])) for t in best])
-
-
-def _prompt_logprobs(logits: np.ndarray, s: _Seq) -> list[TokenLogprob | None]:
-    """Logprob of each prompt token given the ones before it (None for the first, which has no context)."""
-    top = s.params.logprobs or 0
-    return [None] + [_token_logprob(logits[j - 1], s.prompt[j], top) for j in range(1, len(s.prompt))]
+    return TokenLogprob(int(token), float(logp[token]), top_logprobs(logp, top or 0))

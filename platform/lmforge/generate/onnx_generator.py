@@ -1,8 +1,8 @@
 """Batch generation on onnxruntime for an ``lmforge export`` dir: a list of prompts in, completions out.
 
-A thin front on :class:`lmforge.generate.engine.Engine` with every prompt admitted at once (the way
-export verification, evaluation and the generation benchmark use it); the server drives the same
-engine with requests arriving at any time. No Ray, no torch.
+A thin front on :class:`lmforge.generate.engine.Engine` with every prompt queued at once and up to
+``max_running`` of them decoded together (the way export verification, evaluation and the generation
+benchmark use it); the server drives the same engine with requests arriving at any time. No Ray, no torch.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lmforge.generate.engine import Engine, Output, SamplingParams
-from lmforge.generate.onnx_model import OnnxModel, position_ids_for
+from lmforge.generate.onnx_model import OnnxModel
 
-__all__ = ["Completion", "OnnxGenerator", "SamplingParams", "position_ids_for"]
+__all__ = ["Completion", "OnnxGenerator", "SamplingParams"]
 
 
 @dataclass
@@ -28,13 +28,19 @@ class Completion:
 class OnnxGenerator:
     """Loads ``model.onnx`` (with KV cache) + tokenizer from an export dir and completes batches of prompts."""
 
-    def __init__(self, model_dir: str | Path, intra_op_threads: int = 0, model_file: str = "model.onnx"):
+    def __init__(self, model_dir: str | Path, intra_op_threads: int = 0, model_file: str = "model.onnx",
+                 max_running: int = 16):
         self.model = OnnxModel(model_dir, intra_op_threads, model_file)
         self.tokenizer = self.model.tokenizer
+        self.max_running = max_running
 
-    def _engine(self, prompt_ids: list[list[int]], params: SamplingParams) -> Engine:
-        """Every prompt admitted in the first step; max_tokens capped to fit each prompt's context."""
-        engine = Engine(self.model, max_running=len(prompt_ids), max_prefill_tokens=1 << 30)
+    def engine(self, prompt_ids: list[list[int]], params: SamplingParams, max_running: int | None = None) -> Engine:
+        """An engine with every prompt queued (request id: its index); max_tokens capped to fit each
+        prompt's context; ``max_running`` slots (default the generator's), as long as the longest needs."""
+        context = min(max(len(p) for p in prompt_ids) + params.max_tokens, self.model.max_positions)
+        slots = min(len(prompt_ids), max_running or self.max_running)
+        engine = Engine(self.model, max_running=slots, max_prefill_tokens=2048,
+                        max_context=context, short_context=context, max_waiting=len(prompt_ids))
         for i, ids in enumerate(prompt_ids):
             ids = ids[-self.model.max_positions + 1:]
             engine.add(str(i), ids, replace(params, max_tokens=min(params.max_tokens,
@@ -44,7 +50,7 @@ class OnnxGenerator:
     def decode_steps(self, prompt_ids: list[list[int]], params: SamplingParams,
                      ignore_eos: bool = False) -> Iterator[list[int | None]]:
         """Yield, per step, the next token of every sequence (None once a sequence has finished)."""
-        engine = self._engine(prompt_ids, replace(params, ignore_eos=ignore_eos or params.ignore_eos))
+        engine = self.engine(prompt_ids, replace(params, ignore_eos=ignore_eos or params.ignore_eos))
         while engine.has_work():
             step: list[int | None] = [None] * len(prompt_ids)
             for out in engine.step():
@@ -65,7 +71,7 @@ class OnnxGenerator:
         """Yield the completions so far after every step; ``finish_reason`` is set once a prompt is done.
         A prompt is text or token ids."""
         ids = [p if isinstance(p, list) else self.tokenizer(p, verbose=False).input_ids for p in prompts]
-        engine = self._engine(ids, params)
+        engine = self.engine(ids, params)
         state = [Completion("", None, 0, 0) for _ in prompts]
         while engine.has_work():
             for out in engine.step():

@@ -1,8 +1,10 @@
 """An ``lmforge export`` dir loaded for generation: the onnxruntime session, tokenizer and model facts.
 
-The graph takes ``input_ids``, ``attention_mask`` (past + new), ``position_ids`` and the past key/values,
-and returns logits for every new position and the present key/values. :meth:`OnnxModel.run` is one call
-of it; the engine (:mod:`lmforge.generate.engine`) decides what to feed.
+The graph (:mod:`lmforge.export.graph`) reads and writes a KV cache the caller owns. :meth:`OnnxModel.run`
+is one call of it over a contiguous range of a :class:`~lmforge.generate.kv_cache.KVCache`'s slots,
+bound with onnxruntime's IOBinding to the cache's own memory: past and present are one buffer, so no
+cache crosses into numpy or is copied. :meth:`OnnxModel.logits` scores whole sequences in one call (export
+verification, evaluation). The engine (:mod:`lmforge.generate.engine`) decides what to feed.
 """
 
 from __future__ import annotations
@@ -12,24 +14,21 @@ from pathlib import Path
 
 import numpy as np
 
+from lmforge.generate.kv_cache import KVCache
+
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
-
-
-def position_ids_for(attention_mask: np.ndarray) -> np.ndarray:
-    """Positions counted over real tokens only, so left padding does not shift them."""
-    pos = np.cumsum(attention_mask, axis=-1) - 1
-    return np.where(attention_mask > 0, pos, 0).astype(np.int64)
+GRAPH_INPUTS = ("input_ids", "query_seqlens", "seqlens_k", "total_sequence_length", "logits_index")
 
 
 class OnnxModel:
-    """``model.onnx`` (with KV cache) + tokenizer from an export dir."""
+    """``model.onnx`` (KV cache in place) + tokenizer from an export dir."""
 
     def __init__(self, model_dir: str | Path, intra_op_threads: int = 0, model_file: str = "model.onnx",
                  device: str = "cpu", spin: bool = True):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
-        self.model_dir = Path(model_dir)
+        self.model_dir, self.device = Path(model_dir), device
         if not (self.model_dir / model_file).is_file():
             raise FileNotFoundError(f"{model_dir} has no {model_file}: run `lmforge export` first")
         opts = ort.SessionOptions()
@@ -38,9 +37,12 @@ class OnnxModel:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.model_dir / model_file), opts, providers=PROVIDERS[device])
         inputs = {i.name: i for i in self.session.get_inputs()}
+        if "query_seqlens" not in inputs:
+            raise ValueError(f"{model_dir / model_file} is an export from before the in-place KV cache: "
+                             "export the model again (`lmforge export`)")
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
-        self.past_dims = {n: (inputs[n].shape[1], inputs[n].shape[3]) for n in self.past_names}
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+        _, self.kv_heads, _, self.head_dim = inputs[self.past_names[0]].shape
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         hf_config = json.loads((self.model_dir / "config.json").read_text())
         self.max_positions = int(hf_config.get("max_position_embeddings") or hf_config.get("n_positions") or 2048)
@@ -48,22 +50,47 @@ class OnnxModel:
         self.eos_ids = sorted(set(eos if isinstance(eos, list) else [eos]) - {None})
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
-    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
-        return {n: np.zeros((batch, h, 0, d), np.float32) for n, (h, d) in self.past_dims.items()}
+    @property
+    def bytes_per_token(self) -> int:
+        """KV cache bytes one token takes (every layer's key and value, fp32)."""
+        return KVCache.bytes_per_token(len(self.past_names), self.kv_heads, self.head_dim)
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-            past: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """One graph call: logits ``[B, T, V]`` and the new past (``attention_mask``'s length)."""
-        out = self.session.run(self.output_names, {"input_ids": input_ids, "attention_mask": attention_mask,
-                                                   "position_ids": position_ids, **past})
-        return out[0], dict(zip(self.past_names, out[1:]))
+    def new_cache(self, slots: int, capacity: int) -> KVCache:
+        return KVCache(self.past_names, slots, self.kv_heads, min(capacity, self.max_positions), self.head_dim,
+                       self.device)
 
-    def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-        """Left-padded prompts in one call: logits ``[b, T, V]``, their past and their mask ``[b, T]``."""
-        width = max(len(p) for p in prompts)
-        ids = np.full((len(prompts), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
-        logits, past = self.run(ids, mask, position_ids_for(mask), self.empty_past(len(prompts)))
-        return logits, past, mask
+    def run(self, cache: KVCache, first_slot: int, input_ids: np.ndarray, query_seqlens: np.ndarray,
+            seqlens_k: np.ndarray, logits_index: np.ndarray) -> np.ndarray:
+        """One graph call over slots ``[first_slot, first_slot + len(input_ids))``: each row's
+        ``query_seqlens`` tokens (of ``input_ids``, right-padded) join its cache, which then holds
+        ``seqlens_k + 1`` tokens; returns the logits at ``logits_index`` ``[rows, K, vocab]``."""
+        io = self.session.io_binding()
+        rows = input_ids.shape[0]
+        feeds = (input_ids.astype(np.int64, copy=False), query_seqlens.astype(np.int32, copy=False),
+                 seqlens_k.astype(np.int32, copy=False), np.array(cache.capacity, np.int32),
+                 logits_index.astype(np.int64, copy=False))
+        for name, value in zip(GRAPH_INPUTS, feeds):
+            io.bind_cpu_input(name, value)
+        io.bind_output("logits", "cpu")  # first: outputs come back in the order they are bound
+        shape = (rows, *cache.row_shape)
+        for past, present in zip(self.past_names, self.present_names):
+            address = cache.address(past, first_slot)
+            io.bind_input(past, cache.device, 0, np.float32, shape, address)
+            io.bind_output(present, cache.device, 0, np.float32, shape, address)  # the same memory: in place
+        self.session.run_with_iobinding(io)
+        return io.get_outputs()[0].numpy()
+
+    def logits(self, seqs: list[list[int]], starts: list[int] | None = None) -> list[np.ndarray]:
+        """Each sequence's logits at positions ``[start, len)`` (default all), ``[len - start, vocab]``; all
+        sequences in one call, right-padded, over a cache of their own."""
+        starts = starts or [0] * len(seqs)
+        width = max(len(s) for s in seqs)
+        keep = max(len(s) - b for s, b in zip(seqs, starts))
+        ids = np.full((len(seqs), width), self.pad_id, np.int64)
+        index = np.zeros((len(seqs), keep), np.int64)
+        for i, (s, b) in enumerate(zip(seqs, starts)):
+            ids[i, : len(s)] = s
+            index[i, : len(s) - b] = np.arange(b, len(s))
+        lengths = np.array([len(s) for s in seqs], np.int32)
+        out = self.run(self.new_cache(len(seqs), width), 0, ids, lengths, lengths - 1, index)
+        return [out[i, : len(s) - b] for i, (s, b) in enumerate(zip(seqs, starts))]

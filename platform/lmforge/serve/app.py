@@ -13,6 +13,7 @@ one more process, which on a small host costs a fifth of a core (docs/benchmarks
 
 # No `from __future__ import annotations`: Serve's ingress wrapper hides string annotations from FastAPI.
 
+import logging
 import re
 from pathlib import Path
 
@@ -27,15 +28,18 @@ from lmforge.serve.config import ServeConfig, ServeOptions
 from lmforge.serve.http import Front, make_api
 from lmforge.serve.openai_api import ChatCompletionRequest, CompletionRequest
 
+log = logging.getLogger("ray.serve.lmforge")
+
 gateway_api = make_api()
 model_api = make_api()
 
 
 def _own_front(api, key_digests: list, retry_after_s: float, front: Front, max_in_flight: int,
-               refuse_status: int) -> None:
+               refuse_status: int, max_request_bytes: int) -> None:
     from lmforge.serve.metrics import GatewayMetrics
 
     api.state.key_digests = list(key_digests)
+    api.state.max_request_bytes = max_request_bytes
     api.state.metrics = GatewayMetrics()
     front.retry_after = str(max(1, round(retry_after_s)))
     front.max_in_flight = max_in_flight
@@ -56,8 +60,9 @@ class _ModelReplica:
         model_dir = storage.local_dir(model_dir)  # an s3:// export: this replica's node mirrors it
         model = OnnxModel(model_dir, opts.engine.intra_op_threads, device=opts.device)
         self.metrics = ModelMetrics(name)
-        self.engine = AsyncEngine(Engine(model, opts.engine.max_running, opts.engine.max_prefill_tokens),
-                                  on_step=self.metrics.engine_state)
+        engine = Engine(model, **opts.engine.engine_args())
+        log.info("model %s: %s", name, engine.describe())  # the replica's memory bound, stated at start
+        self.engine = AsyncEngine(engine, on_step=self.metrics.engine_state)
         self.endpoints = ModelEndpoints(self.engine, name, opts, self.metrics)
         self._info = catalog.model_info(model_dir)
         self.model_names = [name]
@@ -101,7 +106,7 @@ class ModelFront(_ModelReplica, Front):
         super().__init__(name, model_dir, options, key_digests, retry_after_s)
         opts = self.endpoints.opts
         _own_front(model_api, key_digests, retry_after_s, self, opts.max_ongoing_requests + opts.max_queued_requests,
-                   opts.backpressure_status)
+                   opts.backpressure_status, opts.max_request_bytes)
 
     @model_api.get("/healthz")
     async def healthz(self) -> dict:
@@ -132,10 +137,10 @@ class Gateway(Front):
     """The HTTP front for several models: auth, validation, routing by ``model``, request metrics."""
 
     def __init__(self, models: dict, key_digests: list, retry_after_s: float, max_in_flight: int,
-                 refuse_status: int = 503):
+                 refuse_status: int = 503, max_request_bytes: int = 2 * 2**20):
         self.models = models
         self.model_names = sorted(models)
-        _own_front(gateway_api, key_digests, retry_after_s, self, max_in_flight, refuse_status)
+        _own_front(gateway_api, key_digests, retry_after_s, self, max_in_flight, refuse_status, max_request_bytes)
 
     @gateway_api.get("/healthz")
     async def healthz(self) -> dict:
@@ -217,7 +222,7 @@ def build_app(cfg: ServeConfig):
     return Gateway.options(
         num_replicas=opts.ingress_replicas, ray_actor_options={"num_cpus": opts.ingress_cpus},
         **_limits(opts, in_flight),
-    ).bind(deployments, digests, opts.retry_after_s, in_flight, opts.backpressure_status)
+    ).bind(deployments, digests, opts.retry_after_s, in_flight, opts.backpressure_status, opts.max_request_bytes)
 
 
 def app_builder(args: dict):

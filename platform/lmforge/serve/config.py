@@ -31,13 +31,25 @@ class AutoscalingConfig:
 class EngineConfig:
     """Continuous batching inside each replica."""
 
-    max_running: int = 16  # sequences decoded together; more requests wait in the replica's queue
-    max_prefill_tokens: int = 4096  # prompt tokens admitted per step (a longer prompt still runs alone)
+    max_running: int = 16  # sequences decoded together (KV cache slots); more wait in the replica's queue
+    max_prefill_tokens: int = 512  # prompt tokens computed per step: a longer prompt is prefilled in chunks
+    max_context: int | None = None  # longest prompt + completion served; None: the model's own limit
+    short_context: int = 1024  # positions of most slots (memory: slots x positions, fixed at start)
+    long_slots: int = 1  # slots of max_context positions among max_running
+    max_waiting: int | None = None  # sequences queued beyond the free slots; None: 16 x max_running
     intra_op_threads: int = 0  # onnxruntime threads per replica; 0 lets it choose
 
     def __post_init__(self):
         check(self.max_running >= 1, "max_running", "must be >= 1")
         check(self.max_prefill_tokens >= 1, "max_prefill_tokens", "must be >= 1")
+        check(self.short_context >= 1, "short_context", "must be >= 1")
+        check(self.long_slots >= 0, "long_slots", "must be >= 0")
+
+    def engine_args(self) -> dict:
+        """The keyword arguments of :class:`lmforge.generate.engine.Engine`."""
+        args = dataclasses.asdict(self)
+        args.pop("intra_op_threads")
+        return args
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -65,6 +77,7 @@ class ServeOptions:
     max_tokens_limit: int = 1024  # requests asking for more get a 400 naming this limit
     default_max_tokens: int = 256  # chat completions that set no max_tokens (capped by the context)
     max_n: int = 4  # most choices per request
+    max_request_bytes: int = 2 * 2**20  # larger request bodies get 413 before they are read
     log_prompts: bool = False  # request logs carry the prompt text (they never do by default)
     startup_timeout_s: float = 180.0  # how long to wait for /healthz after deploying
     detach: bool = False  # deploy (or update a running app in place) and return, instead of serving until Ctrl-C
@@ -77,6 +90,7 @@ class ServeOptions:
         check(self.max_ongoing_requests >= 1, "max_ongoing_requests", "must be >= 1")
         check(self.max_queued_requests >= 0, "max_queued_requests", "must be >= 0")
         check(self.max_n >= 1, "max_n", "must be >= 1")
+        check(self.max_request_bytes >= 1024, "max_request_bytes", "must be >= 1024")
         check(self.device == "cpu" or self.replica_gpus > 0, "replica_gpus", "device=cuda needs replica_gpus > 0")
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 
 from lmforge.generate.async_engine import AsyncEngine
-from lmforge.generate.engine import ContextLengthError
+from lmforge.generate.engine import ContextLengthError, EngineFullError
 from lmforge.serve import responses
 from lmforge.serve.config import ServeOptions
 from lmforge.serve.openai_api import ChatCompletionRequest, CompletionRequest, RequestError, error_body
@@ -57,7 +57,7 @@ class ModelEndpoints:
     def __init__(self, engine: AsyncEngine, name: str, opts: ServeOptions, observer: Observer | None = None):
         self.engine, self.name, self.opts = engine, name, opts
         self.tokenizer = engine.engine.model.tokenizer
-        self.max_positions = engine.engine.model.max_positions
+        self.max_positions = engine.engine.max_context  # the replica's limit (engine.max_context)
         self.observer = observer or Observer()
 
     # ------------------------------------------------------------------ completions
@@ -77,6 +77,7 @@ class ModelEndpoints:
                                       choice=j)
                 jobs.append((p * req.n + j, ids, params, echo))
             self.engine.engine.check(ids, jobs[-1][2])  # the context: refused before anything runs
+        self._admissible(len(jobs))
         return jobs
 
     async def completions(self, req: CompletionRequest, request_id: str) -> Result:
@@ -126,6 +127,7 @@ class ModelEndpoints:
             params.stop = params.stop + extra_stop
             jobs.append((j, ids, params, None))
         self.engine.engine.check(ids, jobs[0][2])
+        self._admissible(len(jobs))
         return jobs
 
     async def chat(self, req: ChatCompletionRequest, request_id: str) -> Result:
@@ -156,6 +158,16 @@ class ModelEndpoints:
                                "max_tokens")
         if n > self.opts.max_n:
             raise RequestError(f"n: {n} exceeds this server's limit of {self.opts.max_n}", "n")
+
+    def _admissible(self, sequences: int) -> None:
+        """A request's prompts x n are queued together or not at all: more than the engine could ever hold
+        is the client's error (400); more than it has room for now is a refusal to retry (Retry-After)."""
+        engine = self.engine.engine
+        capacity = engine.max_waiting + sum(p.slots for p in engine.pools)
+        if sequences > capacity:
+            raise RequestError(f"prompts x n: {sequences} sequences exceed this server's limit of {capacity}", "n")
+        if sequences > engine.room():
+            raise EngineFullError(f"{sequences} sequences do not fit the queue now")
 
     def _check_ids(self, ids: list[int], param: str) -> None:
         vocab = len(self.tokenizer)

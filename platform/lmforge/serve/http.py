@@ -26,7 +26,7 @@ def make_api() -> FastAPI:
     api.add_exception_handler(HTTPException, _http_error)
     api.add_exception_handler(Exception, _unexpected)
     api.middleware("http")(_authenticate_and_count)
-    api.state.key_digests, api.state.metrics = [], None
+    api.state.key_digests, api.state.metrics, api.state.max_request_bytes = [], None, 2 * 2**20
     return api
 
 
@@ -66,17 +66,32 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/models": "models"}
+OPEN_PATHS = ("/healthz",)  # the only routes without a key: load balancers and Serve probe them
+
+
+def _route_of(path: str) -> str:
+    """The route a path names, whatever prefix it is served under (Serve keeps a ``route_prefix`` in the
+    path): ``/api/v1/models`` -> ``/v1/models``."""
+    path = path.rstrip("/") or "/"
+    for route in (*ENDPOINTS, *OPEN_PATHS):
+        if path.endswith(route):
+            return route
+    return path
 
 
 async def _authenticate_and_count(request: Request, call_next):
-    """Every /v1 route needs a key when keys are configured (checked before the body is read); every
+    """Every route but ``/healthz`` needs a key when keys are configured, whatever its prefix, and is
+    checked before the body is read; a body over ``max_request_bytes`` is refused (413) unread; every
     response is counted by endpoint, model and status, a stream when its last byte is sent."""
     start, state = time.perf_counter(), request.app.state
-    endpoint = ENDPOINTS.get(request.url.path, "other")
-    if request.url.path.startswith("/v1/") and not auth.authorized(request.headers.get("authorization"),
-                                                                    state.key_digests):
+    route = _route_of(request.url.path)
+    endpoint = ENDPOINTS.get(route, "other")
+    if route not in OPEN_PATHS and not auth.authorized(request.headers.get("authorization"), state.key_digests):
         response = _error(401, "invalid or missing API key (Authorization: Bearer <key>)", "authentication_error",
                           code="invalid_api_key")
+    elif _body_too_large(request, state.max_request_bytes):
+        response = _error(413, f"the request body is over this server's limit of {state.max_request_bytes} bytes",
+                          code="request_too_large")
     else:
         response = await call_next(request)
     metrics = state.metrics
@@ -103,6 +118,13 @@ async def _authenticate_and_count(request: Request, call_next):
     return response
 
 
+def _body_too_large(request: Request, limit: int) -> bool:
+    """By the declared length, before anything is read. A body sent without a length (chunked) is not
+    bounded here: the HTTP server in front (Serve's proxy, uvicorn) buffers it."""
+    length = request.headers.get("content-length")
+    return bool(length and length.isdigit() and int(length) > limit)
+
+
 def _overload_status(e: BaseException, refuse_status: int) -> int | None:
     """Errors that say "try again", and the status to say it with: a full queue is a refusal
     (``serve.backpressure_status``: 503 or 429), a replica that died or is restarting is a 503; None for
@@ -110,7 +132,9 @@ def _overload_status(e: BaseException, refuse_status: int) -> int | None:
     from ray import exceptions as rx
     from ray.serve.exceptions import BackPressureError
 
-    if isinstance(e, BackPressureError):
+    from lmforge.generate.engine import EngineFullError
+
+    if isinstance(e, (BackPressureError, EngineFullError)):
         return refuse_status
     if isinstance(e, (rx.RayActorError, rx.ActorUnavailableError, rx.ActorDiedError)):
         return 503

@@ -1,0 +1,100 @@
+"""The KV cache of one engine: preallocated slots that the graph updates in place, and prefix reuse.
+
+One buffer per layer and kind, ``[slots, kv_heads, capacity, head_dim]``, allocated once: its size is
+the memory bound the engine states at start, whatever the requests. A sequence owns one slot (a row) for
+its life; the graph writes its new keys/values at its own length, so nothing is copied when sequences
+join or leave, and no row is padded to another's length.
+
+A slot keeps its tokens after its sequence ends. A new prompt that starts with tokens some free slot
+still holds (the earlier turns of a chat, a shared system prompt) takes that slot and skips computing
+them: only the rest of the prompt is prefilled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class CacheStats:
+    prompt_tokens: int = 0  # prompt tokens admitted
+    reused_tokens: int = 0  # of which were already in a slot's cache (not computed)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+class KVCache:
+    """``slots`` rows of ``capacity`` positions for every layer's keys and values."""
+
+    def __init__(self, names: list[str], slots: int, kv_heads: int, capacity: int, head_dim: int,
+                 device: str = "cpu"):
+        self.names, self.slots, self.capacity, self.device = names, slots, capacity, device
+        self.row_shape = (kv_heads, capacity, head_dim)
+        self.nbytes = len(names) * slots * kv_heads * capacity * head_dim * 4
+        if device == "cpu":
+            self.buffers = {n: np.zeros((slots, *self.row_shape), np.float32) for n in names}
+            self._base = {n: b.ctypes.data for n, b in self.buffers.items()}
+        else:  # on the device: onnxruntime allocates it, and no step copies it to the host
+            import onnxruntime as ort
+
+            shape = (slots, *self.row_shape)
+            self.buffers = {n: ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0) for n in names}
+            self._base = {n: b.data_ptr() for n, b in self.buffers.items()}
+        self._row_bytes = kv_heads * capacity * head_dim * 4
+        self.tokens: list[list[int]] = [[] for _ in range(slots)]  # what each slot's cache holds, in order
+        self.busy = [False] * slots
+        self.stats = CacheStats()
+
+    def address(self, name: str, slot: int) -> int:
+        """Where ``slot``'s row of buffer ``name`` starts: rows [slot, slot + n) are one contiguous tensor."""
+        return self._base[name] + slot * self._row_bytes
+
+    @staticmethod
+    def bytes_per_token(n_buffers: int, kv_heads: int, head_dim: int, itemsize: int = 4) -> int:
+        return n_buffers * kv_heads * head_dim * itemsize
+
+    def free_slots(self) -> int:
+        return self.busy.count(False)
+
+    def acquire(self, prompt: list[int], reuse: bool = True) -> tuple[int, int]:
+        """A free slot for ``prompt`` and how many of its first tokens that slot's cache already holds
+        (at most all but the last: its logits are needed). Raises when every slot is busy.
+
+        Without a shared prefix the lowest free slot is taken: a decode call spans the slots from the
+        lowest running one to the highest, and every idle row inside costs a row of compute."""
+        best, reused = -1, 0
+        for slot in range(self.slots):
+            if not self.busy[slot]:
+                n = _common_prefix(self.tokens[slot], prompt, len(prompt) - 1) if reuse else 0
+                if best < 0 or n > reused:
+                    best, reused = slot, n
+        if best < 0:
+            raise RuntimeError("no free KV cache slot")
+        self.busy[best] = True
+        del self.tokens[best][reused:]  # what follows the shared prefix is overwritten
+        self.stats.prompt_tokens += len(prompt)
+        self.stats.reused_tokens += reused
+        return best, reused
+
+    def release(self, slot: int, keep: bool = True) -> None:
+        """Free ``slot``; with ``keep`` its tokens stay for a later prompt that shares their prefix."""
+        self.busy[slot] = False
+        if not keep:
+            self.tokens[slot] = []
+
+    def clear(self) -> None:
+        """Forget every slot (after a failed step, whose writes may be partial)."""
+        self.busy = [False] * self.slots
+        self.tokens = [[] for _ in range(self.slots)]
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    if n <= 0:
+        return 0
+    same = np.asarray(a[:n]) == np.asarray(b[:n])
+    return n if same.all() else int(np.argmin(same))
