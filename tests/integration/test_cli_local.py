@@ -95,3 +95,45 @@ def test_an_interrupted_recipe_skips_what_finished_and_resumes_training_on_a_clu
     assert f"prepare: {out / 'data'} already holds this run; skipping" in stderr
     summary = json.loads((out / "train" / "summary.json").read_text())
     assert summary["steps"] == 80 and len(summary["resumed_from"]) == 1 and summary["resumed_from"][0] >= 40
+
+
+def test_serve_stopped_with_sigterm_under_load_finishes_its_requests_and_exits_0(tmp_path):
+    """How systemd, Kubernetes and Ray stop a process: SIGTERM while a stream runs. The stream completes
+    (its finish_reason and [DONE] arrive), the command exits 0 and prints no stack trace (Ray's own
+    SIGTERM handler, installed by ray.init, printed one and died by the signal), its cluster goes with it."""
+    import requests
+
+    from lmforge import config as cfgmod
+    from lmforge.export import onnx_export
+    from lmforge.export.config import ExportConfig
+    from tests.conftest import make_tiny_model
+    from tests.integration.conftest import free_port
+
+    export = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(make_tiny_model(tmp_path / "hf")),
+                                                             "output": str(tmp_path / "onnx")}))
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = procs.start([sys.executable, "-m", "lmforge", "serve", f"model={export}", f"serve.port={port}",
+                            "ray.num_cpus=2"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while "serving at" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        body = {"prompt": "The river", "max_tokens": 48, "min_tokens": 48, "stream": True}
+        with requests.post(f"http://127.0.0.1:{port}/v1/completions", json=body, stream=True, timeout=120) as resp:
+            lines = resp.iter_lines()
+            first = next(line for line in lines if line)
+            proc.send_signal(signal.SIGTERM)  # mid-stream
+            rest = [line for line in lines if line]
+        assert first.startswith(b"data: ") and rest[-1] == b"data: [DONE]"
+        assert b'"finish_reason": "length"' in rest[-2]
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+        assert "SIGTERM received" not in log.read_text() and "Traceback" not in log.read_text()
+        deadline = time.monotonic() + 30
+        while procs.in_session(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not procs.in_session(proc.pid)  # its local cluster stopped with it
+    finally:
+        procs.stop_session(proc.pid, signal.SIGKILL)

@@ -239,6 +239,28 @@ def test_keys_from_config_file_and_environment_and_401_otherwise_never_echoed(se
     assert requests.get(f"{url}/healthz", timeout=10).status_code == 200  # open
 
 
+def test_under_a_route_prefix_every_route_but_healthz_needs_a_key_and_big_bodies_get_413(served):
+    """Serve keeps a route_prefix in the path: the key check must not depend on it (it once applied to
+    paths starting with /v1/ only, so /api/v1/... passed without a key). Unknown routes are denied too.
+    A body over serve.max_request_bytes is refused from its declared length, before it is read."""
+    served.deploy("route prefix", served.config(route_prefix="/api", max_request_bytes=1 << 20,
+                                                autoscaling={"min_replicas": 1, "max_replicas": 1}))
+    url = f"http://127.0.0.1:{served.port}/api"
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+    for method, path in (("get", "/v1/models"), ("post", "/v1/completions"), ("post", "/v1/chat/completions"),
+                         ("get", "/docs"), ("get", "/openapi.json"), ("get", "/nothing/here")):
+        resp = requests.request(method, f"{url}{path}", json=body, timeout=30)
+        assert resp.status_code == 401 and resp.json()["error"]["code"] == "invalid_api_key", (path, resp.text)
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+    headers = {"Authorization": f"Bearer {KEY}"}
+    ok = _client(url).completions.create(model=MODEL, prompt="The river", max_tokens=2)
+    assert ok.choices[0].finish_reason in ("stop", "length")
+    big = {"model": MODEL, "prompt": "x" * (10 * 2**20), "max_tokens": 1}  # a 10 MB body
+    resp = requests.post(f"{url}/v1/completions", json=big, headers=headers, timeout=60)
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
+    served.default()
+
+
 def test_schemathesis_finds_no_server_error(served, tmp_path):
     served.default()
     cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{served.url}/openapi.json", "--checks",

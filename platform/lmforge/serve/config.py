@@ -56,6 +56,7 @@ class EngineConfig:
 class ServeOptions:
     host: str = "127.0.0.1"  # 0.0.0.0 listens on every interface
     port: int = 8000  # HTTP port of the OpenAI API
+    route_prefix: str = "/"  # where the app is mounted: "/api" serves /api/v1/completions, /api/healthz
     models: dict[str, str] = dataclasses.field(default_factory=dict)  # served name -> export dir, side by side
     model_name: str | None = None  # the name `model` is served under; default: its dir's run and name
     # API keys (requests need "Authorization: Bearer <key>"): listed here, comma-separated in the
@@ -84,6 +85,7 @@ class ServeOptions:
 
     def __post_init__(self):
         check(1 <= self.port <= 65535, "port", "must be a TCP port")
+        check(self.route_prefix.startswith("/"), "route_prefix", "must start with /")
         check(self.replica_cpus > 0, "replica_cpus", "must be > 0")
         check(self.ingress_replicas >= 1, "ingress_replicas", "must be >= 1")
         check(self.max_tokens_limit >= 1, "max_tokens_limit", "must be >= 1")

@@ -49,6 +49,10 @@ class ModelMetrics(Observer):
                                          tag_keys=("model", "endpoint"))
         self.running = Gauge("lmforge_running_sequences", "Sequences in the replica's batch", tag_keys=("model",))
         self.waiting = Gauge("lmforge_waiting_sequences", "Sequences waiting for a slot", tag_keys=("model",))
+        self.prefix_hits = Gauge("lmforge_prefix_cache_hit_rate", "Share of prompt tokens found in a KV cache "
+                                 "slot instead of computed", tag_keys=("model",))
+        self.cache_bytes = Gauge("lmforge_kv_cache_bytes", "The replica's KV cache, allocated at start",
+                                 tag_keys=("model",))
         self._last_gauge = 0.0
 
     def first_token(self, seconds: float) -> None:
@@ -70,3 +74,5 @@ class ModelMetrics(Observer):
             self._last_gauge = now
             self.running.set(engine.num_running, tags=self.tags)
             self.waiting.set(engine.num_waiting, tags=self.tags)
+            self.prefix_hits.set(engine.prefix_hit_rate, tags=self.tags)
+            self.cache_bytes.set(engine.cache_bytes, tags=self.tags)

@@ -26,8 +26,9 @@ APP_NAME = "lmforge"
 
 
 def base_url(cfg: ServeConfig) -> str:
+    """The app's URL: host, port and route prefix (the OpenAI API is under ``/v1`` there)."""
     host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
-    return f"http://{host}:{cfg.serve.port}"
+    return f"http://{host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}"
 
 
 def start(cfg: ServeConfig) -> str:
@@ -42,7 +43,7 @@ def start(cfg: ServeConfig) -> str:
     keep_ray_logs_off_terminal("ray.serve")
     app = build_app(cfg)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(app, name=APP_NAME, route_prefix=cfg.serve.route_prefix, blocking=False)
     url = base_url(cfg)
     wait_healthy(url, cfg.serve.startup_timeout_s)
     log.info("serve: %s up; OpenAI API at %s/v1; Prometheus metrics at %s", ", ".join(served_models(cfg)), url,
@@ -81,9 +82,11 @@ def run(cfg: ServeConfig) -> None:
     if cfg.serve.detach and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
         raise ConfigError("serve.detach: needs ray.address (or RAY_ADDRESS): a local cluster ends with the command")
     stopping = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with ray_session(cfg.ray):
+    with ray_session(cfg.ray):
+        # After ray.init, which installs its own SIGTERM handler (a C++ stack trace, then death by the
+        # signal): ours asks for a clean stop instead, Serve's replicas finishing their requests.
+        previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
             url = start(cfg)
             if cfg.serve.detach:
                 print(f"lmforge deployed to the cluster: {url}/v1", flush=True)
@@ -93,11 +96,11 @@ def run(cfg: ServeConfig) -> None:
                 while not stopping.wait(0.5):
                     pass
             finally:
-                log.info("serve: shutting down")
+                log.info("serve: shutting down; requests in flight finish first")
                 stop()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def answer_prompts(cfg: ServeConfig, recipe) -> list[dict]:
