@@ -118,23 +118,28 @@ def test_a_prompt_sharing_a_prefix_with_a_finished_one_reuses_its_cache(model):
 
 
 def test_memory_is_fixed_at_start_and_a_full_queue_refuses(model):
-    """Slots are allocated once (short ones and one of the full context); a request that needs more than a
-    short slot waits for the long one; past ``max_waiting`` a request is refused, not queued forever."""
+    """Slots are allocated once (short ones, and one of the full context); a request that needs more than a
+    short slot waits for the long one without holding up the short ones behind it; past ``max_waiting`` a
+    request is refused, not queued forever."""
     engine = Engine(model, max_running=3, short_context=16, long_slots=1, max_waiting=2)
-    assert [(p.slots, p.capacity) for p in engine.pools] == [(2, 16), (1, 64)]
-    assert engine.cache_bytes == model.bytes_per_token * (2 * 16 + 64)
+    assert [(p.slots, p.capacity) for p in engine.pools] == [(3, 16), (1, 64)]
+    assert engine.cache_bytes == model.bytes_per_token * (3 * 16 + 64)
     long = SamplingParams(max_tokens=30, ignore_eos=True)
     engine.add("long1", _ids(model, PROMPTS[0]), long)
     engine.add("long2", _ids(model, PROMPTS[0]), long)
     engine.step()
     assert engine.num_running == 1 and engine.num_waiting == 1  # one long slot
-    assert engine.room() == 2 + 2 - 1  # max_waiting + free slots - waiting
-    for i in range(3):
+    assert engine.room() == 2 + 3 - 1  # max_waiting + free slots - waiting
+    for i in range(4):
         engine.add(f"more{i}", _ids(model, PROMPTS[0]), SamplingParams(max_tokens=2))
     with pytest.raises(EngineFullError):
         engine.add("over", _ids(model, PROMPTS[0]), SamplingParams(max_tokens=2))
+    first = engine.step()  # the short ones start at once, beside long1; long2 still waits
+    assert {o.request_id for o in first if o.token_ids} >= {"more0", "more1", "more2"}
+    assert [s.id for s in engine.waiting] == ["long2", "more3"]
     outs = _run(engine)
-    assert {k for k, v in outs.items() if v[-1].finish_reason} == {"long1", "long2", "more0", "more1", "more2"}
+    assert {k for k, v in outs.items() if v[-1].finish_reason} == {"long1", "long2", "more0", "more1", "more2",
+                                                                     "more3"}
 
 
 def test_abort_frees_the_slot_at_the_next_step(model):
@@ -298,7 +303,7 @@ def test_stop_strings_spanning_tokens_never_reach_the_text(model, span, where):
 def test_a_prompt_at_the_context_limit_beside_15_short_streams_completes_in_the_stated_memory(model):
     """The long prompt takes the long slot and is prefilled in chunks; the 15 short streams run in short
     slots meanwhile; every request completes and the cache is the size stated at start."""
-    engine = Engine(model, max_running=16, short_context=24, long_slots=1, max_prefill_tokens=16)
+    engine = Engine(model, max_running=15, short_context=24, long_slots=1, max_prefill_tokens=16)
     stated = engine.cache_bytes
     long = list(range(3, 3 + model.max_positions - 4))
     engine.add("long", long, SamplingParams(max_tokens=4, ignore_eos=True))

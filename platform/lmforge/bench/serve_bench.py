@@ -72,6 +72,7 @@ def _prefix_reuse(model_dir: Path, cfg: ServeBenchConfig, prefix_tokens: int = 5
 
     model = OnnxModel(model_dir, intra_op_threads=cfg.threads)
     engine = Engine(model, max_running=4, max_prefill_tokens=2048)
+    prefix_tokens = min(prefix_tokens, engine.max_context - 40)  # a small test model's context is short
     words = model.tokenizer((cfg.prompt + ". ") * prefix_tokens).input_ids
 
     def ttft(ids: list[int]) -> float:

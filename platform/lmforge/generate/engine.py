@@ -11,9 +11,9 @@ Every :meth:`Engine.step`:
 4. retires sequences that finished (end of sequence, ``max_tokens``, a stop string, the context, an
    abort), whose slots free at once with nothing copied.
 
-Memory is fixed at start (:attr:`Engine.cache_bytes`): ``max_running`` slots, most of them
-``short_context`` positions long and ``long_slots`` of them the full ``max_context``, so one long
-prompt does not make every slot long. Each request has its own sampling parameters and random
+Memory is fixed at start (:attr:`Engine.cache_bytes`): ``max_running`` slots of ``short_context``
+positions, and ``long_slots`` more of the full ``max_context`` for the requests that need them, so one
+long prompt does not make every slot long. Each request has its own sampling parameters and random
 generator, so a seeded request gives the same tokens whatever else is running. No Ray, no threads:
 :mod:`lmforge.generate.async_engine` drives it from a server.
 """
@@ -104,17 +104,16 @@ class Engine:
     def __init__(self, model: OnnxModel, max_running: int = 16, max_prefill_tokens: int = 512,
                  max_context: int | None = None, short_context: int = 1024, long_slots: int = 1,
                  max_waiting: int | None = None):
-        """``max_running`` sequences decode together (KV cache slots): ``long_slots`` of them hold
-        ``max_context`` positions (default: the model's limit), the rest ``short_context``;
+        """``max_running`` sequences of up to ``short_context`` tokens decode together (KV cache slots),
+        beside ``long_slots`` more of up to ``max_context`` (default: the model's limit);
         ``max_prefill_tokens`` prompt tokens are computed per step; ``max_waiting`` sequences may queue
         beyond the free slots (default 16 x ``max_running``), more are refused (:class:`EngineFullError`)."""
         self.model = model
         self.max_context = min(max_context or model.max_positions, model.max_positions)
         self.max_prefill_tokens = max_prefill_tokens
-        short = min(short_context, self.max_context)
-        long_slots = max_running if short >= self.max_context else min(long_slots, max_running)
-        self.pools = [model.new_cache(n, c) for n, c in ((max_running - long_slots, short),
-                                                          (long_slots, self.max_context)) if n > 0]
+        layout = cache_layout(model.max_positions, max_running, max_context, short_context, long_slots)
+        self.pools = [model.new_cache(slots, positions) for slots, positions in layout]
+        self.max_context = max(p.capacity for p in self.pools)  # without long slots, a short one's
         self.max_waiting = max_waiting if max_waiting is not None else 16 * max_running
         self.waiting: collections.deque[_Seq] = collections.deque()
         self.prefilling: list[_Seq] = []
@@ -142,7 +141,7 @@ class Engine:
                 f"requested {needed} tokens ({len(prompt_ids)} in the prompt, {params.max_tokens} in the completion).")
 
     def room(self) -> int:
-        """Sequences that can still be queued."""
+        """Sequences that can still be queued (whatever their size)."""
         return self.max_waiting + sum(p.free_slots() for p in self.pools) - len(self.waiting)
 
     def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
@@ -197,18 +196,30 @@ class Engine:
         return outputs
 
     def _admit(self) -> None:
-        while self.waiting:
-            s = self.waiting[0]
-            need = len(s.prompt) + s.params.max_tokens
-            pool = next((p for p in self.pools if p.capacity >= need and p.free_slots()), None)
-            if pool is None:
-                return  # first come, first served: a long request waiting is not overtaken by short ones
-            self.waiting.popleft()
+        """Waiting requests into free slots of their pool, in arrival order; a request whose pool is full
+        waits without holding up those behind it that fit another pool (a long request waits for a long
+        slot, short ones never take it: no request can be starved by requests of the other size)."""
+        blocked: set[int] = set()
+        for s in list(self.waiting):
+            if len(blocked) == len(self.pools):
+                return
+            pool = self._pool_for(s)
+            if id(pool) in blocked:
+                continue
+            if not pool.free_slots():
+                blocked.add(id(pool))
+                continue
+            self.waiting.remove(s)
             # the prompt's logprobs need logits at every position: no reuse for them
             s.slot, s.computed = pool.acquire(s.prompt, reuse=not s.params.prompt_logprobs)
             s.pool = pool
             s.scored = [None] if s.params.prompt_logprobs else None
             self.prefilling.append(s)
+
+    def _pool_for(self, s: _Seq) -> KVCache:
+        """The pool of the shortest slots the request fits (:meth:`check` made sure one does)."""
+        need = len(s.prompt) + s.params.max_tokens
+        return next(p for p in sorted(self.pools, key=lambda p: p.capacity) if p.capacity >= need)
 
     def _decode(self, pool: KVCache, rows: list[_Seq]) -> list[Output]:
         """One graph call: each running row's last token joins its cache; the next token is chosen."""
@@ -321,6 +332,15 @@ class Engine:
         self._retire()
         self._aborted.clear()
         return [self._output(s, [], "", [], None) for s in gone]
+
+
+def cache_layout(max_positions: int, max_running: int, max_context: int | None, short_context: int,
+                 long_slots: int) -> list[tuple[int, int]]:
+    """The KV cache's pools as (slots, positions): ``max_running`` short slots, then ``long_slots`` of the
+    full context (none when a short slot is the full context already)."""
+    longest = min(max_context or max_positions, max_positions)
+    short = min(short_context, longest)
+    return [(max_running, short)] + ([(long_slots, longest)] if short < longest and long_slots > 0 else [])
 
 
 def _logprob(logits: np.ndarray, token: int, top: int | None) -> TokenLogprob:

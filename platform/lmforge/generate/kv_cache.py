@@ -45,6 +45,7 @@ class KVCache:
             self.buffers = {n: ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0) for n in names}
             self._base = {n: b.data_ptr() for n, b in self.buffers.items()}
         self._row_bytes = kv_heads * capacity * head_dim * 4
+        self.bindings: dict = {}  # (first slot, rows) -> the onnxruntime IOBinding of those rows (OnnxModel's)
         self.tokens: list[list[int]] = [[] for _ in range(slots)]  # what each slot's cache holds, in order
         self.busy = [False] * slots
         self.stats = CacheStats()

@@ -49,6 +49,9 @@ class OnnxModel:
         eos = hf_config.get("eos_token_id", self.tokenizer.eos_token_id)
         self.eos_ids = sorted(set(eos if isinstance(eos, list) else [eos]) - {None})
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.vocab_size = self.session.get_outputs()[0].shape[-1]
+        if not isinstance(self.vocab_size, int):
+            self.vocab_size = int(hf_config.get("vocab_size") or len(self.tokenizer))
 
     @property
     def bytes_per_token(self) -> int:
@@ -64,21 +67,32 @@ class OnnxModel:
         """One graph call over slots ``[first_slot, first_slot + len(input_ids))``: each row's
         ``query_seqlens`` tokens (of ``input_ids``, right-padded) join its cache, which then holds
         ``seqlens_k + 1`` tokens; returns the logits at ``logits_index`` ``[rows, K, vocab]``."""
-        io = self.session.io_binding()
         rows = input_ids.shape[0]
+        io = self._binding(cache, first_slot, rows)
         feeds = (input_ids.astype(np.int64, copy=False), query_seqlens.astype(np.int32, copy=False),
                  seqlens_k.astype(np.int32, copy=False), np.array(cache.capacity, np.int32),
                  logits_index.astype(np.int64, copy=False))
         for name, value in zip(GRAPH_INPUTS, feeds):
-            io.bind_cpu_input(name, value)
-        io.bind_output("logits", "cpu")  # first: outputs come back in the order they are bound
-        shape = (rows, *cache.row_shape)
-        for past, present in zip(self.past_names, self.present_names):
-            address = cache.address(past, first_slot)
-            io.bind_input(past, cache.device, 0, np.float32, shape, address)
-            io.bind_output(present, cache.device, 0, np.float32, shape, address)  # the same memory: in place
+            io.bind_cpu_input(name, np.ascontiguousarray(value))
+        logits = np.empty((rows, logits_index.shape[1], self.vocab_size), np.float32)
+        io.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
         self.session.run_with_iobinding(io)
-        return io.get_outputs()[0].numpy()
+        return logits
+
+    def _binding(self, cache: KVCache, first_slot: int, rows: int):
+        """The IOBinding of a slot range, kept: its cache rows are bound as past and present (one memory,
+        so the graph updates them in place) once, not at every step."""
+        key = (first_slot, rows)
+        io = cache.bindings.get(key)  # kept with the cache: a binding must not outlive the memory it names
+        if io is None:
+            io = self.session.io_binding()
+            shape = (rows, *cache.row_shape)
+            for past, present in zip(self.past_names, self.present_names):
+                address = cache.address(past, first_slot)
+                io.bind_input(past, cache.device, 0, np.float32, shape, address)
+                io.bind_output(present, cache.device, 0, np.float32, shape, address)
+            cache.bindings[key] = io
+        return io
 
     def logits(self, seqs: list[list[int]], starts: list[int] | None = None) -> list[np.ndarray]:
         """Each sequence's logits at positions ``[start, len)`` (default all), ``[len - start, vocab]``; all

@@ -31,11 +31,11 @@ class AutoscalingConfig:
 class EngineConfig:
     """Continuous batching inside each replica."""
 
-    max_running: int = 16  # sequences decoded together (KV cache slots); more wait in the replica's queue
+    max_running: int = 16  # sequences of up to short_context decoded together (KV cache slots); more wait
     max_prefill_tokens: int = 512  # prompt tokens computed per step: a longer prompt is prefilled in chunks
     max_context: int | None = None  # longest prompt + completion served; None: the model's own limit
     short_context: int = 1024  # positions of most slots (memory: slots x positions, fixed at start)
-    long_slots: int = 1  # slots of max_context positions among max_running
+    long_slots: int = 1  # slots of max_context positions, beside max_running (for the requests that need them)
     max_waiting: int | None = None  # sequences queued beyond the free slots; None: 16 x max_running
     intra_op_threads: int = 0  # onnxruntime threads per replica; 0 lets it choose
 

@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from lmforge.cluster.session import ray_session
 from lmforge.serve.config import ServeConfig
@@ -48,7 +49,27 @@ def start(cfg: ServeConfig) -> str:
     wait_healthy(url, cfg.serve.startup_timeout_s)
     log.info("serve: %s up; OpenAI API at %s/v1; Prometheus metrics at %s", ", ".join(served_models(cfg)), url,
              metrics_address() or "each node's Ray metrics port")
+    for name, model_dir in served_models(cfg).items():
+        log.info("serve: %s: %s per replica, allocated at start", name, cache_bound(model_dir, cfg.serve.engine))
     return url
+
+
+def cache_bound(model_dir: str, engine) -> str:
+    """The KV cache a replica of ``model_dir`` allocates with ``engine`` settings, from the model's config."""
+    import json
+
+    from lmforge import storage
+    from lmforge.generate.engine import cache_layout
+
+    c = json.loads((Path(storage.local_dir(model_dir)) / "config.json").read_text())
+    query_heads = c.get("num_attention_heads") or c["n_head"]  # GPT-2's configs name them n_*
+    heads = c.get("num_key_value_heads") or query_heads
+    head_dim = c.get("head_dim") or (c.get("hidden_size") or c["n_embd"]) // query_heads
+    per_token = 2 * (c.get("num_hidden_layers") or c["n_layer"]) * heads * head_dim * 4
+    positions = int(c.get("max_position_embeddings") or c.get("n_positions") or 2048)
+    pools = cache_layout(positions, engine.max_running, engine.max_context, engine.short_context, engine.long_slots)
+    total = sum(n * p for n, p in pools) * per_token
+    return f"KV cache {' + '.join(f'{n} x {p}' for n, p in pools)} positions = {total / 2**30:.2f} GiB"
 
 
 def stop() -> None:
