@@ -193,7 +193,8 @@ def _context_sweep(export_dir: Path, cfg: GenerateBenchConfig) -> dict:
     from lmforge.generate.onnx_model import OnnxModel
 
     model = OnnxModel(export_dir, intra_op_threads=cfg.threads)
-    b, capacity = cfg.context_batch, max(cfg.contexts) + 64
+    contexts = sorted({min(c, model.max_positions - 2) for c in cfg.contexts})  # a small model's context is short
+    b, capacity = cfg.context_batch, min(max(contexts) + 64, model.max_positions)
     heads = json.loads((export_dir / "config.json").read_text())["num_attention_heads"]
     layers = len(model.past_names) // 2
     opts = ort.SessionOptions()
@@ -201,7 +202,7 @@ def _context_sweep(export_dir: Path, cfg: GenerateBenchConfig) -> dict:
     attention = ort.InferenceSession(_attention_graph(layers, heads, model.kv_heads, model.head_dim)
                                      .SerializeToString(), opts, providers=["CPUExecutionProvider"])
     rows = {}
-    for context in cfg.contexts:
+    for context in contexts:
         cache = {n: np.zeros((b, model.kv_heads, capacity, model.head_dim), np.float32) for n in model.past_names}
         feeds = {"input_ids": np.full((b, 1), 5, np.int64), "query_seqlens": np.ones(b, np.int32),
                  "seqlens_k": np.full(b, context, np.int32), "total_sequence_length": np.array(capacity, np.int32),
@@ -212,11 +213,10 @@ def _context_sweep(export_dir: Path, cfg: GenerateBenchConfig) -> dict:
         attn_feeds = {"q": np.ones((b, 1, heads * model.head_dim), np.float32),
                       "kv": np.ones((b, 1, model.kv_heads * model.head_dim), np.float32),
                       "seqlens_k": feeds["seqlens_k"], "total_sequence_length": feeds["total_sequence_length"]}
-        rows[context] = {"step_ms": step, "attention_ms": _step_ms(attention, attn_feeds, attn_cache)}
-    first, last = rows[min(rows)], rows[max(rows)]
+        rows[str(context)] = {"step_ms": step, "attention_ms": _step_ms(attention, attn_feeds, attn_cache)}
+    first, last = rows[str(contexts[0])], rows[str(contexts[-1])]  # str keys: as the JSON file holds them
     growth = (last["step_ms"] - first["step_ms"]) / first["step_ms"]
-    rest = {c: r["step_ms"] - r["attention_ms"] for c, r in rows.items()}  # all but attention
-    beyond = (rest[max(rows)] - rest[min(rows)]) / first["step_ms"]
+    beyond = ((last["step_ms"] - last["attention_ms"]) - (first["step_ms"] - first["attention_ms"])) / first["step_ms"]
     return {"batch": b, "by_context": rows, "step_growth": growth, "growth_beyond_attention": beyond}
 
 
