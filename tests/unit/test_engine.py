@@ -313,3 +313,26 @@ def test_a_prompt_at_the_context_limit_beside_15_short_streams_completes_in_the_
     assert len(outs) == 16 and all(o[-1].finish_reason == "length" for o in outs.values())
     assert len(_tokens(outs["long"])) == 4 and engine.cache_bytes == stated
     assert sum(b.nbytes for p in engine.pools for b in p.buffers.values()) == stated
+
+
+def test_prompts_admitted_together_share_one_prefill_call_and_get_their_own_tokens(model):
+    """Three fresh prompts of different lengths in neighbouring slots: one graph call prefills them all
+    (right-padded, each row at its own length), and each gets exactly the tokens it gets alone."""
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    engine = Engine(model, max_running=4)
+    calls = []
+    real_run = model.run
+
+    def counting_run(*args):
+        calls.append(args[2].shape)  # input_ids: (rows, width)
+        return real_run(*args)
+
+    engine.model = type("Counted", (), {"__getattr__": lambda self, name: getattr(model, name),
+                                        "run": staticmethod(counting_run)})()
+    for i, prompt in enumerate(PROMPTS):
+        engine.add(str(i), _ids(model, prompt), params)
+    engine.step()
+    assert calls == [(3, max(len(_ids(model, p)) for p in PROMPTS))]
+    outs = _run(engine)
+    for i, prompt in enumerate(PROMPTS):
+        assert _tokens(outs[str(i)]) == _alone(model, prompt, params)[1:], i

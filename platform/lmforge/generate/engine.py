@@ -26,56 +26,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lmforge.generate.kv_cache import KVCache
+from lmforge.generate.kv_cache import KVCache, cache_layout
 from lmforge.generate.onnx_model import OnnxModel
+from lmforge.generate.requests import ContextLengthError, EngineFullError, Output, SamplingParams, TokenLogprob
 from lmforge.generate.sampling import log_softmax, sample_row, top_logprobs
 from lmforge.generate.text import TextStream
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class SamplingParams:
-    max_tokens: int = 32  # 0 with prompt_logprobs: score the prompt, generate nothing
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    min_tokens: int = 0  # eos cannot be chosen before this many new tokens (vLLM's min_tokens, HF's min_new_tokens)
-    logprobs: int | None = None  # None: none; k >= 0: each token's logprob and the k most likely alternatives
-    prompt_logprobs: bool = False  # also the prompt tokens' logprobs (OpenAI's echo with logprobs)
-    ignore_eos: bool = False  # keep going past end of sequence (benchmarks)
-
-
-@dataclass
-class TokenLogprob:
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]] = field(default_factory=list)  # the most likely tokens at this position
-
-
-@dataclass
-class Output:
-    """What one step produced for one request."""
-
-    request_id: str
-    token_ids: list[int]
-    text: str  # new text (stop strings cut, incomplete UTF-8 held back until it completes)
-    text_offsets: list[int]  # where each new token's text starts in the completion
-    logprobs: list[TokenLogprob] | None
-    finish_reason: str | None  # "stop" (eos or a stop string), "length", "abort", or None while running
-    prompt_tokens: int
-    completion_tokens: int
-    prompt_logprobs: list[TokenLogprob | None] | None = None  # once, with the first output
-
-
-class ContextLengthError(ValueError):
-    """A request that does not fit the model's context."""
-
-
-class EngineFullError(RuntimeError):
-    """The engine's queue has no room for a request's sequences now; the caller may retry later."""
 
 
 @dataclass
@@ -238,36 +195,55 @@ class Engine:
         return [self._advance(s, row, token) for s, row, token in picks]
 
     def _prefill(self) -> list[Output]:
-        """Up to ``max_prefill_tokens`` prompt tokens, in arrival order: a chunk of a long prompt at a time."""
-        outputs, budget = [], self.max_prefill_tokens
-        for s in list(self.prefilling):
+        """Up to ``max_prefill_tokens`` prompt tokens, in arrival order (a chunk of a long prompt at a time);
+        the chunks of neighbouring slots share a graph call where padding them to one length wastes little."""
+        plan, budget = [], self.max_prefill_tokens
+        for s in self.prefilling:
             if budget <= 0:
                 break
             chunk = s.prompt[s.computed: s.computed + budget]
             budget -= len(chunk)
-            end = s.computed + len(chunk)
-            scored = s.scored is not None
-            index = np.arange(len(chunk) if scored else 1, dtype=np.int64) + (0 if scored else len(chunk) - 1)
-            logits = self.model.run(s.pool, s.slot, np.array([chunk], np.int64), np.array([len(chunk)], np.int32),
-                                    np.array([end - 1], np.int32), index[None])[0]
-            s.pool.tokens[s.slot].extend(chunk)
-            if scored:  # logits at prompt position j score token j + 1
-                s.scored += [_logprob(logits[j], s.prompt[s.computed + j + 1], s.params.logprobs or 0)
-                             for j in range(len(chunk)) if s.computed + j + 1 < len(s.prompt)]
-            s.computed = end
-            if end < len(s.prompt):
-                continue
-            self.prefilling.remove(s)
-            if s.params.max_tokens == 0:
-                s.finish = "length"
-                outputs.append(self._output(s, [], "", [], None, s.scored))
-                continue
-            ((_, row, token),) = self._choose(logits[-1:], [s])
-            out = self._advance(s, row, token)
-            out.prompt_logprobs = s.scored
-            outputs.append(out)
-            self.running.append(s)
+            plan.append((s, chunk))
+        outputs = []
+        for group in _calls(plan):
+            outputs += self._prefill_call(group)
         return outputs
+
+    def _prefill_call(self, group: list[tuple[_Seq, list[int]]]) -> list[Output]:
+        """One graph call over the slots from the group's first to its last; rows between them are idle."""
+        pool, first = group[0][0].pool, group[0][0].slot
+        n, width = group[-1][0].slot - first + 1, max(len(c) for _, c in group)
+        keep = [len(c) if s.scored is not None else 1 for s, c in group]  # positions that need logits
+        ids, index = np.zeros((n, width), np.int64), np.zeros((n, max(keep)), np.int64)
+        query, total = np.zeros(n, np.int32), np.ones(n, np.int32)  # idle rows: 0 new tokens, cache untouched
+        for (s, chunk), k in zip(group, keep):
+            i = s.slot - first
+            ids[i, : len(chunk)], query[i], total[i] = chunk, len(chunk), s.computed + len(chunk)
+            index[i] = np.arange(len(chunk) - k, len(chunk)).tolist() + [len(chunk) - 1] * (index.shape[1] - k)
+        logits = self.model.run(pool, first, ids, query, total - 1, index)
+        outputs = []
+        for (s, chunk), k in zip(group, keep):
+            outputs += self._prefilled(s, chunk, logits[s.slot - first, :k])
+        return outputs
+
+    def _prefilled(self, s: _Seq, chunk: list[int], logits: np.ndarray) -> list[Output]:
+        """Book a prefilled chunk; at the prompt's end, choose the first token (or finish, for max_tokens 0)."""
+        s.pool.tokens[s.slot].extend(chunk)
+        if s.scored is not None:  # logits at prompt position j score token j + 1
+            s.scored += [_logprob(logits[j], s.prompt[s.computed + j + 1], s.params.logprobs or 0)
+                         for j in range(len(chunk)) if s.computed + j + 1 < len(s.prompt)]
+        s.computed += len(chunk)
+        if s.computed < len(s.prompt):
+            return []
+        self.prefilling.remove(s)
+        if s.params.max_tokens == 0:
+            s.finish = "length"
+            return [self._output(s, [], "", [], None, s.scored)]
+        ((_, row, token),) = self._choose(logits[-1:], [s])
+        out = self._advance(s, row, token)
+        out.prompt_logprobs = s.scored
+        self.running.append(s)
+        return [out]
 
     def _choose(self, logits: np.ndarray, rows: list[_Seq]) -> list[tuple[_Seq, np.ndarray, int]]:
         """Each row's next token: one argmax for all the plain greedy rows, a sampler call for the rest."""
@@ -334,13 +310,21 @@ class Engine:
         return [self._output(s, [], "", [], None) for s in gone]
 
 
-def cache_layout(max_positions: int, max_running: int, max_context: int | None, short_context: int,
-                 long_slots: int) -> list[tuple[int, int]]:
-    """The KV cache's pools as (slots, positions): ``max_running`` short slots, then ``long_slots`` of the
-    full context (none when a short slot is the full context already)."""
-    longest = min(max_context or max_positions, max_positions)
-    short = min(short_context, longest)
-    return [(max_running, short)] + ([(long_slots, longest)] if short < longest and long_slots > 0 else [])
+def _calls(plan: list[tuple[_Seq, list[int]]]) -> list[list[tuple[_Seq, list[int]]]]:
+    """Chunks grouped into graph calls: neighbours in one pool's slots join while the call's padding (idle
+    rows between them, shorter chunks padded to the longest) stays at most its real tokens, or it is small."""
+    calls: list[list] = []
+    for item in sorted(plan, key=lambda p: (id(p[0].pool), p[0].slot)):
+        group = calls[-1] if calls and calls[-1][0][0].pool is item[0].pool else None
+        if group is not None:
+            rows = item[0].slot - group[0][0].slot + 1
+            width = max(len(item[1]), *(len(c) for _, c in group))
+            real = len(item[1]) + sum(len(c) for _, c in group)
+            if rows * width <= max(2 * real, 64):
+                group.append(item)
+                continue
+        calls.append([item])
+    return calls
 
 
 def _logprob(logits: np.ndarray, token: int, top: int | None) -> TokenLogprob:

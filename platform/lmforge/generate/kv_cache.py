@@ -99,3 +99,12 @@ def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
         return 0
     same = np.asarray(a[:n]) == np.asarray(b[:n])
     return n if same.all() else int(np.argmin(same))
+
+
+def cache_layout(max_positions: int, max_running: int, max_context: int | None, short_context: int,
+                 long_slots: int) -> list[tuple[int, int]]:
+    """The KV cache's pools as (slots, positions): ``max_running`` short slots, then ``long_slots`` of the
+    full context (none when a short slot is the full context already)."""
+    longest = min(max_context or max_positions, max_positions)
+    short = min(short_context, longest)
+    return [(max_running, short)] + ([(long_slots, longest)] if short < longest and long_slots > 0 else [])

@@ -59,7 +59,7 @@ def cache_bound(model_dir: str, engine) -> str:
     import json
 
     from lmforge import storage
-    from lmforge.generate.engine import cache_layout
+    from lmforge.generate.kv_cache import cache_layout
 
     c = json.loads((Path(storage.local_dir(model_dir)) / "config.json").read_text())
     query_heads = c.get("num_attention_heads") or c["n_head"]  # GPT-2's configs name them n_*
