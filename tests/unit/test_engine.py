@@ -321,14 +321,13 @@ def test_prompts_admitted_together_share_one_prefill_call_and_get_their_own_toke
     params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
     engine = Engine(model, max_running=4)
     calls = []
-    real_run = model.run
 
-    def counting_run(*args):
-        calls.append(args[2].shape)  # input_ids: (rows, width)
-        return real_run(*args)
+    def counting_run_rows(cache, rows):
+        calls.append((len(rows), max(len(tokens) for _, tokens, _, _ in rows)))  # (rows, width) of one call
+        return model.run_rows(cache, rows)
 
     engine.model = type("Counted", (), {"__getattr__": lambda self, name: getattr(model, name),
-                                        "run": staticmethod(counting_run)})()
+                                        "run_rows": staticmethod(counting_run_rows)})()
     for i, prompt in enumerate(PROMPTS):
         engine.add(str(i), _ids(model, prompt), params)
     engine.step()

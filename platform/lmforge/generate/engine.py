@@ -97,6 +97,11 @@ class Engine:
                 f"This model's maximum context length is {self.max_context} tokens. However, you "
                 f"requested {needed} tokens ({len(prompt_ids)} in the prompt, {params.max_tokens} in the completion).")
 
+    @property
+    def capacity(self) -> int:
+        """Sequences the engine can ever hold at once: its slots and its queue."""
+        return self.max_waiting + sum(p.slots for p in self.pools)
+
     def room(self) -> int:
         """Sequences that can still be queued (whatever their size)."""
         return self.max_waiting + sum(p.free_slots() for p in self.pools) - len(self.waiting)
@@ -180,18 +185,10 @@ class Engine:
 
     def _decode(self, pool: KVCache, rows: list[_Seq]) -> list[Output]:
         """One graph call: each running row's last token joins its cache; the next token is chosen."""
-        first = min(s.slot for s in rows)
-        n = max(s.slot for s in rows) - first + 1
-        ids = np.zeros((n, 1), np.int64)
-        query = np.zeros(n, np.int32)
-        total = np.ones(n, np.int32)  # idle rows: 0 new tokens, their cache untouched
-        for s in rows:
-            i = s.slot - first
-            ids[i, 0], query[i], total[i] = s.generated[-1], 1, s.length
-        logits = self.model.run(pool, first, ids, query, total - 1, np.zeros((n, 1), np.int64))[:, 0]
+        out = self.model.run_rows(pool, [(s.slot, s.generated[-1:], s.length - 1, 1) for s in rows])
         for s in rows:
             pool.tokens[s.slot].append(s.generated[-1])
-        picks = self._choose(logits[[s.slot - first for s in rows]], rows)
+        picks = self._choose(np.stack([out[s.slot][0] for s in rows]), rows)
         return [self._advance(s, row, token) for s, row, token in picks]
 
     def _prefill(self) -> list[Output]:
@@ -210,21 +207,11 @@ class Engine:
         return outputs
 
     def _prefill_call(self, group: list[tuple[_Seq, list[int]]]) -> list[Output]:
-        """One graph call over the slots from the group's first to its last; rows between them are idle."""
-        pool, first = group[0][0].pool, group[0][0].slot
-        n, width = group[-1][0].slot - first + 1, max(len(c) for _, c in group)
-        keep = [len(c) if s.scored is not None else 1 for s, c in group]  # positions that need logits
-        ids, index = np.zeros((n, width), np.int64), np.zeros((n, max(keep)), np.int64)
-        query, total = np.zeros(n, np.int32), np.ones(n, np.int32)  # idle rows: 0 new tokens, cache untouched
-        for (s, chunk), k in zip(group, keep):
-            i = s.slot - first
-            ids[i, : len(chunk)], query[i], total[i] = chunk, len(chunk), s.computed + len(chunk)
-            index[i] = np.arange(len(chunk) - k, len(chunk)).tolist() + [len(chunk) - 1] * (index.shape[1] - k)
-        logits = self.model.run(pool, first, ids, query, total - 1, index)
-        outputs = []
-        for (s, chunk), k in zip(group, keep):
-            outputs += self._prefilled(s, chunk, logits[s.slot - first, :k])
-        return outputs
+        """One graph call for neighbouring slots' chunks; logits at every chunk position only for the rows
+        that score their prompt, else at the last."""
+        wanted = [len(c) if s.scored is not None else 1 for s, c in group]
+        out = self.model.run_rows(group[0][0].pool, [(s.slot, c, s.computed, k) for (s, c), k in zip(group, wanted)])
+        return [o for s, chunk in group for o in self._prefilled(s, chunk, out[s.slot])]
 
     def _prefilled(self, s: _Seq, chunk: list[int], logits: np.ndarray) -> list[Output]:
         """Book a prefilled chunk; at the prompt's end, choose the first token (or finish, for max_tokens 0)."""

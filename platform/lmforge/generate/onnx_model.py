@@ -20,6 +20,11 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", 
 GRAPH_INPUTS = ("input_ids", "query_seqlens", "seqlens_k", "total_sequence_length", "logits_index")
 
 
+def context_length(hf_config: dict) -> int:
+    """The positions a model's HF ``config.json`` allows (GPT-2 names them ``n_positions``)."""
+    return int(hf_config.get("max_position_embeddings") or hf_config.get("n_positions") or 2048)
+
+
 class OnnxModel:
     """``model.onnx`` (KV cache in place) + tokenizer from an export dir."""
 
@@ -45,7 +50,7 @@ class OnnxModel:
         _, self.kv_heads, _, self.head_dim = inputs[self.past_names[0]].shape
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         hf_config = json.loads((self.model_dir / "config.json").read_text())
-        self.max_positions = int(hf_config.get("max_position_embeddings") or hf_config.get("n_positions") or 2048)
+        self.max_positions = context_length(hf_config)
         eos = hf_config.get("eos_token_id", self.tokenizer.eos_token_id)
         self.eos_ids = sorted(set(eos if isinstance(eos, list) else [eos]) - {None})
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -94,17 +99,28 @@ class OnnxModel:
             cache.bindings[key] = io
         return io
 
+    def run_rows(self, cache: KVCache, rows: list[tuple[int, list[int], int, int]]) -> dict[int, np.ndarray]:
+        """One graph call for ``(slot, new tokens, tokens already cached, logits wanted)`` rows: the call
+        spans the lowest to the highest slot, the slots between idle (no new tokens, cache untouched), the
+        new tokens right-padded to the longest; returns each slot's logits at its last ``wanted`` new
+        tokens, ``[wanted, vocab]``."""
+        first = min(slot for slot, *_ in rows)
+        n = max(slot for slot, *_ in rows) - first + 1
+        width, keep = max(len(t) for _, t, _, _ in rows), max(k for *_, k in rows)
+        ids, index = np.full((n, width), self.pad_id, np.int64), np.zeros((n, keep), np.int64)
+        query, total = np.zeros(n, np.int32), np.ones(n, np.int32)  # an idle row: 0 new tokens of 1 cached
+        for slot, tokens, cached, wanted in rows:
+            i = slot - first
+            ids[i, : len(tokens)], query[i], total[i] = tokens, len(tokens), cached + len(tokens)
+            index[i, :wanted] = np.arange(len(tokens) - wanted, len(tokens))
+            index[i, wanted:] = len(tokens) - 1
+        logits = self.run(cache, first, ids, query, total - 1, index)
+        return {slot: logits[slot - first, :wanted] for slot, _, _, wanted in rows}
+
     def logits(self, seqs: list[list[int]], starts: list[int] | None = None) -> list[np.ndarray]:
         """Each sequence's logits at positions ``[start, len)`` (default all), ``[len - start, vocab]``; all
         sequences in one call, right-padded, over a cache of their own."""
         starts = starts or [0] * len(seqs)
-        width = max(len(s) for s in seqs)
-        keep = max(len(s) - b for s, b in zip(seqs, starts))
-        ids = np.full((len(seqs), width), self.pad_id, np.int64)
-        index = np.zeros((len(seqs), keep), np.int64)
-        for i, (s, b) in enumerate(zip(seqs, starts)):
-            ids[i, : len(s)] = s
-            index[i, : len(s) - b] = np.arange(b, len(s))
-        lengths = np.array([len(s) for s in seqs], np.int32)
-        out = self.run(self.new_cache(len(seqs), width), 0, ids, lengths, lengths - 1, index)
-        return [out[i, : len(s) - b] for i, (s, b) in enumerate(zip(seqs, starts))]
+        cache = self.new_cache(len(seqs), max(len(s) for s in seqs))
+        out = self.run_rows(cache, [(i, s, 0, len(s) - b) for i, (s, b) in enumerate(zip(seqs, starts))])
+        return [out[i] for i in range(len(seqs))]

@@ -163,9 +163,9 @@ class ModelEndpoints:
         """A request's prompts x n are queued together or not at all: more than the engine could ever hold
         is the client's error (400); more than it has room for now is a refusal to retry (Retry-After)."""
         engine = self.engine.engine
-        capacity = engine.max_waiting + sum(p.slots for p in engine.pools)
-        if sequences > capacity:
-            raise RequestError(f"prompts x n: {sequences} sequences exceed this server's limit of {capacity}", "n")
+        if sequences > engine.capacity:
+            raise RequestError(f"prompts x n: {sequences} sequences exceed this server's limit of {engine.capacity}",
+                               "n")
         if sequences > engine.room():
             raise EngineFullError(f"{sequences} sequences do not fit the queue now")
 
