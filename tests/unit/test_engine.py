@@ -117,6 +117,35 @@ def test_a_prompt_sharing_a_prefix_with_a_finished_one_reuses_its_cache(model):
     assert got == _tokens(_run(fresh)["b"]) and fresh.prefix_hit_rate == 0
 
 
+def test_a_prompt_sharing_a_prefix_with_a_running_one_copies_it_and_both_keep_their_tokens(model):
+    """``b`` starts with all of ``a``'s prompt while ``a`` still decodes in its slot: ``b``'s prefill copies
+    those positions from ``a``'s slot (from a slot of the other pool too) instead of computing them, and
+    both get the tokens and logprobs they get alone (a copy left out, from the wrong positions or over
+    ``a``'s row changes them)."""
+    first = _ids(model, PROMPTS[2])
+    second = first + _ids(model, " and then some more")
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, logprobs=0)
+
+    def alone(prompt):
+        engine = Engine(model, max_running=1)
+        engine.add("x", prompt, params)
+        return _run(engine)["x"]
+
+    for short_context in (64, 42):  # 42: ``b`` (41 + 8 tokens) needs the long slot, ``a`` holds a short one
+        engine = Engine(model, max_running=2, short_context=short_context, long_slots=1)
+        engine.add("a", first, params)
+        outs = {"a": engine.step()}
+        engine.add("b", second, params)
+        for key, got in _run(engine).items():
+            outs.setdefault(key, []).extend(got)
+        assert engine.prefix_hit_rate == pytest.approx(len(first) / (len(first) + len(second)), abs=0.02)
+        for key, prompt in (("a", first), ("b", second)):
+            want = alone(prompt)
+            assert _tokens(outs[key]) == _tokens(want), (short_context, key)
+            logprobs = [lp.logprob for o in outs[key] for lp in o.logprobs]
+            assert np.allclose(logprobs, [lp.logprob for o in want for lp in o.logprobs], atol=1e-5), key
+
+
 def test_memory_is_fixed_at_start_and_a_full_queue_refuses(model):
     """Slots are allocated once (short ones, and one of the full context); a request that needs more than a
     short slot waits for the long one without holding up the short ones behind it; past ``max_waiting`` a

@@ -98,6 +98,43 @@ def test_reduced_precision_keeps_perplexity_logits_and_greedy_tokens(learned_dir
     assert got.completion_tokens >= 1
 
 
+def test_an_int8_kv_cache_keeps_perplexity_and_dequantizes_to_the_fp32_cache(learned_dir, tmp_path):
+    """``kv_cache: int8``: the graph's cache inputs and outputs are int8 (a quarter of the bytes), and what
+    it stores, times the calibrated scale of its layer, kv head and channel, is the fp32 graph's cache to
+    within half a step (a scale of the wrong layout, a wrong rounding or a cache left fp32 fails this);
+    the perplexity, logits and greedy tokens stay near PyTorch's."""
+    import onnx
+
+    from lmforge.generate.onnx_model import OnnxModel
+
+    out = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(learned_dir), "output": str(tmp_path / "kv8"),
+                                                          "kv_cache": "int8", "keep_fp32": True, "ppl_text": PPL_TEXT}))
+    report = json.loads((out / "export.json").read_text())
+    assert report["kv_cache"] == "int8" and report["precision"] == "fp32"
+    assert abs(report["perplexity"]["increase"]) <= 0.01, report["perplexity"]
+    assert 0 < report["quantized_parity"]["max_abs_diff"] <= 0.3, report["quantized_parity"]
+    assert report["quantized_agreement"]["greedy_prefix"] >= 16, report["quantized_agreement"]
+    int8, fp32 = OnnxModel(out), OnnxModel(out, model_file="model.fp32.onnx")
+    assert int8.kv_dtype == np.int8 and int8.bytes_per_token * 4 == fp32.bytes_per_token
+    scales = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out / "model.onnx")).graph.initializer
+              if t.name.startswith("kv_scale.")}
+    assert len(scales) == len(int8.past_names)
+    tokens = int8.tokenizer("The river flows through the old city, and the market opens at dawn.").input_ids
+    caches = {}
+    for name, model in (("int8", int8), ("fp32", fp32)):
+        caches[name] = model.new_cache(1, len(tokens))
+        model.run_rows(caches[name], [(0, tokens, 0, 1)])
+    for past in int8.past_names:
+        scale = scales[past.replace("past_key_values.", "kv_scale.")]  # [kv_heads, 1, head_dim]
+        stored = caches["int8"].buffers[past][0].astype(np.float32) * scale
+        want = np.clip(caches["fp32"].buffers[past][0], -128 * scale, 127 * scale)  # beyond calibration: saturated
+        error = np.abs(stored - want) / scale
+        # layer 0's keys and values come from the same embeddings in both graphs: rounding alone; a later
+        # layer's from hidden states the quantized attention below it changed a little
+        assert error.max() <= 0.5 + 1e-4 if past.startswith("past_key_values.0.") else error.mean() <= 0.5, past
+        assert np.abs(caches["int8"].buffers[past][0]).max() > 64  # the scales use the range
+
+
 def test_gpt2_exports_with_parity(hf_dir, tmp_path):
     """GPT-2 (learned positions, fused QKV, dropout in its config) through the same export and checks."""
     from transformers import GPT2Config, GPT2LMHeadModel

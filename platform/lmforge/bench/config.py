@@ -95,6 +95,8 @@ class ServeBenchConfig:
     # the peer measured in the same run, levels interleaved: llama.cpp's `llama-server` binary and a GGUF
     llama_server: str | None = None
     llama_gguf: str | None = None  # e.g. SmolLM2 requantized to q8_0 (llama-quantize --allow-requantize)
+    # more llama-server flags, e.g. ["-fa", "on", "-ctk", "q8_0", "-ctv", "q8_0"] for its 8-bit KV cache
+    llama_server_args: list[str] = dataclasses.field(default_factory=list)
     rounds: int = 1  # each level measured this many times, alternating the two servers
     output: str | None = None  # JSON file; printed either way
 

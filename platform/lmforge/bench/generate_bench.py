@@ -142,15 +142,14 @@ def _batch_row(cfg: GenerateBenchConfig, hf: Path, exports: dict[str, Path], bat
 
 def _step_ms(session, feeds: dict, cache: dict, steps: int = 30) -> float:
     """Median milliseconds of one decode call, the cache bound in place (as the engine binds it)."""
-    import numpy as np
 
     io = session.io_binding()
     for name, value in feeds.items():
         io.bind_cpu_input(name, value)
     for past, buffer in cache.items():  # the graph's "past_key_values.i.key" or the sweep's "past_key_i"
         present = past.replace("past_key_values.", "present.").replace("past_", "present_")
-        io.bind_input(past, "cpu", 0, np.float32, buffer.shape, buffer.ctypes.data)
-        io.bind_output(present, "cpu", 0, np.float32, buffer.shape, buffer.ctypes.data)
+        io.bind_input(past, "cpu", 0, buffer.dtype, buffer.shape, buffer.ctypes.data)
+        io.bind_output(present, "cpu", 0, buffer.dtype, buffer.shape, buffer.ctypes.data)
     for out in session.get_outputs():
         if not out.name.startswith("present"):
             io.bind_output(out.name, "cpu")
@@ -162,11 +161,14 @@ def _step_ms(session, feeds: dict, cache: dict, steps: int = 30) -> float:
     return 1000 * sorted(times[5:])[len(times[5:]) // 2]
 
 
-def _attention_graph(layers: int, heads: int, kv_heads: int, head_dim: int):
+def _attention_graph(layers: int, heads: int, kv_heads: int, head_dim: int, kv_int8: bool):
     """``layers`` GroupQueryAttention nodes over their own caches: a decode step's attention alone."""
-    from onnx import TensorProto, helper
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
 
-    f = TensorProto.FLOAT
+    f, cache = TensorProto.FLOAT, TensorProto.INT8 if kv_int8 else TensorProto.FLOAT
+    scales = [numpy_helper.from_array(np.full((kv_heads, 1, head_dim), 0.01, np.float32), "scale")]
+    quant = {"k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL", "kv_cache_bit_width": 8}
     inputs = [helper.make_tensor_value_info("q", f, ["b", 1, heads * head_dim]),
               helper.make_tensor_value_info("kv", f, ["b", 1, kv_heads * head_dim]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["b"]),
@@ -174,14 +176,16 @@ def _attention_graph(layers: int, heads: int, kv_heads: int, head_dim: int):
     nodes, outputs = [], []
     for i in range(layers):
         pk, pv = f"past_key_{i}", f"past_value_{i}"
-        inputs += [helper.make_tensor_value_info(n, f, ["b", kv_heads, "c", head_dim]) for n in (pk, pv)]
+        inputs += [helper.make_tensor_value_info(n, cache, ["b", kv_heads, "c", head_dim]) for n in (pk, pv)]
         outs = [f"out_{i}", f"present_key_{i}", f"present_value_{i}"]
-        nodes.append(helper.make_node("GroupQueryAttention", ["q", "kv", "kv", pk, pv, "seqlens_k",
-                                                              "total_sequence_length"], outs, domain="com.microsoft",
-                                      num_heads=heads, kv_num_heads=kv_heads))
-        outputs += [helper.make_tensor_value_info(n, f, None) for n in outs]
+        args = ["q", "kv", "kv", pk, pv, "seqlens_k", "total_sequence_length"]
+        args += ["", "", "", "", "", "scale", "scale"] if kv_int8 else []
+        nodes.append(helper.make_node("GroupQueryAttention", args, outs, domain="com.microsoft", num_heads=heads,
+                                      kv_num_heads=kv_heads, **(quant if kv_int8 else {})))
+        outputs += [helper.make_tensor_value_info(n, t, None) for n, t in zip(outs, (f, cache, cache))]
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(helper.make_graph(nodes, "attention", inputs, outputs), opset_imports=opsets)
+    graph = helper.make_graph(nodes, "attention", inputs, outputs, initializer=scales if kv_int8 else [])
+    return helper.make_model(graph, opset_imports=opsets)
 
 
 def _context_sweep(export_dir: Path, cfg: GenerateBenchConfig) -> dict:
@@ -199,16 +203,17 @@ def _context_sweep(export_dir: Path, cfg: GenerateBenchConfig) -> dict:
     layers = len(model.past_names) // 2
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = cfg.threads
-    attention = ort.InferenceSession(_attention_graph(layers, heads, model.kv_heads, model.head_dim)
+    kv = model.kv_dtype
+    attention = ort.InferenceSession(_attention_graph(layers, heads, model.kv_heads, model.head_dim, kv == np.int8)
                                      .SerializeToString(), opts, providers=["CPUExecutionProvider"])
     rows = {}
     for context in contexts:
-        cache = {n: np.zeros((b, model.kv_heads, capacity, model.head_dim), np.float32) for n in model.past_names}
+        cache = {n: np.zeros((b, model.kv_heads, capacity, model.head_dim), kv) for n in model.past_names}
         feeds = {"input_ids": np.full((b, 1), 5, np.int64), "query_seqlens": np.ones(b, np.int32),
                  "seqlens_k": np.full(b, context, np.int32), "total_sequence_length": np.array(capacity, np.int32),
                  "logits_index": np.zeros((b, 1), np.int64)}
         step = _step_ms(model.session, feeds, cache)
-        attn_cache = {f"past_{k}_{i}": np.zeros((b, model.kv_heads, capacity, model.head_dim), np.float32)
+        attn_cache = {f"past_{k}_{i}": np.zeros((b, model.kv_heads, capacity, model.head_dim), kv)
                       for i in range(layers) for k in ("key", "value")}
         attn_feeds = {"q": np.ones((b, 1, heads * model.head_dim), np.float32),
                       "kv": np.ones((b, 1, model.kv_heads * model.head_dim), np.float32),
@@ -227,6 +232,7 @@ def run(cfg: GenerateBenchConfig) -> dict:
                     "ratios": "median over rounds of the two engines' decode tokens/s in the same round"}
     for batch in cfg.batches:
         result[f"batch_{batch}"] = _batch_row(cfg, hf, exports, batch)
-    if "int8" in exports and cfg.contexts:
-        result["decode_step_by_context_int8"] = _context_sweep(exports["int8"], cfg)
+    for p in ("int8", "int8_kv8"):
+        if p in exports and cfg.contexts:
+            result[f"decode_step_by_context_{p}"] = _context_sweep(exports[p], cfg)
     return write_result(result, cfg.output)

@@ -19,6 +19,8 @@ def prepare_models(source: str, work_dir: str, precisions: list[str], ppl_text: 
     hf = importer.run(cfgmod.from_dict(ImportConfig, {"source": source, "output": str(work / "hf")}))
     exports = {}
     for p in precisions:
+        weights, kv8 = p.removesuffix("_kv8"), p.endswith("_kv8")  # "int8_kv8": int8 weights, int8 KV cache
         exports[p] = onnx_export.run(cfgmod.from_dict(ExportConfig, {
-            "model": str(hf), "output": str(work / p), "quantize": "none" if p == "fp32" else p, "ppl_text": ppl_text}))
+            "model": str(hf), "output": str(work / p), "quantize": "none" if weights == "fp32" else weights,
+            "kv_cache": "int8" if kv8 else "float32", "ppl_text": ppl_text}))
     return hf, exports

@@ -159,7 +159,8 @@ def _llama_server(cfg: ServeBenchConfig):
     slots, port = max(cfg.concurrency), cfg.port + 1
     context = slots * ((cfg.prompt_tokens or 64) + cfg.max_tokens + 64)
     proc = subprocess.Popen([cfg.llama_server, "-m", cfg.llama_gguf, "--host", "127.0.0.1", "--port", str(port),
-                             "-t", str(cfg.threads), "--parallel", str(slots), "-c", str(context), "--no-webui"],
+                             "-t", str(cfg.threads), "--parallel", str(slots), "-c", str(context), "--no-webui",
+                             *cfg.llama_server_args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -41,22 +41,29 @@ def run(cfg: ExportConfig) -> Path:
     model = load_model(model_dir)
     text = verify.held_out_text(cfg.ppl_text, cfg.ppl_docs) if cfg.ppl_text else None
     partial = out.begin()
-    fp32 = partial / ("model.onnx" if cfg.quantize == "none" else "model.fp32.onnx")
+    reduced = cfg.quantize != "none" or cfg.kv_cache != "float32"
+    fp32 = partial / ("model.fp32.onnx" if reduced else "model.onnx")
     export_onnx(model, fp32, cfg.opset)
     copy_model_files(Path(model_dir), partial)
-    report = {"precision": "fp32", "opset": cfg.opset, "kv_cache": True, "parity": verify.parity(model, fp32, cfg)}
+    report = {"precision": "fp32", "opset": cfg.opset, "kv_cache": "float32", "parity": verify.parity(model, fp32, cfg)}
     report["greedy_matches_transformers"] = verify.greedy_matches(model, partial, fp32, cfg.parity_greedy_tokens)
     if text is not None:
         report["perplexity"] = {"fp32": verify.perplexity(fp32, partial, text, cfg.ppl_window)}
-    if cfg.quantize != "none":
-        report.update(precision=cfg.quantize, quantization=reduce_precision(fp32, partial / "model.onnx", cfg))
-        ppl = verify.perplexity(partial / "model.onnx", partial, text, cfg.ppl_window)
-        report["perplexity"] |= {cfg.quantize: ppl, "increase": ppl / report["perplexity"]["fp32"] - 1}
+    if reduced:
+        shipped = partial / "model.onnx"
+        if cfg.quantize != "none":
+            report.update(precision=cfg.quantize, quantization=reduce_precision(fp32, shipped, cfg))
+            report["perplexity"][cfg.quantize] = verify.perplexity(shipped, partial, text, cfg.ppl_window)
+        if cfg.kv_cache == "int8":
+            report.update(kv_cache="int8", kv_quantization=int8_kv_cache(shipped if cfg.quantize != "none" else fp32,
+                                                                         shipped, cfg))
+            report["perplexity"]["kv_int8"] = verify.perplexity(shipped, partial, text, cfg.ppl_window)
+        ppl = report["perplexity"]["kv_int8" if cfg.kv_cache == "int8" else cfg.quantize]
+        report["perplexity"]["increase"] = ppl / report["perplexity"]["fp32"] - 1
         # the shipped graph itself against PyTorch: logits over prefill + decode, and the tokens it picks
-        report["quantized_parity"] = verify.parity(model, partial / "model.onnx", cfg)
+        report["quantized_parity"] = verify.parity(model, shipped, cfg)
         report["quantized_parity"].pop("atol")  # reported, not gated: perplexity is the gate
-        report["quantized_agreement"] = verify.agreement(model, partial, partial / "model.onnx",
-                                                         cfg.parity_greedy_tokens)
+        report["quantized_agreement"] = verify.agreement(model, partial, shipped, cfg.parity_greedy_tokens)
         if not cfg.keep_fp32:
             fp32.unlink()
     report["size_bytes"] = {p.name: p.stat().st_size for p in partial.iterdir() if p.suffix == ".onnx"}
@@ -70,6 +77,22 @@ def copy_model_files(model_dir: Path, out: Path) -> None:
     for name in COPY_FILES:
         if (model_dir / name).exists():
             shutil.copy(model_dir / name, out / name)
+
+
+def int8_kv_cache(src: Path, out: Path, cfg: ExportConfig) -> str:
+    """``src`` with an int8 KV cache, written to ``out`` (which may be ``src``): scales calibrated on the
+    ppl_text records after those perplexity is measured on, one row of up to ``ppl_window`` tokens each."""
+    from transformers import AutoTokenizer
+
+    from lmforge.export import kv_quant
+
+    docs = verify.held_out_text(cfg.ppl_text, cfg.kv_calibration_docs, skip=cfg.ppl_docs).split("\n\n")
+    tokenizer = AutoTokenizer.from_pretrained(str(out.parent))
+    rows = [ids[: cfg.ppl_window] for ids in tokenizer(docs, verbose=False).input_ids if len(ids) > 1]
+    if not rows:
+        raise ValueError(f"kv_cache=int8: {cfg.ppl_text} has no records after the first {cfg.ppl_docs} to calibrate on")
+    scales = kv_quant.calibrate(out.parent, src.name, rows)
+    return kv_quant.quantize_kv_cache(src, out, scales) + f" ({len(rows)} records of {cfg.ppl_text})"
 
 
 def reduce_precision(fp32: Path, out: Path, cfg: ExportConfig) -> str:

@@ -22,7 +22,8 @@ from lmforge.generate.sampling import log_softmax
 
 log = logging.getLogger(__name__)
 
-MAX_PPL_INCREASE = {"int8": 0.05, "int4": 0.10, "fp16": 0.01}  # default bounds over fp32 perplexity
+# default bounds over fp32 perplexity; an int8 KV cache adds its own to the weights'
+MAX_PPL_INCREASE = {"int8": 0.05, "int4": 0.10, "fp16": 0.01, "kv_int8": 0.02}
 
 
 def parity(model, onnx_path: Path, cfg: ExportConfig, seed: int = 0) -> dict:
@@ -109,9 +110,9 @@ def agreement(model, model_dir: Path, onnx_path: Path, n_tokens: int) -> dict:
             "max_abs_logit_diff": float(np.abs(quant - ref).max()), "max_abs_logit": float(np.abs(ref).max())}
 
 
-def held_out_text(path: str, max_docs: int) -> str:
+def held_out_text(path: str, max_docs: int, skip: int = 0) -> str:
     """Held-out text for perplexity: up to ``max_docs`` records of a .jsonl (``text`` or ``document``
-    field) or paragraphs of a .txt file."""
+    field) or paragraphs of a .txt file, after the first ``skip``."""
     local = storage.resolve_local(path)
     if not Path(local).is_file():
         raise FileNotFoundError(f"ppl_text: {path} does not exist")
@@ -121,7 +122,7 @@ def held_out_text(path: str, max_docs: int) -> str:
             docs = [r.get("text") or r.get("document") or "" for r in records]
         else:
             docs = [p for p in f.read().split("\n\n") if p.strip()]
-    return "\n\n".join(docs[:max_docs])
+    return "\n\n".join(docs[skip: skip + max_docs])
 
 
 def perplexity(onnx_path: Path, model_dir: Path, text: str, window: int, max_windows: int = 8) -> float:
@@ -152,10 +153,13 @@ def gate(report: dict, cfg: ExportConfig, partial: Path) -> None:
         problems.append(f"ONNX logits differ from PyTorch by {diff:.3e} > {cfg.parity_atol:.0e}")
     if not report["greedy_matches_transformers"]:
         problems.append("greedy generation differs from transformers' generate")
-    limit = cfg.max_ppl_increase if cfg.max_ppl_increase is not None else MAX_PPL_INCREASE.get(cfg.quantize, 0)
+    limit = cfg.max_ppl_increase
+    if limit is None:
+        limit = MAX_PPL_INCREASE.get(cfg.quantize, 0) + (MAX_PPL_INCREASE["kv_int8"] if cfg.kv_cache == "int8" else 0)
     if not all(np.isfinite(v) for v in ppl.values()):
         problems.append(f"perplexity is not finite: {ppl}")
     elif not ppl.get("increase", 0) <= limit:
-        problems.append(f"{cfg.quantize} perplexity +{ppl['increase']:.1%} > {limit:.1%} of fp32")
+        what = " + ".join([cfg.quantize] * (cfg.quantize != "none") + ["int8 KV cache"] * (cfg.kv_cache == "int8"))
+        problems.append(f"{what} perplexity +{ppl['increase']:.1%} > {limit:.1%} of fp32")
     if problems:
         raise RuntimeError(f"export: {'; '.join(problems)} (see {partial / 'export.json'})")

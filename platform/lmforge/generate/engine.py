@@ -2,7 +2,8 @@
 
 Every :meth:`Engine.step`:
 
-1. admits waiting requests into free slots (a prompt whose start a free slot still holds reuses it);
+1. admits waiting requests into free slots (a prompt whose start a free slot still holds reuses it;
+   one whose start a busy slot has computed copies it there when its prefill begins);
 2. decodes one token for every running sequence: one graph call per cache pool, each row attending
    over its own length, idle rows costing one padding token;
 3. prefills at most ``max_prefill_tokens`` prompt tokens, in chunks, so a long prompt delays the
@@ -33,6 +34,8 @@ from lmforge.generate.sampling import log_softmax, sample_row, top_logprobs
 from lmforge.generate.text import TextStream
 
 log = logging.getLogger(__name__)
+
+_MIN_COPY = 16  # prompt tokens worth copying from another slot (a common BOS token alone is not)
 
 
 @dataclass
@@ -198,6 +201,7 @@ class Engine:
         for s in self.prefilling:
             if budget <= 0:
                 break
+            self._borrow(s)
             chunk = s.prompt[s.computed: s.computed + budget]
             budget -= len(chunk)
             plan.append((s, chunk))
@@ -205,6 +209,22 @@ class Engine:
         for group in _calls(plan):
             outputs += self._prefill_call(group)
         return outputs
+
+    def _borrow(self, s: _Seq) -> None:
+        """Copy the longest start of ``s``'s prompt that any slot has computed, busy or free, when it is more
+        than ``s`` has: concurrent requests sharing a system prompt or a document compute it once. (Admission
+        reuses a free slot's prefix in place; this also reaches running sequences' slots.) Not for prompt
+        logprobs, which need every position's logits, nor on a device, whose buffers numpy cannot slice."""
+        if s.scored is not None or s.pool.device != "cpu":
+            return
+        source, slot, n = None, -1, s.computed
+        for pool in self.pools:
+            found, k = pool.longest_prefix(s.prompt, len(s.prompt) - 1, skip=s.slot if pool is s.pool else -1)
+            if k > n:
+                source, slot, n = pool, found, k
+        if n - s.computed >= _MIN_COPY:
+            s.pool.copy_prefix(source, slot, s.slot, s.computed, n)
+            s.computed = n
 
     def _prefill_call(self, group: list[tuple[_Seq, list[int]]]) -> list[Output]:
         """One graph call for neighbouring slots' chunks; logits at every chunk position only for the rows

@@ -31,20 +31,21 @@ class KVCache:
     """``slots`` rows of ``capacity`` positions for every layer's keys and values."""
 
     def __init__(self, names: list[str], slots: int, kv_heads: int, capacity: int, head_dim: int,
-                 device: str = "cpu"):
+                 device: str = "cpu", dtype=np.float32):
         self.names, self.slots, self.capacity, self.device = names, slots, capacity, device
+        self.dtype = np.dtype(dtype)  # the graph's: float32, or int8 (an export with `kv_cache: int8`)
         self.row_shape = (kv_heads, capacity, head_dim)
-        self.nbytes = len(names) * slots * kv_heads * capacity * head_dim * 4
+        self._row_bytes = kv_heads * capacity * head_dim * self.dtype.itemsize
+        self.nbytes = len(names) * slots * self._row_bytes
         if device == "cpu":
-            self.buffers = {n: np.zeros((slots, *self.row_shape), np.float32) for n in names}
+            self.buffers = {n: np.zeros((slots, *self.row_shape), self.dtype) for n in names}
             self._base = {n: b.ctypes.data for n, b in self.buffers.items()}
         else:  # on the device: onnxruntime allocates it, and no step copies it to the host
             import onnxruntime as ort
 
             shape = (slots, *self.row_shape)
-            self.buffers = {n: ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0) for n in names}
+            self.buffers = {n: ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, device, 0) for n in names}
             self._base = {n: b.data_ptr() for n, b in self.buffers.items()}
-        self._row_bytes = kv_heads * capacity * head_dim * 4
         self.bindings: dict = {}  # (first slot, rows) -> the onnxruntime IOBinding of those rows (OnnxModel's)
         self.tokens: list[list[int]] = [[] for _ in range(slots)]  # what each slot's cache holds, in order
         self.busy = [False] * slots
@@ -80,6 +81,27 @@ class KVCache:
         self.stats.prompt_tokens += len(prompt)
         self.stats.reused_tokens += reused
         return best, reused
+
+    def longest_prefix(self, prompt: list[int], limit: int, skip: int = -1) -> tuple[int, int]:
+        """The slot (busy or free, but ``skip``) whose cache holds the longest start of ``prompt``, at most
+        ``limit`` tokens of it, and that length: ``(-1, 0)`` when none shares a token."""
+        best, n = -1, 0
+        for slot in range(self.slots):
+            if slot != skip:
+                k = _common_prefix(self.tokens[slot], prompt, limit)
+                if k > n:
+                    best, n = slot, k
+        return best, n
+
+    def copy_prefix(self, source: KVCache, source_slot: int, slot: int, start: int, end: int) -> None:
+        """Positions ``[start, end)`` of ``source_slot`` (of ``source``, this cache or another pool's) into
+        ``slot``: a prefix another sequence computed is copied (tens of microseconds a token's layers)
+        rather than computed again. The keys are stored rotated at their absolute positions, so the copy is
+        exact at the same positions."""
+        for name in self.names:
+            self.buffers[name][slot, :, start:end] = source.buffers[name][source_slot, :, start:end]
+        self.tokens[slot][start:] = source.tokens[source_slot][start:end]
+        self.stats.reused_tokens += end - start
 
     def release(self, slot: int, keep: bool = True) -> None:
         """Free ``slot``; with ``keep`` its tokens stay for a later prompt that shares their prefix."""

@@ -18,6 +18,7 @@ from lmforge.generate.kv_cache import KVCache
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 GRAPH_INPUTS = ("input_ids", "query_seqlens", "seqlens_k", "total_sequence_length", "logits_index")
+_ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8}  # of the KV cache
 
 
 def context_length(hf_config: dict) -> int:
@@ -48,6 +49,7 @@ class OnnxModel:
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         _, self.kv_heads, _, self.head_dim = inputs[self.past_names[0]].shape
+        self.kv_dtype = np.dtype(_ONNX_TYPES[inputs[self.past_names[0]].type])
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         hf_config = json.loads((self.model_dir / "config.json").read_text())
         self.max_positions = context_length(hf_config)
@@ -60,12 +62,12 @@ class OnnxModel:
 
     @property
     def bytes_per_token(self) -> int:
-        """KV cache bytes one token takes (every layer's key and value, fp32)."""
-        return KVCache.bytes_per_token(len(self.past_names), self.kv_heads, self.head_dim)
+        """KV cache bytes one token takes (every layer's key and value)."""
+        return KVCache.bytes_per_token(len(self.past_names), self.kv_heads, self.head_dim, self.kv_dtype.itemsize)
 
     def new_cache(self, slots: int, capacity: int) -> KVCache:
         return KVCache(self.past_names, slots, self.kv_heads, min(capacity, self.max_positions), self.head_dim,
-                       self.device)
+                       self.device, self.kv_dtype)
 
     def run(self, cache: KVCache, first_slot: int, input_ids: np.ndarray, query_seqlens: np.ndarray,
             seqlens_k: np.ndarray, logits_index: np.ndarray) -> np.ndarray:
@@ -94,8 +96,8 @@ class OnnxModel:
             shape = (rows, *cache.row_shape)
             for past, present in zip(self.past_names, self.present_names):
                 address = cache.address(past, first_slot)
-                io.bind_input(past, cache.device, 0, np.float32, shape, address)
-                io.bind_output(present, cache.device, 0, np.float32, shape, address)
+                io.bind_input(past, cache.device, 0, cache.dtype, shape, address)
+                io.bind_output(present, cache.device, 0, cache.dtype, shape, address)
             cache.bindings[key] = io
         return io
 

@@ -62,11 +62,14 @@ def cache_bound(model_dir: str, engine) -> str:
     from lmforge.generate.kv_cache import KVCache, cache_layout
     from lmforge.generate.onnx_model import context_length
 
-    c = json.loads((Path(storage.local_dir(model_dir)) / "config.json").read_text())
+    local = Path(storage.local_dir(model_dir))
+    c = json.loads((local / "config.json").read_text())
     query_heads = c.get("num_attention_heads") or c["n_head"]  # GPT-2's configs name them n_*
     heads = c.get("num_key_value_heads") or query_heads
     head_dim = c.get("head_dim") or (c.get("hidden_size") or c["n_embd"]) // query_heads
-    per_token = KVCache.bytes_per_token(2 * (c.get("num_hidden_layers") or c["n_layer"]), heads, head_dim)
+    export = json.loads((local / "export.json").read_text()) if (local / "export.json").is_file() else {}
+    itemsize = 1 if export.get("kv_cache") == "int8" else 4
+    per_token = KVCache.bytes_per_token(2 * (c.get("num_hidden_layers") or c["n_layer"]), heads, head_dim, itemsize)
     pools = cache_layout(context_length(c), engine.max_running, engine.max_context, engine.short_context,
                          engine.long_slots)
     total = sum(n * p for n, p in pools) * per_token
