@@ -123,6 +123,37 @@ def test_openai_client_completions_and_chat_streamed_and_not(served):
     assert [m.id for m in client.models.list().data] == [MODEL]
 
 
+def test_structured_output_through_the_openai_client_into_its_types(served):
+    """The client's own structured-output path: ``chat.completions.parse`` with a pydantic model (it sends
+    a strict json_schema and parses the answer into the model), streamed JSON that validates, and vLLM's
+    guided_choice through ``extra_body``, over HTTP from a random model."""
+    from typing import Literal
+
+    import pydantic
+
+    class River(pydantic.BaseModel):
+        name: Literal["Han", "Geum"]  # short: the tiny model's 500-token vocabulary spells JSON nearly by letter
+        km: int = pydantic.Field(ge=0, le=999)  # bounded: a random model's digits would run on
+        wet: bool
+
+    served.default()
+    client = _client(served.url, max_retries=0)
+    messages = [{"role": "user", "content": "Describe a river."}]
+    parsed = client.chat.completions.parse(model=MODEL, messages=messages, response_format=River, max_tokens=36,
+                                           temperature=0)
+    river = parsed.choices[0].message.parsed
+    assert isinstance(river, River) and parsed.choices[0].finish_reason == "stop"
+    schema = {"type": "json_schema", "json_schema": {"name": "river", "schema": River.model_json_schema()}}
+    chunks = client.chat.completions.create(model=MODEL, messages=messages, response_format=schema, max_tokens=36,
+                                            temperature=0, stream=True)
+    assert River.model_validate_json("".join(c.choices[0].delta.content or "" for c in chunks if c.choices)) == river
+    done = client.completions.create(model=MODEL, prompt="Yes or no?", max_tokens=4, temperature=1, n=3,
+                                     extra_body={"guided_choice": ["yes", "no"]})
+    assert {c.text for c in done.choices} <= {"yes", "no"}
+    with pytest.raises(openai.BadRequestError, match="guided_regex"):
+        client.completions.create(model=MODEL, prompt="x", extra_body={"guided_regex": "a(b"})
+
+
 def _texts(resp) -> list[str]:
     return [c.text for c in sorted(resp.choices, key=lambda c: c.index)]
 

@@ -154,3 +154,37 @@ def test_multiple_choice_scores_agree_with_lm_evaluation_harness(imported, tmp_p
         assert abs(a["acc_lmforge"] - a["acc_lm_eval"]) <= 0.01 and scores[name]["acc"] == a["acc_lmforge"]
         if "acc_norm" in scores[name]:
             assert scores[name]["acc_norm"] == a["acc_norm_lmforge"]
+
+
+def test_structured_output_from_a_real_model_validates_and_reads_the_prompt(exported):
+    """SmolLM2 (int8) asked through its chat template for a JSON object of a schema, 8 prompts in one batch,
+    sampled: every output parses and validates (the grammar allows nothing else) and, where the prompt
+    names a city, the model's answer names it (the mask leaves the model's own choice among valid tokens,
+    it does not replace it)."""
+    import jsonschema
+
+    from lmforge.generate.constraints import Constraint
+    from lmforge.generate.engine import Engine, SamplingParams
+    from lmforge.generate.onnx_model import OnnxModel
+    from lmforge.tasks.chat import chat_prompt
+
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
+                                               "country": {"type": "string", "maxLength": 24},
+                                               "population_millions": {"type": "number"}},
+              "required": ["city", "country", "population_millions"], "additionalProperties": False}
+    cities = ["Seoul", "Paris", "Tokyo", "Cairo", "Lima", "Oslo", "Busan", "Madrid"]
+    model = OnnxModel(exported)
+    engine = Engine(model, max_running=8)
+    constraint = Constraint("json_schema", json.dumps(schema))
+    for i, city in enumerate(cities):
+        chat = [{"role": "user", "content": f"Give {city}'s city name, country and population as JSON."}]
+        ids, _ = chat_prompt(model.tokenizer, chat)  # as the server renders a chat
+        engine.add(city, ids, SamplingParams(max_tokens=64, temperature=0.7, seed=i, constraint=constraint))
+    texts = {}
+    while engine.has_work():
+        for out in engine.step():
+            texts[out.request_id] = texts.get(out.request_id, "") + out.text
+    answers = {city: json.loads(texts[city]) for city in cities}
+    for answer in answers.values():
+        jsonschema.validate(answer, schema)
+    assert sum(answers[c]["city"] == c for c in cities) >= 6, answers

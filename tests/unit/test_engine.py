@@ -364,3 +364,56 @@ def test_prompts_admitted_together_share_one_prefill_call_and_get_their_own_toke
     outs = _run(engine)
     for i, prompt in enumerate(PROMPTS):
         assert _tokens(outs[str(i)]) == _alone(model, prompt, params)[1:], i
+
+
+SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0,
+                                                                           "maximum": 99},
+                                           "tag": {"enum": ["river", "서울"]}},
+          "required": ["ok", "n", "tag"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+def test_constrained_rows_follow_their_grammar_beside_free_ones(model, temperature):
+    """A random model left alone writes noise; constrained, each row's text is in its own language (a JSON
+    schema, a regex, a choice), decided in one batched step beside a free row whose tokens do not change,
+    and the sequence ends when the grammar is complete (no end-of-sequence token needed)."""
+    import json
+    import re
+
+    import jsonschema
+
+    from lmforge.generate.constraints import Constraint
+
+    constraints = {"schema": Constraint("json_schema", json.dumps(SCHEMA)),
+                   "regex": Constraint("regex", r"[0-9]{3}-[a-z]{2}"),
+                   "choice": Constraint("choice", json.dumps(["yes", "no", "아마도"])),
+                   "object": Constraint("json_object")}
+    engine = Engine(model, max_running=8)
+    free = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    engine.add("free", _ids(model, PROMPTS[0]), free)
+    for i in range(2):  # two of each: rows of one grammar keep their own state
+        for name, c in constraints.items():
+            engine.add(f"{name}{i}", _ids(model, PROMPTS[i]), SamplingParams(max_tokens=40, temperature=temperature,
+                                                                             seed=i, constraint=c))
+    outs = _run(engine)
+    text = {k: "".join(o.text for o in v) for k, v in outs.items()}
+    for i in range(2):
+        jsonschema.validate(json.loads(text[f"schema{i}"]), SCHEMA)
+        assert re.fullmatch(r"[0-9]{3}-[a-z]{2}", text[f"regex{i}"]), text[f"regex{i}"]
+        assert text[f"choice{i}"] in ("yes", "no", "아마도")
+        assert outs[f"choice{i}"][-1].finish_reason == "stop"
+        assert isinstance(json.loads(text[f"object{i}"]) if outs[f"object{i}"][-1].finish_reason == "stop" else {},
+                          dict)
+    assert _tokens(outs["free"]) == _alone(model, PROMPTS[0], free)
+
+
+def test_a_constraint_that_does_not_compile_is_refused_naming_it(model):
+    from lmforge.generate.constraints import Constraint, ConstraintError
+
+    engine = Engine(model, max_running=2)
+    for c in (Constraint("json_schema", '{"type": "frobnicate"}', param="response_format"),
+              Constraint("regex", "a(b", param="guided_regex"), Constraint("grammar", "start: nothing_here")):
+        with pytest.raises(ConstraintError) as e:
+            engine.add("x", _ids(model, PROMPTS[0]), SamplingParams(constraint=c))
+        assert e.value.param == c.param
+    assert not engine.has_work()

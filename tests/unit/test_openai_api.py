@@ -135,10 +135,69 @@ def test_chat_uses_the_default_template_and_stops_at_the_next_turn(endpoints):
 
 def test_chat_refuses_what_it_cannot_do(endpoints):
     base = {"messages": [{"role": "user", "content": "hi"}]}
-    for extra, param in (({"tools": [{"type": "function"}]}, "tools"), ({"top_logprobs": 2}, "top_logprobs"),
-                         ({"response_format": {"type": "json_object"}}, "response_format")):
+    for extra, param in (({"tools": [{"type": "function"}]}, "tools"), ({"top_logprobs": 2}, "top_logprobs")):
         status, body = _call(endpoints.chat(ChatCompletionRequest(**base, **extra), "c"))
         assert status == 400 and body["error"]["param"] == param
+
+
+SCHEMA = {"type": "object", "properties": {"river": {"enum": ["Han", "Nakdong"]},
+                                           "km": {"type": "integer", "minimum": 0, "maximum": 999}},
+          "required": ["river", "km"], "additionalProperties": False}
+
+
+def test_structured_output_in_every_request_shape_streamed_and_not(endpoints):
+    """OpenAI's response_format (json_schema, json_object) and vLLM's guided_* and structured_outputs, on
+    chat and completions: a random model's text is valid by construction, streamed as it is whole."""
+    import re
+
+    import jsonschema
+
+    chat = {"messages": [{"role": "user", "content": "A river?"}], "max_tokens": 30, "temperature": 0}
+    schema_format = {"type": "json_schema", "json_schema": {"name": "river", "schema": SCHEMA, "strict": True}}
+    status, body = _call(endpoints.chat(ChatCompletionRequest(**chat, response_format=schema_format), "c"))
+    content = body["choices"][0]["message"]["content"]
+    assert status == 200 and body["choices"][0]["finish_reason"] == "stop"
+    jsonschema.validate(json.loads(content), SCHEMA)
+    items = _stream(endpoints, "chat_stream", ChatCompletionRequest(**chat, response_format=schema_format,
+                                                                    stream=True))
+    chunks = [json.loads(i[len("data: "):]) for i in items[1:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == content
+    status, body = _call(endpoints.chat(ChatCompletionRequest(**chat, structured_outputs={"json": SCHEMA}), "c"))
+    assert json.loads(body["choices"][0]["message"]["content"]) == json.loads(content)  # the same grammar, greedy
+    status, body = _call(endpoints.chat(ChatCompletionRequest(**chat, response_format={"type": "json_object"}), "c"))
+    assert status == 200 and body["choices"][0]["message"]["content"].startswith("{")
+
+    shapes = [({"guided_regex": "[0-9]{2}:[0-9]{2}"}, lambda t: re.fullmatch("[0-9]{2}:[0-9]{2}", t)),
+              ({"guided_choice": ["yes", "no"]}, lambda t: t in ("yes", "no")),
+              ({"structured_outputs": {"choice": ["한강", "낙동강"]}}, lambda t: t in ("한강", "낙동강")),
+              ({"guided_grammar": 'start: "A" NUM\nNUM: /[1-9]/'}, lambda t: re.fullmatch("A[1-9]", t)),
+              ({"guided_json": json.dumps(SCHEMA)}, lambda t: jsonschema.validate(json.loads(t), SCHEMA) is None)]
+    for extra, valid in shapes:
+        req = CompletionRequest(prompt=["The river", "서울은"], max_tokens=30, temperature=1.0, seed=3, n=2, **extra)
+        status, body = _call(endpoints.completions(req, "c"))
+        assert status == 200 and len(body["choices"]) == 4, extra
+        assert all(valid(c["text"]) for c in body["choices"]), (extra, [c["text"] for c in body["choices"]])
+
+
+@pytest.mark.parametrize("extra, param, message", [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frob"}}}},
+     "response_format", "response_format: Invalid type: frob"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format", "response_format"),
+    ({"response_format": {"type": "xml"}}, "response_format", "response_format: type 'xml' is not one of"),
+    ({"guided_regex": "a(b"}, "guided_regex", "guided_regex: "),
+    ({"guided_json": "{not json"}, "guided_json", "guided_json: not JSON"),
+    ({"guided_grammar": "start: missing_rule"}, "guided_grammar", "guided_grammar: "),
+    ({"guided_regex": "a", "guided_choice": ["a"]}, "guided_choice", "one structured output per request"),
+    ({"guided_regex": "a", "response_format": {"type": "json_object"}}, "guided_regex", "one structured output"),
+    ({"structured_outputs": {"choice": "a"}}, "structured_outputs", "structured_outputs: choice is a non-empty"),
+])
+def test_a_structured_output_that_cannot_be_built_is_a_400_naming_it(endpoints, extra, param, message):
+    for req in (CompletionRequest(prompt="x", **extra),
+                ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], **extra)):
+        method = "completions" if isinstance(req, CompletionRequest) else "chat"
+        status, body = _call(getattr(endpoints, method)(req, "c"))
+        assert status == 400 and body["error"]["param"] == param, body
+        assert body["error"]["message"].startswith(message), body["error"]["message"]
 
 
 def test_prompts_times_n_past_the_slots_are_served_in_parts_or_refused_whole(onnx_dir):

@@ -98,6 +98,10 @@ class ServeBenchConfig:
     # more llama-server flags, e.g. ["-fa", "on", "-ctk", "q8_0", "-ctv", "q8_0"] for its 8-bit KV cache
     llama_server_args: list[str] = dataclasses.field(default_factory=list)
     rounds: int = 1  # each level measured this many times, alternating the two servers
+    # structured output: `structured_prompts` chat requests with a JSON schema (response_format) validated,
+    # and the top concurrency level again with that schema on every request
+    structured: bool = False
+    structured_prompts: int = 50
     output: str | None = None  # JSON file; printed either way
 
     def __post_init__(self):

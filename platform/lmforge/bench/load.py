@@ -31,7 +31,8 @@ class LoadResult:
     failures: list[tuple[float, float]] = field(default_factory=list)  # each failed request's (start, end)
 
     def summary(self) -> dict:
-        return {"requests": self.requests, "errors": len(self.errors), "error_samples": self.errors[:5],
+        return {"requests": self.requests, "tokens": self.tokens, "errors": len(self.errors),
+                "error_samples": self.errors[:5],
                 "seconds": round(self.seconds, 2), "requests_per_s": self.requests / max(self.seconds, 1e-9),
                 "tokens_per_s": self.tokens / max(self.seconds, 1e-9),
                 "latency_s": percentiles(self.latencies), "ttft_s": percentiles(self.ttfts),

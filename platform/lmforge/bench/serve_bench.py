@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -127,12 +128,65 @@ def _measure(url: str, cfg: ServeBenchConfig, key: str | None, peer_url: str | N
                 peer.setdefault(name, []).append(_level(peer_url, cfg, None, concurrency, prompt, peer=True))
     out = {"levels": {k: _best(v) for k, v in levels.items()},
            "short_request_latency_s": _short_requests(url, cfg, key)}
+    if cfg.structured:
+        out["structured_output"] = _structured(url, cfg, key)
     if peer_url:
         out["llama_server"] = {k: _best(v) for k, v in peer.items()}
         out["vs_llama_server"] = {k: {"tokens_per_s_ratio": out["levels"][k]["tokens_per_s"] / p["tokens_per_s"],
                                       "latency_p99_s": [out["levels"][k]["latency_s"]["p99"], p["latency_s"]["p99"]]}
                                   for k, p in out["llama_server"].items()}
     return out
+
+
+# bounded strings and numbers: a small model inside a free string can run on past any max_tokens
+STRUCTURED_SCHEMA = {"type": "object", "additionalProperties": False,
+                     "required": ["city", "country", "population_thousands", "landmarks"],
+                     "properties": {"city": {"type": "string", "maxLength": 32},
+                                    "country": {"type": "string", "maxLength": 32},
+                                    "population_thousands": {"type": "integer", "minimum": 0, "maximum": 99999},
+                                    "landmarks": {"type": "array", "maxItems": 3,
+                                                  "items": {"type": "string", "maxLength": 32}}}}
+STRUCTURED_MAX_TOKENS = 160  # room for the object (a request the grammar has not finished is not valid JSON)
+CITIES = ["Seoul", "Busan", "Paris", "Tokyo", "Cairo", "Lima", "Oslo", "Madrid", "Nairobi", "Hanoi"]
+
+
+def _structured(url: str, cfg: ServeBenchConfig, key: str | None) -> dict:
+    """Chat requests with a JSON schema through the ``openai`` client: how many parse and validate, and the
+    top level's tokens/s with the schema on every request against the same level without (same run)."""
+    import jsonschema
+    import openai
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": STRUCTURED_SCHEMA, "strict": True}}
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key or "none", max_retries=0, timeout=120)
+    valid, finished, examples = 0, 0, []
+    for i in range(cfg.structured_prompts):
+        city = CITIES[i % len(CITIES)]
+        resp = client.chat.completions.create(model=cfg.model_name, response_format=fmt,
+                                              max_tokens=STRUCTURED_MAX_TOKENS,
+                                              temperature=0.7, seed=i, messages=[{"role": "user", "content":
+                                              f"Describe {city} as JSON: city, country, population, landmarks."}])
+        text, finished = resp.choices[0].message.content, finished + (resp.choices[0].finish_reason == "stop")
+        try:
+            jsonschema.validate(json.loads(text), STRUCTURED_SCHEMA)
+            valid += 1
+        except (ValueError, jsonschema.ValidationError):
+            pass
+        examples += [text] if i < 2 else []
+    top = max(cfg.concurrency)
+    prompt = "Describe Seoul as JSON: city, country, population, landmarks.\n"
+
+    def level(max_tokens: int, extra: dict) -> dict:
+        return asyncio.run(run_load(url, cfg.model_name, key, concurrency=top, duration_s=cfg.duration_s, prompt=prompt,
+                                    max_tokens=max_tokens, stream=cfg.stream, extra=extra, max_retries=0)).summary()
+
+    levels = {"json_schema": level(STRUCTURED_MAX_TOKENS, {"temperature": 0, "extra_body": {"response_format": fmt}})}
+    # the same number of tokens per request without the schema: a grammar that ends requests sooner would
+    # otherwise look slower for their prefill and HTTP, not for its masks
+    n = max(1, round(levels["json_schema"]["tokens"] / max(levels["json_schema"]["requests"], 1)))
+    levels["plain"] = level(n, {"temperature": 0, "extra_body": {"min_tokens": n}})
+    return {"prompts": cfg.structured_prompts, "valid": valid, "finished_by_grammar": finished, "examples": examples,
+            f"concurrency_{top}": levels,
+            "tokens_per_s_ratio": levels["json_schema"]["tokens_per_s"] / levels["plain"]["tokens_per_s"]}
 
 
 def _best(rounds: list[dict]) -> dict:
@@ -187,11 +241,12 @@ def _serve_locally(model_dir: Path, cfg: ServeBenchConfig) -> tuple[dict, dict]:
     from lmforge.stages import RayConfig
 
     cores = os.cpu_count() or 1
+    max_tokens = max(cfg.max_tokens, STRUCTURED_MAX_TOKENS if cfg.structured else 0)
     serve_cfg = cfgmod.from_dict(ServeConfig, {"serve": {
         "port": cfg.port, "models": {cfg.model_name: str(model_dir)}, "replica_cpus": max(0.5, cores - 0.5),
         "engine": {"max_running": max(cfg.concurrency), "intra_op_threads": cfg.threads,
-                   "short_context": (cfg.prompt_tokens or 64) + cfg.max_tokens + 64},
-        "max_ongoing_requests": 4 * max(cfg.concurrency), "max_tokens_limit": max(cfg.max_tokens, 16)}})
+                   "short_context": (cfg.prompt_tokens or 64) + max_tokens + 64},
+        "max_ongoing_requests": 4 * max(cfg.concurrency), "max_tokens_limit": max(max_tokens, 16)}})
     with ray_session(RayConfig()):
         url = server.start(serve_cfg)
         try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lmforge.generate.constraints import Grammars
 from lmforge.generate.kv_cache import KVCache, cache_layout
 from lmforge.generate.onnx_model import OnnxModel
 from lmforge.generate.requests import ContextLengthError, EngineFullError, Output, SamplingParams, TokenLogprob
@@ -51,6 +52,7 @@ class _Seq:
     slot: int = -1
     computed: int = 0  # prompt tokens in the cache (prefill progress)
     scored: list | None = None  # prompt logprobs gathered over the prefill's chunks
+    matcher: object | None = None  # the constraint's llguidance matcher, fed every chosen token
 
     @property
     def length(self) -> int:
@@ -79,6 +81,14 @@ class Engine:
         self.prefilling: list[_Seq] = []
         self.running: list[_Seq] = []
         self._aborted: set[str] = set()
+        self._grammars: Grammars | None = None
+
+    @property
+    def grammars(self) -> Grammars:
+        """The model's structured-output grammars, made at the first request that has a constraint."""
+        if self._grammars is None:
+            self._grammars = Grammars(self.model.tokenizer, self.model.vocab_size, self.model.eos_ids)
+        return self._grammars
 
     @property
     def cache_bytes(self) -> int:
@@ -91,7 +101,10 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
     def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Raise :class:`ContextLengthError` when the prompt and ``max_tokens`` do not fit the context."""
+        """Raise :class:`ContextLengthError` when the prompt and ``max_tokens`` do not fit the context,
+        :class:`~lmforge.generate.constraints.ConstraintError` when the constraint does not compile."""
+        if params.constraint is not None:
+            self.grammars.matcher(params.constraint)  # compiled (and kept) now: a bad one is the caller's error
         if not prompt_ids:
             raise ContextLengthError("the prompt has no tokens")
         needed = len(prompt_ids) + params.max_tokens
@@ -116,7 +129,9 @@ class Engine:
             raise EngineFullError(f"{len(self.waiting)} sequences are waiting already")
         seed = None if params.seed is None else params.seed % 2**64  # any integer seeds (OpenAI allows negatives)
         stream = TextStream(self.model.tokenizer, params.stop)
-        self.waiting.append(_Seq(request_id, list(prompt_ids), params, np.random.default_rng(seed), stream))
+        matcher = self.grammars.matcher(params.constraint) if params.constraint is not None else None
+        self.waiting.append(_Seq(request_id, list(prompt_ids), params, np.random.default_rng(seed), stream,
+                                 matcher=matcher))
 
     def reset(self) -> list[str]:
         """Drop every request (after a failed step); returns their ids."""
@@ -254,7 +269,8 @@ class Engine:
 
     def _choose(self, logits: np.ndarray, rows: list[_Seq]) -> list[tuple[_Seq, np.ndarray, int]]:
         """Each row's next token: one argmax for all the plain greedy rows, a sampler call for the rest."""
-        plain = [i for i, s in enumerate(rows) if s.params.temperature <= 0 and not self._masks_eos(s)]
+        plain = [i for i, s in enumerate(rows)
+                 if s.params.temperature <= 0 and not self._masks_eos(s) and s.matcher is None]
         tokens = np.zeros(len(rows), np.int64)
         if plain:
             tokens[plain] = logits[plain].argmax(axis=-1)
@@ -262,10 +278,18 @@ class Engine:
             if i in plain:
                 continue
             p, choices = s.params, logits[i]
+            if s.matcher is not None:
+                choices = self.grammars.mask(s.matcher, choices)
             if self._masks_eos(s):
                 choices = choices.copy()
+                eos = choices[self.model.eos_ids].copy()
                 choices[self.model.eos_ids] = -np.inf
-            tokens[i] = sample_row(choices, p.temperature, p.top_k, p.top_p, s.rng)
+                if not np.isfinite(choices).any():  # the grammar allows nothing but the end: min_tokens yields
+                    choices[self.model.eos_ids] = eos
+            if p.temperature <= 0:
+                tokens[i] = int(np.argmax(choices))
+            else:
+                tokens[i] = sample_row(choices, p.temperature, p.top_k, p.top_p, s.rng)
         return [(s, logits[i], int(tokens[i])) for i, s in enumerate(rows)]
 
     def _masks_eos(self, s: _Seq) -> bool:
@@ -285,13 +309,22 @@ class Engine:
         offset = len(s.text.text)
         s.text.add(token)
         delta, cut = s.text.new_text(final=False)
+        complete = s.matcher is not None and self._grammar_complete(s, token)
         if cut:
             s.finish = "stop"
-        elif len(s.generated) >= p.max_tokens or s.length >= s.pool.capacity:  # no room to feed it
-            s.finish = "length"
+        elif complete or len(s.generated) >= p.max_tokens or s.length >= s.pool.capacity:  # done, or no room
+            s.finish = "stop" if complete else "length"
             s.text.flush()
             delta += s.text.new_text(final=True)[0]
         return self._output(s, [token], delta, [offset], logprobs)
+
+    @staticmethod
+    def _grammar_complete(s: _Seq, token: int) -> bool:
+        """Feed ``token`` to ``s``'s grammar; True when the grammar admits nothing more (a choice made, a
+        regex with nothing optional left), so the sequence ends without waiting for end of sequence."""
+        if not s.matcher.consume_token(token):
+            raise RuntimeError(f"structured output: token {token} refused by the grammar: {s.matcher.get_error()}")
+        return s.matcher.is_stopped()
 
     def _output(self, s: _Seq, token_ids, text: str, offsets, logprobs, prompt_logprobs=None) -> Output:
         return Output(s.id, token_ids, text, offsets, logprobs, s.finish, len(s.prompt), len(s.generated),

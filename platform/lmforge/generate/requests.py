@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmforge.generate.constraints import Constraint
+
 
 @dataclass(kw_only=True)
 class SamplingParams:
@@ -17,6 +19,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: none; k >= 0: each token's logprob and the k most likely alternatives
     prompt_logprobs: bool = False  # also the prompt tokens' logprobs (OpenAI's echo with logprobs)
     ignore_eos: bool = False  # keep going past end of sequence (benchmarks)
+    constraint: Constraint | None = None  # structured output: every token keeps the text in this grammar
 
 
 @dataclass

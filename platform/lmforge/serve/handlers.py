@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 
 from lmforge.generate.async_engine import AsyncEngine
+from lmforge.generate.constraints import ConstraintError
 from lmforge.generate.engine import ContextLengthError, EngineFullError
 from lmforge.serve import responses
 from lmforge.serve.config import ServeOptions
@@ -85,7 +86,7 @@ class ModelEndpoints:
         try:
             jobs = self._completion_jobs(req)
             choices = await self._run_all(jobs, request_id)
-        except (RequestError, ContextLengthError) as e:
+        except (RequestError, ContextLengthError, ConstraintError) as e:
             return _client_error(e, "prompt")
         body = [responses.completion_choice(self.tokenizer, c, req.logprobs is not None, echo)
                 for c, (_, _, _, echo) in zip(choices, jobs)]
@@ -95,7 +96,7 @@ class ModelEndpoints:
         """First item: ``None`` (the stream starts) or a :data:`Result` (an error); then SSE strings."""
         try:
             jobs = self._completion_jobs(req)
-        except (RequestError, ContextLengthError) as e:
+        except (RequestError, ContextLengthError, ConstraintError) as e:
             yield _client_error(e, "prompt")
             return
         yield None
@@ -135,7 +136,7 @@ class ModelEndpoints:
         try:
             jobs = self._chat_jobs(req)
             choices = await self._run_all(jobs, request_id)
-        except (RequestError, ContextLengthError) as e:
+        except (RequestError, ContextLengthError, ConstraintError) as e:
             return _client_error(e, "messages")
         body = [responses.chat_choice(self.tokenizer, c, req.logprobs) for c in choices]
         return 200, self._finish(responses.chat_body, request_id, "chat", body, choices, jobs, req, start)
@@ -143,7 +144,7 @@ class ModelEndpoints:
     async def chat_stream(self, req: ChatCompletionRequest, request_id: str) -> AsyncIterator:
         try:
             jobs = self._chat_jobs(req)
-        except (RequestError, ContextLengthError) as e:
+        except (RequestError, ContextLengthError, ConstraintError) as e:
             yield _client_error(e, "messages")
             return
         yield None

@@ -3,15 +3,20 @@
 https://platform.openai.com/docs/api-reference/completions and .../chat: the official ``openai`` client
 works against lmforge unchanged. Fields OpenAI has and lmforge does not implement are accepted when
 they ask for nothing (``presence_penalty: 0``) and refused with a 400 naming them otherwise; unknown
-fields are ignored, as clients send extras. Extensions, as vLLM has them: ``top_k``, ``min_tokens``.
+fields are ignored, as clients send extras. Extensions, as vLLM has them: ``top_k``, ``min_tokens``, and
+structured output beside OpenAI's ``response_format``: ``guided_json``, ``guided_regex``,
+``guided_choice``, ``guided_grammar`` (a Lark grammar, llguidance's dialect) and the newer
+``structured_outputs: {json | regex | choice | grammar | json_object}`` shape; at most one per request.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from lmforge.generate.constraints import Constraint
 from lmforge.generate.engine import SamplingParams
 
 TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]
@@ -49,6 +54,12 @@ class _Common(BaseModel):
     user: StrictStr | None = None
     top_k: int = Field(default=0, ge=0)  # extension (vLLM's): 0 = off
     min_tokens: int = Field(default=0, ge=0)  # extension (vLLM's): no end of sequence before this many
+    response_format: dict[str, Any] | None = None  # OpenAI's: text, json_object, json_schema
+    guided_json: dict[str, Any] | StrictStr | None = None  # extensions (vLLM's): structured output
+    guided_regex: StrictStr | None = None
+    guided_choice: Annotated[list[StrictStr], Field(min_length=1)] | None = None
+    guided_grammar: StrictStr | None = None
+    structured_outputs: dict[str, Any] | None = None
 
     def unsupported(self) -> None:
         """Refuse what would silently change the output if ignored."""
@@ -57,6 +68,15 @@ class _Common(BaseModel):
                 raise RequestError(f"{name} is not supported by this server; leave it at 0", name)
         if self.logit_bias:
             raise RequestError("logit_bias is not supported by this server", "logit_bias")
+
+    def constraint(self) -> Constraint | None:
+        """The structured output asked for, if any; a 400 for a malformed or doubled request of it."""
+        asked = [_response_format(self.response_format), _guided(self), _structured(self.structured_outputs)]
+        asked = [c for c in asked if c is not None]
+        if len(asked) > 1:
+            raise RequestError(f"one structured output per request: got {', '.join(c.param for c in asked)}",
+                               asked[1].param)
+        return asked[0] if asked else None
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -70,7 +90,7 @@ class _Common(BaseModel):
         seed = None if self.seed is None else self.seed + choice
         return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_k=self.top_k,
                               top_p=self.top_p, seed=seed, stop=self.stops(), min_tokens=self.min_tokens,
-                              logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+                              logprobs=logprobs, prompt_logprobs=prompt_logprobs, constraint=self.constraint())
 
 
 class CompletionRequest(_Common):
@@ -133,8 +153,6 @@ class ChatCompletionRequest(_Common):
         self.unsupported()
         if self.tools:
             raise RequestError("tools are not supported by this server", "tools")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise RequestError("response_format other than text is not supported by this server", "response_format")
         if self.top_logprobs is not None and not self.logprobs:
             raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
 
@@ -144,6 +162,73 @@ class ChatCompletionRequest(_Common):
     def chat(self) -> list[dict[str, str]]:
         """Messages as chat templates take them (``developer`` is OpenAI's new name for ``system``)."""
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+
+
+def _schema_text(schema: Any, param: str) -> str:
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except ValueError as e:
+            raise RequestError(f"{param}: not JSON: {e}", param) from e
+    if not isinstance(schema, dict):
+        raise RequestError(f"{param}: a JSON schema is an object", param)
+    return json.dumps(schema)
+
+
+def _response_format(fmt: dict | None) -> Constraint | None:
+    """OpenAI's ``response_format``: ``{"type": "text" | "json_object"}`` or ``{"type": "json_schema",
+    "json_schema": {"name": ..., "schema": {...}, "strict": ...}}`` (the schema is enforced either way)."""
+    if not fmt or fmt.get("type") in (None, "text"):
+        return None
+    if fmt["type"] == "json_object":
+        return Constraint("json_object", param="response_format")
+    if fmt["type"] == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or "schema" not in spec:
+            raise RequestError("response_format: json_schema needs {\"name\": ..., \"schema\": {...}}",
+                               "response_format")
+        return Constraint("json_schema", _schema_text(spec["schema"], "response_format"), "response_format")
+    raise RequestError(f"response_format: type {fmt['type']!r} is not one of text, json_object, json_schema",
+                       "response_format")
+
+
+def _guided(req: _Common) -> Constraint | None:
+    asked = [name for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
+             if getattr(req, name) is not None]
+    if len(asked) > 1:
+        raise RequestError(f"one structured output per request: got {', '.join(asked)}", asked[1])
+    if not asked:
+        return None
+    name, value = asked[0], getattr(req, asked[0])
+    kind = {"guided_json": "json_schema", "guided_regex": "regex", "guided_choice": "choice",
+            "guided_grammar": "grammar"}[name]
+    if kind == "json_schema":
+        value = _schema_text(value, name)
+    elif kind == "choice":
+        value = json.dumps(value)
+    return Constraint(kind, value, name)
+
+
+def _structured(spec: dict | None) -> Constraint | None:
+    """vLLM's ``structured_outputs``: exactly one of json, regex, choice, grammar, json_object."""
+    if spec is None:
+        return None
+    keys = [k for k in ("json", "regex", "choice", "grammar", "json_object") if spec.get(k) not in (None, False)]
+    if len(keys) != 1:
+        raise RequestError("structured_outputs: give exactly one of json, regex, choice, grammar, json_object",
+                           "structured_outputs")
+    key, value, param = keys[0], spec[keys[0]], "structured_outputs"
+    if key == "json":
+        return Constraint("json_schema", _schema_text(value, param), param)
+    if key == "json_object":
+        return Constraint("json_object", param=param)
+    if key == "choice":
+        if not (isinstance(value, list) and value and all(isinstance(c, str) for c in value)):
+            raise RequestError("structured_outputs: choice is a non-empty list of strings", param)
+        return Constraint("choice", json.dumps(value), param)
+    if not isinstance(value, str):
+        raise RequestError(f"structured_outputs: {key} is a string", param)
+    return Constraint(key, value, param)
 
 
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
