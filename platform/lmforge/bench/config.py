@@ -101,7 +101,7 @@ class ServeBenchConfig:
     # structured output: `structured_prompts` chat requests with a JSON schema (response_format) validated,
     # and the top concurrency level again with that schema on every request
     structured: bool = False
-    structured_prompts: int = 50
+    structured_prompts: int = 50  # chat requests with the schema whose answers are parsed and validated
     output: str | None = None  # JSON file; printed either way
 
     def __post_init__(self):
