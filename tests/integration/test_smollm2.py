@@ -188,3 +188,46 @@ def test_structured_output_from_a_real_model_validates_and_reads_the_prompt(expo
     for answer in answers.values():
         jsonschema.validate(answer, schema)
     assert sum(answers[c]["city"] == c for c in cities) >= 6, answers
+
+
+def test_a_required_tool_call_from_a_real_model_picks_the_function_and_arguments_the_question_asks(exported):
+    """SmolLM2 (its template takes no tools: lmforge's documented system message shows them), two tools,
+    tool_choice required, greedy: the call is to the weather function, for the city asked about, in
+    OpenAI's shape; streamed, the same call arrives as one delta."""
+    import asyncio
+
+    from lmforge.generate.async_engine import AsyncEngine
+    from lmforge.generate.engine import Engine
+    from lmforge.generate.onnx_model import OnnxModel
+    from lmforge.serve.config import ServeOptions
+    from lmforge.serve.handlers import ModelEndpoints
+    from lmforge.serve.openai_api import ChatCompletionRequest
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                               "parameters": {"type": "object", "required": ["city"],
+                                                              "properties": {"city": {"type": "string",
+                                                                                      "maxLength": 24}}}}},
+             {"type": "function", "function": {"name": "convert_currency", "description": "Convert an amount",
+                                               "parameters": {"type": "object", "required": ["amount", "to"],
+                                                              "properties": {"amount": {"type": "number"},
+                                                                             "to": {"type": "string",
+                                                                                    "maxLength": 3}}}}}]
+    engine = AsyncEngine(Engine(OnnxModel(exported), max_running=2))
+    endpoints = ModelEndpoints(engine, "smol", ServeOptions())
+    try:
+        req = ChatCompletionRequest(messages=[{"role": "user", "content": "What is the weather like in Busan?"}],
+                                    tools=tools, tool_choice="required", temperature=0, max_tokens=48)
+        status, body = asyncio.run(endpoints.chat(req, "c"))
+
+        async def stream():
+            return [item async for item in endpoints.chat_stream(req.model_copy(update={"stream": True}), "s")]
+
+        items = asyncio.run(stream())
+    finally:
+        engine.stop()
+    assert status == 200 and body["choices"][0]["finish_reason"] == "tool_calls", body["choices"][0]
+    (call,) = body["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"])["city"].lower() == "busan"
+    chunk = json.loads(items[1][len("data: "):])
+    assert chunk["choices"][0]["delta"]["tool_calls"][0]["function"] == call["function"]

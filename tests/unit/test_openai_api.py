@@ -200,6 +200,93 @@ def test_a_structured_output_that_cannot_be_built_is_a_400_naming_it(endpoints, 
         assert body["error"]["message"].startswith(message), body["error"]["message"]
 
 
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object", "required": ["city"],
+                                                          "properties": {"city": {"enum": ["Seoul", "Busan"]}},
+                                                          "additionalProperties": False}}},
+         {"type": "function", "function": {"name": "get_time", "parameters": {
+             "type": "object", "properties": {"utc_offset": {"type": "integer", "minimum": -12, "maximum": 14}},
+             "required": ["utc_offset"], "additionalProperties": False}}}]
+
+
+@pytest.fixture(scope="module")
+def tool_endpoints(tmp_path_factory):
+    """A tiny model with room for the tools' description in its prompt (1,024 positions)."""
+    from lmforge import config as cfgmod
+    from lmforge.export import onnx_export
+    from lmforge.export.config import ExportConfig
+    from tests.conftest import make_tiny_model
+
+    tmp = tmp_path_factory.mktemp("tools")
+    hf = make_tiny_model(tmp / "hf", context=1024)
+    export = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf), "output": str(tmp / "onnx"),
+                                                             "parity_greedy_tokens": 8}))
+    engine = AsyncEngine(Engine(OnnxModel(export), max_running=4, short_context=1024, long_slots=0))
+    yield ModelEndpoints(engine, "tiny", ServeOptions(max_tokens_limit=64, max_n=3))
+    engine.stop()
+
+
+def test_tool_calls_required_named_auto_and_none_streamed_and_not(tool_endpoints):
+    """``required`` and a named function constrain the answer to a call whose arguments validate against
+    the function's schema, returned in OpenAI's shape (finish_reason tool_calls), and streamed as one
+    delta; ``none`` neither shows the tools nor returns calls; a conversation with earlier calls and
+    their results is accepted back."""
+    import jsonschema
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    base = {"messages": [{"role": "user", "content": "Weather?"}], "max_tokens": 64, "temperature": 0,
+            "tools": TOOLS}
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    for choice, names in (("required", set(schemas)), ({"type": "function", "function": {"name": "get_time"}},
+                                                        {"get_time"})):
+        status, body = _call(tool_endpoints.chat(ChatCompletionRequest(**base, tool_choice=choice), "c"))
+        assert status == 200, body
+        answer = body["choices"][0]
+        assert status == 200 and answer["finish_reason"] == "tool_calls" and answer["message"]["content"] is None
+        (call,) = answer["message"]["tool_calls"]
+        assert call["type"] == "function" and call["id"].startswith("call_") and call["function"]["name"] in names
+        jsonschema.validate(json.loads(call["function"]["arguments"]), schemas[call["function"]["name"]])
+        items = _stream(tool_endpoints, "chat_stream", ChatCompletionRequest(**base, tool_choice=choice, stream=True))
+        (chunk,) = [json.loads(i[len("data: "):]) for i in items[1:-1]]
+        streamed = chunk["choices"][0]
+        assert streamed["finish_reason"] == "tool_calls"
+        assert streamed["delta"]["tool_calls"][0]["function"] == call["function"]  # greedy: the same call
+        # the official client's own types, as it builds them from these bodies
+        typed = ChatCompletion.model_validate(body).choices[0].message.tool_calls[0]
+        assert typed.function.name == call["function"]["name"] and typed.id == call["id"]
+        assert ChatCompletionChunk.model_validate(chunk).choices[0].delta.tool_calls[0].function.arguments
+    ids, _ = tool_endpoints._chat_prompt([{"role": "user", "content": "Weather?"}], [])
+    status, body = _call(tool_endpoints.chat(ChatCompletionRequest(**base, tool_choice="none"), "c"))
+    assert status == 200 and "tool_calls" not in body["choices"][0]["message"]
+    assert "get_weather" not in tool_endpoints.tokenizer.decode(ids)
+    status, body = _call(tool_endpoints.chat(ChatCompletionRequest(**base, tool_choice="auto"), "c"))
+    assert status == 200 and body["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
+    history = base["messages"] + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Seoul"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21C"}]
+    status, body = _call(tool_endpoints.chat(ChatCompletionRequest(**{**base, "messages": history}), "c"))
+    assert status == 200
+    ids, _ = tool_endpoints._chat_prompt(ChatCompletionRequest(**{**base, "messages": history}).chat(), [])
+    assert "Result of call_1: Sunny, 21C" in tool_endpoints.tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize("extra, param, message", [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools",
+     "tools[0].function.parameters: a JSON schema of type object"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice",
+     "tool_choice: names no function"),
+    ({"tool_choice": "required"}, "tool_choice", "tool_choice needs tools"),
+    ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice",
+     "a required tool call and a structured output"),
+])
+def test_a_tool_request_that_cannot_be_served_is_a_400_naming_it(tool_endpoints, extra, param, message):
+    req = ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], **extra)
+    status, body = _call(tool_endpoints.chat(req, "c"))
+    assert status == 400 and body["error"]["param"] == param and body["error"]["message"].startswith(message), body
+
+
 def test_prompts_times_n_past_the_slots_are_served_in_parts_or_refused_whole(onnx_dir):
     """64 prompts x n=4 against 16 slots: the 256 sequences queue and are served in parts (every choice
     comes back); a request that could never fit is the client's error (400); one that does not fit the

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from lmforge.generate.async_engine import AsyncEngine
 from lmforge.generate.constraints import ConstraintError
 from lmforge.generate.engine import ContextLengthError, EngineFullError
-from lmforge.serve import responses
+from lmforge.serve import responses, tools
 from lmforge.serve.config import ServeOptions
 from lmforge.serve.openai_api import ChatCompletionRequest, CompletionRequest, RequestError, error_body
 from lmforge.tasks.chat import chat_prompt
@@ -109,7 +109,8 @@ class ModelEndpoints:
     # ------------------------------------------------------------------ chat
     def _chat_jobs(self, req: ChatCompletionRequest) -> list[tuple[int, list[int], object, None]]:
         req.check()
-        ids, extra_stop = chat_prompt(self.tokenizer, req.chat())
+        fns = tools.functions(req.tools, req.tool_choice)
+        ids, extra_stop = self._chat_prompt(req.chat(), fns)
         self._check_ids(ids, "messages")
         requested = req.requested_max_tokens()
         if requested is None:
@@ -123,13 +124,32 @@ class ModelEndpoints:
         top = (req.top_logprobs or 0) if req.logprobs else None
         self._check_limits(max_tokens, req.n, top)
         jobs = []
+        call = tools.constraint(fns, req.tool_choice)
         for j in range(req.n):
             params = req.sampling(max_tokens, top, choice=j)
             params.stop = params.stop + extra_stop
+            if call is not None:
+                if params.constraint is not None:
+                    raise RequestError("a required tool call and a structured output cannot both constrain the "
+                                       "answer", "tool_choice")
+                params.constraint = call
             jobs.append((j, ids, params, None))
         self.engine.engine.check(ids, jobs[0][2])
         self._admissible(len(jobs))
         return jobs
+
+    def _chat_prompt(self, messages: list[dict], fns: list[dict]) -> tuple[list[int], list[str]]:
+        """The prompt of a chat, with the functions it may call (:mod:`lmforge.serve.tools`)."""
+        if tools.template_takes_tools(self.tokenizer):
+            shown = [{"type": "function", "function": f} for f in fns]
+            return chat_prompt(self.tokenizer, [tools.hf_message(m) for m in messages], tools=shown or None)
+        messages = [tools.as_text(m) for m in messages]
+        if fns:
+            if messages[0]["role"] == "system":
+                messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + tools.system_text(fns)}
+            else:
+                messages.insert(0, {"role": "system", "content": tools.system_text(fns)})
+        return chat_prompt(self.tokenizer, messages)
 
     async def chat(self, req: ChatCompletionRequest, request_id: str) -> Result:
         start = time.perf_counter()
@@ -138,7 +158,8 @@ class ModelEndpoints:
             choices = await self._run_all(jobs, request_id)
         except (RequestError, ContextLengthError, ConstraintError) as e:
             return _client_error(e, "messages")
-        body = [responses.chat_choice(self.tokenizer, c, req.logprobs) for c in choices]
+        fns = tools.functions(req.tools, req.tool_choice)
+        body = [_with_call(responses.chat_choice(self.tokenizer, c, req.logprobs), fns) for c in choices]
         return 200, self._finish(responses.chat_body, request_id, "chat", body, choices, jobs, req, start)
 
     async def chat_stream(self, req: ChatCompletionRequest, request_id: str) -> AsyncIterator:
@@ -148,8 +169,14 @@ class ModelEndpoints:
             yield _client_error(e, "messages")
             return
         yield None
-        async for item in self._stream(jobs, request_id, "chat", req, responses.chat_chunk,
-                                       lambda index, out, first: _chat_delta(self.tokenizer, req, index, out, first)):
+        fns, held = tools.functions(req.tools, req.tool_choice), {}
+
+        def delta(index, out, first):
+            if not fns:
+                return _chat_delta(self.tokenizer, req, index, out, first)
+            return _chat_call_delta(held, index, out, first, fns)  # a call is only known whole: held to the end
+
+        async for item in self._stream(jobs, request_id, "chat", req, responses.chat_chunk, delta):
             yield item
 
     # ------------------------------------------------------------------ shared
@@ -290,3 +317,26 @@ def _chat_delta(tokenizer, req: ChatCompletionRequest, index: int, out, first: b
         return None
     logprobs = responses.chat_logprobs(tokenizer, out.token_ids, out.logprobs or []) if req.logprobs else None
     return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": out.finish_reason}
+
+
+def _with_call(choice: dict, fns: list[dict]) -> dict:
+    """A chat choice whose content is a call of one of ``fns``, as OpenAI returns calls."""
+    call = tools.parse_call(choice["message"]["content"] or "", fns) if fns else None
+    if call is None:
+        return choice
+    message = {"role": "assistant", "content": None, "tool_calls": [tools.tool_call(call)]}
+    return {**choice, "message": message, "finish_reason": "tool_calls"}
+
+
+def _chat_call_delta(held: dict, index: int, out, first: bool, fns: list[dict]) -> dict | None:
+    """With tools: a choice's text is held until it ends, then sent as one call (its id, name and whole
+    arguments in one delta, as OpenAI's own stream may) or as content."""
+    held[index] = held.get(index, "") + out.text
+    if out.finish_reason is None:
+        return None
+    call = tools.parse_call(held[index], fns)
+    if call is None:
+        return {"index": index, "delta": {"role": "assistant", "content": held[index]}, "logprobs": None,
+                "finish_reason": out.finish_reason}
+    delta = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **tools.tool_call(call)}]}
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": "tool_calls"}

@@ -130,9 +130,11 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_call_id: StrictStr | None = None  # which call a tool message answers
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -146,22 +148,27 @@ class ChatCompletionRequest(_Common):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None  # checked by lmforge.serve.tools
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None  # one call per answer whatever it says
 
     def check(self) -> None:
         self.unsupported()
-        if self.tools:
-            raise RequestError("tools are not supported by this server", "tools")
         if self.top_logprobs is not None and not self.logprobs:
             raise RequestError("top_logprobs needs logprobs: true", "top_logprobs")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
-    def chat(self) -> list[dict[str, str]]:
-        """Messages as chat templates take them (``developer`` is OpenAI's new name for ``system``)."""
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+    def chat(self) -> list[dict]:
+        """Messages as chat templates take them (``developer`` is OpenAI's new name for ``system``); a
+        tool conversation's calls and results kept."""
+        out = []
+        for m in self.messages:
+            message = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            message.update({k: v for k, v in (("tool_calls", m.tool_calls), ("tool_call_id", m.tool_call_id)) if v})
+            out.append(message)
+        return out
 
 
 def _schema_text(schema: Any, param: str) -> str:

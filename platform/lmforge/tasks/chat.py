@@ -25,10 +25,12 @@ def has_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
-    """Token ids of the conversation up to the assistant's turn, and the stop strings the template needs."""
+def chat_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> tuple[list[int], list[str]]:
+    """Token ids of the conversation up to the assistant's turn, and the stop strings the template needs;
+    ``tools`` (OpenAI's shape) go to a template that takes them."""
     if has_template(tokenizer):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        extra = {"tools": tools} if tools else {}
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         return tokenizer(text, add_special_tokens=False, verbose=False).input_ids, []
     text = tokenizer.apply_chat_template(messages, chat_template=DEFAULT_CHAT_TEMPLATE, tokenize=False,
                                          add_generation_prompt=True)
