@@ -154,6 +154,24 @@ def test_structured_output_through_the_openai_client_into_its_types(served):
         client.completions.create(model=MODEL, prompt="x", extra_body={"guided_regex": "a(b"})
 
 
+def test_embeddings_through_the_openai_client(served, exports):
+    """``embeddings.create`` as the client sends it by default (base64, decoded by the client): vectors
+    equal to transformers' mean-pooled final hidden states, normalised, in input order."""
+    from transformers import AutoModel
+
+    served.default()
+    texts = ["The history of the city of Seoul", "한강은 서울을 지난다"]
+    resp = _client(served.url, max_retries=0).embeddings.create(model=MODEL, input=texts)
+    base = AutoModel.from_pretrained(exports["hf-v1"]).eval()
+    tok = AutoTokenizer.from_pretrained(exports["hf-v1"])
+    assert [d.index for d in resp.data] == [0, 1] and resp.usage.prompt_tokens > 0
+    for text, item in zip(texts, resp.data):
+        with torch.no_grad():
+            want = base(torch.tensor([tok(text).input_ids])).last_hidden_state[0].mean(0).numpy()
+        got = np.array(item.embedding)
+        assert got @ want / (np.linalg.norm(got) * np.linalg.norm(want)) >= 0.999
+
+
 def _texts(resp) -> list[str]:
     return [c.text for c in sorted(resp.choices, key=lambda c: c.index)]
 

@@ -311,3 +311,38 @@ def test_prompts_times_n_past_the_slots_are_served_in_parts_or_refused_whole(onn
             endpoints._admissible(10**4)
     finally:
         engine.stop()
+
+
+def test_embeddings_are_the_mean_pooled_normalised_hidden_states_of_transformers(endpoints, hf_dir):
+    """Every OpenAI input shape, batched: each vector is transformers' final hidden states (the base model's
+    ``last_hidden_state``) averaged over the input's tokens and L2-normalised (cosine >= 0.999; a pooling
+    over padding, the wrong layer or a missing norm fails), the same alone or in a batch; base64 is the
+    float32 bytes of the same vector; bad inputs are 400s."""
+    import base64
+
+    import numpy as np
+    import torch
+    from transformers import AutoModel
+
+    from lmforge.serve.openai_api import EmbeddingRequest
+
+    texts = ["The river flows to the sea", "서울은 대한민국의 수도입니다", "A"]
+    status, body = _call(endpoints.embeddings(EmbeddingRequest(input=texts), "e"))
+    assert status == 200 and [d["index"] for d in body["data"]] == [0, 1, 2]
+    base = AutoModel.from_pretrained(hf_dir).eval()
+    ids = [endpoints.tokenizer(t).input_ids for t in texts]
+    assert body["usage"] == {"prompt_tokens": sum(map(len, ids)), "total_tokens": sum(map(len, ids))}
+    for seq, item in zip(ids, body["data"]):
+        with torch.no_grad():
+            want = base(torch.tensor([seq])).last_hidden_state[0].mean(0).numpy()
+        got = np.array(item["embedding"])
+        assert abs(np.linalg.norm(got) - 1) < 1e-5 and got @ want / np.linalg.norm(want) >= 0.999
+    _, alone = _call(endpoints.embeddings(EmbeddingRequest(input=ids[1]), "e"))  # token ids, one input
+    assert np.allclose(alone["data"][0]["embedding"], body["data"][1]["embedding"], atol=1e-5)
+    _, packed = _call(endpoints.embeddings(EmbeddingRequest(input=texts, encoding_format="base64"), "e"))
+    decoded = np.frombuffer(base64.b64decode(packed["data"][2]["embedding"]), "<f4")
+    assert np.allclose(decoded, body["data"][2]["embedding"], atol=1e-6)
+    for req, param in ((EmbeddingRequest(input="x", dimensions=3), "dimensions"),
+                       (EmbeddingRequest(input=[[10_000]]), "input"), (EmbeddingRequest(input="word " * 80), "input")):
+        status, err = _call(endpoints.embeddings(req, "e"))
+        assert status == 400 and err["error"]["param"] == param, err

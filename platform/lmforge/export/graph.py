@@ -10,7 +10,9 @@ One graph serves prefill, chunked prefill and decode. Inputs:
   decode, every one to score a prompt);
 - ``past_key_values.{i}.key/value`` ``[B, kv_heads, C, head_dim]``: the cache, ``C`` positions per row.
 
-Outputs: ``logits`` ``[B, K, vocab]`` and ``present.{i}.key/value``, the same shape as the past; bound to
+Outputs: ``logits`` ``[B, K, vocab]``, ``hidden_states`` ``[B, S, hidden]`` (the final normed hidden
+state at every new position: what embeddings pool; generation does not ask for it, so it costs nothing
+there) and ``present.{i}.key/value``, the same shape as the past; bound to
 the past's own buffers (:mod:`lmforge.generate.onnx_model`), the cache is updated in place. A row's new
 tokens sit at positions ``seqlens_k + 1 - query_seqlens`` onwards. Attention is onnxruntime's
 ``GroupQueryAttention`` (:mod:`lmforge.export.slot_attention`).
@@ -47,10 +49,10 @@ class SlotModel(torch.nn.Module):
         # padding past a row's end must still index the position table (GPT-2's; Llama's rotary is in the op)
         positions = positions.clamp(0, self.model.config.max_position_embeddings - 1)
         base = getattr(self.model, self.model.base_model_prefix)
-        hidden = base(input_ids=input_ids, position_ids=positions, use_cache=False).last_hidden_state
-        hidden = torch.gather(hidden, 1, logits_index[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        states = base(input_ids=input_ids, position_ids=positions, use_cache=False).last_hidden_state
+        hidden = torch.gather(states, 1, logits_index[:, :, None].expand(-1, -1, states.shape[-1]))
         logits = self.model.lm_head(hidden)
-        return (logits, *(t for m in self.modules_ for t in m.slot_present))
+        return (logits, states, *(t for m in self.modules_ for t in m.slot_present))
 
 
 def kv_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -85,7 +87,8 @@ def export_onnx(model, path: Path, opset: int) -> None:
                torch.tensor([4, 5], dtype=torch.int32), torch.tensor(capacity, dtype=torch.int32),
                torch.tensor([[2], [0]]), *(torch.zeros(b, heads, capacity, head_dim) for _ in past_names))
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "query_seqlens": {0: "batch"}, "seqlens_k": {0: "batch"},
-            "logits_index": {0: "batch", 1: "logits"}, "logits": {0: "batch", 1: "logits"}}
+            "logits_index": {0: "batch", 1: "logits"}, "logits": {0: "batch", 1: "logits"},
+            "hidden_states": {0: "batch", 1: "sequence"}}
     axes |= {n: {0: "batch", 2: "capacity"} for n in [*past_names, *present_names]}
     io = SlotInputs(*example[1:4], past=[])
     with torch.no_grad(), slot_attention(model, io) as modules, warnings.catch_warnings():
@@ -93,5 +96,5 @@ def export_onnx(model, path: Path, opset: int) -> None:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator")
         torch.onnx.export(SlotModel(model, io, modules), example, str(path),
-                          input_names=[*INPUTS, *past_names], output_names=["logits", *present_names],
+                          input_names=[*INPUTS, *past_names], output_names=["logits", "hidden_states", *present_names],
                           dynamic_axes=axes, opset_version=opset, custom_opsets={"com.microsoft": 1}, dynamo=False)

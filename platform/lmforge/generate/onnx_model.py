@@ -56,6 +56,8 @@ class OnnxModel:
         eos = hf_config.get("eos_token_id", self.tokenizer.eos_token_id)
         self.eos_ids = sorted(set(eos if isinstance(eos, list) else [eos]) - {None})
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        self.hidden_size = outputs["hidden_states"].shape[-1] if "hidden_states" in outputs else None
         self.vocab_size = self.session.get_outputs()[0].shape[-1]
         if not isinstance(self.vocab_size, int):
             self.vocab_size = int(hf_config.get("vocab_size") or len(self.tokenizer))
@@ -70,7 +72,7 @@ class OnnxModel:
                        self.device, self.kv_dtype)
 
     def run(self, cache: KVCache, first_slot: int, input_ids: np.ndarray, query_seqlens: np.ndarray,
-            seqlens_k: np.ndarray, logits_index: np.ndarray) -> np.ndarray:
+            seqlens_k: np.ndarray, logits_index: np.ndarray, hidden: np.ndarray | None = None) -> np.ndarray:
         """One graph call over slots ``[first_slot, first_slot + len(input_ids))``: each row's
         ``query_seqlens`` tokens (of ``input_ids``, right-padded) join its cache, which then holds
         ``seqlens_k + 1`` tokens; returns the logits at ``logits_index`` ``[rows, K, vocab]``."""
@@ -83,6 +85,8 @@ class OnnxModel:
             io.bind_cpu_input(name, np.ascontiguousarray(value))
         logits = np.empty((rows, logits_index.shape[1], self.vocab_size), np.float32)
         io.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
+        if hidden is not None:  # [rows, S, hidden]: every new position's final hidden state, for embeddings
+            io.bind_output("hidden_states", "cpu", 0, np.float32, hidden.shape, hidden.ctypes.data)
         self.session.run_with_iobinding(io)
         return logits
 
@@ -126,3 +130,30 @@ class OnnxModel:
         cache = self.new_cache(len(seqs), max(len(s) for s in seqs))
         out = self.run_rows(cache, [(i, s, 0, len(s) - b) for i, (s, b) in enumerate(zip(seqs, starts))])
         return [out[i] for i in range(len(seqs))]
+
+    def embed(self, seqs: list[list[int]], max_tokens_per_call: int = 2048) -> np.ndarray:
+        """Each sequence's embedding ``[len(seqs), hidden]``: the final hidden states (after the last norm)
+        averaged over its tokens, then L2-normalised; sequences batched into calls of at most
+        ``max_tokens_per_call`` padded positions (each call's KV cache is its own, then dropped)."""
+        if self.hidden_size is None:
+            raise ValueError(f"{self.model_dir} is an export without hidden states: export it again to embed")
+        out = np.zeros((len(seqs), self.hidden_size), np.float32)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a call
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end + 1 - start) * len(seqs[order[end]]) <= max_tokens_per_call:
+                end += 1
+            group = [seqs[i] for i in order[start:end]]
+            width = max(len(s) for s in group)
+            cache = self.new_cache(len(group), width)
+            ids = np.full((len(group), width), self.pad_id, np.int64)
+            lengths = np.array([len(s) for s in group], np.int32)
+            for row, s in enumerate(group):
+                ids[row, : len(s)] = s
+            hidden = np.empty((len(group), width, self.hidden_size), np.float32)
+            self.run(cache, 0, ids, lengths, lengths - 1, np.zeros((len(group), 1), np.int64), hidden)
+            for row, i in enumerate(order[start:end]):
+                out[i] = hidden[row, : lengths[row]].mean(axis=0)
+            start = end
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

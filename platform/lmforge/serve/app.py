@@ -26,7 +26,7 @@ from lmforge import storage
 from lmforge.serve import auth, catalog, responses
 from lmforge.serve.config import ServeConfig, ServeOptions
 from lmforge.serve.http import Front, make_api
-from lmforge.serve.openai_api import ChatCompletionRequest, CompletionRequest
+from lmforge.serve.openai_api import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 log = logging.getLogger("ray.serve.lmforge")
 
@@ -84,6 +84,9 @@ class _ModelReplica:
         async for item in self.endpoints.chat_stream(body, request_id):
             yield item
 
+    async def embeddings(self, body, request_id):
+        return await self.endpoints.embeddings(body, request_id)
+
     def check_health(self) -> None:
         if not self.engine._thread.is_alive():
             raise RuntimeError("the engine thread has stopped")
@@ -124,6 +127,10 @@ class ModelFront(_ModelReplica, Front):
     async def http_chat(self, body: ChatCompletionRequest, request: Request):
         return await self._dispatch("chat", body, request)
 
+    @model_api.post("/v1/embeddings")
+    async def http_embeddings(self, body: EmbeddingRequest, request: Request):
+        return await self._dispatch("embeddings", body, request)
+
     async def _complete(self, endpoint, name, body, request_id):
         return await getattr(self, endpoint)(body, request_id)
 
@@ -157,6 +164,10 @@ class Gateway(Front):
     @gateway_api.post("/v1/chat/completions")
     async def http_chat(self, body: ChatCompletionRequest, request: Request):
         return await self._dispatch("chat", body, request)
+
+    @gateway_api.post("/v1/embeddings")
+    async def http_embeddings(self, body: EmbeddingRequest, request: Request):
+        return await self._dispatch("embeddings", body, request)
 
     async def _complete(self, endpoint, name, body, request_id):
         return await getattr(self.models[name], endpoint).remote(body, request_id)

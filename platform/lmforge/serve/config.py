@@ -78,6 +78,7 @@ class ServeOptions:
     max_tokens_limit: int = 1024  # requests asking for more get a 400 naming this limit
     default_max_tokens: int = 256  # chat completions that set no max_tokens (capped by the context)
     max_n: int = 4  # most choices per request
+    max_embedding_inputs: int = 256  # most inputs per /v1/embeddings request
     max_request_bytes: int = 2 * 2**20  # larger request bodies get 413 before they are read
     log_prompts: bool = False  # request logs carry the prompt text (they never do by default)
     startup_timeout_s: float = 180.0  # how long to wait for /healthz after deploying
@@ -92,6 +93,7 @@ class ServeOptions:
         check(self.max_ongoing_requests >= 1, "max_ongoing_requests", "must be >= 1")
         check(self.max_queued_requests >= 0, "max_queued_requests", "must be >= 0")
         check(self.max_n >= 1, "max_n", "must be >= 1")
+        check(self.max_embedding_inputs >= 1, "max_embedding_inputs", "must be >= 1")
         check(self.max_request_bytes >= 1024, "max_request_bytes", "must be >= 1024")
         check(self.device == "cpu" or self.replica_gpus > 0, "replica_gpus", "device=cuda needs replica_gpus > 0")
 

@@ -20,7 +20,13 @@ from lmforge.generate.constraints import ConstraintError
 from lmforge.generate.engine import ContextLengthError, EngineFullError
 from lmforge.serve import responses, tools
 from lmforge.serve.config import ServeOptions
-from lmforge.serve.openai_api import ChatCompletionRequest, CompletionRequest, RequestError, error_body
+from lmforge.serve.openai_api import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    RequestError,
+    error_body,
+)
 from lmforge.tasks.chat import chat_prompt
 
 # A child of Serve's own logger: in a replica, Serve gives "ray.serve" the handler that writes the replica's
@@ -179,6 +185,34 @@ class ModelEndpoints:
         async for item in self._stream(jobs, request_id, "chat", req, responses.chat_chunk, delta):
             yield item
 
+    # ------------------------------------------------------------------ embeddings
+    async def embeddings(self, req: EmbeddingRequest, request_id: str) -> Result:
+        """Every input in batched graph calls on a worker thread (the engine's own thread keeps stepping)."""
+        start = time.perf_counter()
+        model = self.engine.engine.model
+        try:
+            if model.hidden_size is None:
+                raise RequestError(f"model {self.name} cannot embed: its export has no hidden states (export it "
+                                   "again with this version)", "model")
+            if req.dimensions not in (None, model.hidden_size):
+                raise RequestError(f"dimensions: this model's embeddings have {model.hidden_size}", "dimensions")
+            inputs = req.inputs()
+            if len(inputs) > self.opts.max_embedding_inputs:
+                raise RequestError(f"input: {len(inputs)} inputs exceed this server's limit of "
+                                   f"{self.opts.max_embedding_inputs}", "input")
+            ids = [self.tokenizer(x, verbose=False).input_ids if isinstance(x, str) else x for x in inputs]
+            for seq in ids:
+                self._check_ids(seq, "input")
+                if not seq or len(seq) > self.max_positions:
+                    raise ContextLengthError(f"This model's maximum context length is {self.max_positions} "
+                                             f"tokens. However, an input has {len(seq)} tokens.")
+        except (RequestError, ContextLengthError) as e:
+            return _client_error(e, "input")
+        vectors = await asyncio.to_thread(model.embed, ids)
+        tokens = sum(len(seq) for seq in ids)
+        self._log(request_id, "embeddings", 200, tokens, 0, time.perf_counter() - start, None, req)
+        return 200, responses.embeddings_body(self.name, vectors, req.encoding_format, tokens)
+
     # ------------------------------------------------------------------ shared
     def _check_limits(self, max_tokens: int, n: int, logprobs: int | None) -> None:
         if max_tokens > self.opts.max_tokens_limit:
@@ -270,9 +304,9 @@ class ModelEndpoints:
         self.observer.finished(endpoint, prompt_tokens, completion_tokens, seconds)
         entry = {"event": "request", "request_id": request_id, "model": self.name, "endpoint": endpoint,
                  "status": status, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "ttft_s": ttft, "stream": req.stream, "n": req.n}
+                 "ttft_s": ttft, "stream": req.stream, "n": getattr(req, "n", 1)}
         if self.opts.log_prompts:
-            entry["prompt"] = getattr(req, "prompt", None) or req.chat()
+            entry["prompt"] = req.chat() if hasattr(req, "chat") else getattr(req, "prompt", None) or req.input
         log.info(json.dumps(entry, ensure_ascii=False))
 
 

@@ -20,7 +20,7 @@ from lmforge.serve.openai_api import error_body
 def make_api() -> FastAPI:
     """A FastAPI app with lmforge's error handlers and its auth-and-count middleware (``app.state`` holds
     the key digests and metrics, set by the front that owns it)."""
-    api = FastAPI(title="lmforge", description="OpenAI-compatible completions and chat, served by lmforge",
+    api = FastAPI(title="lmforge", description="OpenAI-compatible completions, chat and embeddings, served by lmforge",
                   version="1")
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(HTTPException, _http_error)
@@ -65,7 +65,8 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
                   "invalid_request_error", headers=getattr(exc, "headers", None))
 
 
-ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/models": "models"}
+ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/embeddings": "embeddings",
+             "/v1/models": "models"}
 OPEN_PATHS = ("/healthz",)  # the only routes without a key: load balancers and Serve probe them
 
 
@@ -189,7 +190,7 @@ class Front:
             return _error(404, f"The model `{name}` does not exist (served: {served})", param="model",
                           code="model_not_found")
         request.state.model = name
-        request_id = responses.new_id("cmpl" if endpoint == "completions" else "chatcmpl")
+        request_id = responses.new_id({"completions": "cmpl", "embeddings": "embd"}.get(endpoint, "chatcmpl"))
         try:
             if body.stream:
                 events = self._events(endpoint, name, body, request_id)

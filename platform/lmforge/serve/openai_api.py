@@ -127,13 +127,28 @@ class ContentPart(BaseModel):
     text: StrictStr
 
 
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: StrictStr
+    arguments: StrictStr  # JSON, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
-    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
     tool_call_id: StrictStr | None = None  # which call a tool message answers
 
     def text(self) -> str:
@@ -166,9 +181,35 @@ class ChatCompletionRequest(_Common):
         out = []
         for m in self.messages:
             message = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            message.update({k: v for k, v in (("tool_calls", m.tool_calls), ("tool_call_id", m.tool_call_id)) if v})
+            if m.tool_calls:
+                message["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+            if m.tool_call_id:
+                message["tool_call_id"] = m.tool_call_id
             out.append(message)
         return out
+
+
+class EmbeddingRequest(BaseModel):
+    """https://platform.openai.com/docs/api-reference/embeddings: the pooling is lmforge's (the mean of
+    the final hidden states over the input's tokens, L2-normalised)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    input: Prompt
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: StrictStr | None = None
+    stream: Literal[False] = False  # embeddings are never streamed (the front asks every request)
+
+    def inputs(self) -> list[str | list[int]]:
+        """OpenAI's four shapes, as a list of texts or token-id lists."""
+        p = self.input
+        if isinstance(p, str):
+            return [p]
+        if isinstance(p[0], int):
+            return [list(p)]
+        return list(p)
 
 
 def _schema_text(schema: Any, param: str) -> str:

@@ -133,3 +133,19 @@ def models_body(models: dict[str, dict]) -> dict:
     """``/v1/models``: each served name, with the version of the model behind it and where it comes from."""
     return {"object": "list", "data": [{"id": name, "object": "model", "created": info.get("created", 0),
                                         "owned_by": "lmforge", **info} for name, info in models.items()]}
+
+
+def embeddings_body(model: str, vectors, encoding_format: str, prompt_tokens: int) -> dict:
+    """``/v1/embeddings``: base64 is the float32 little-endian bytes of each vector, as OpenAI sends them."""
+    import base64
+
+    import numpy as np
+
+    def encode(v):
+        if encoding_format == "base64":
+            return base64.b64encode(np.asarray(v, "<f4").tobytes()).decode()
+        return [float(x) for x in v]
+
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}

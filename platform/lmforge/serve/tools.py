@@ -53,7 +53,8 @@ def functions(tools: list[dict] | None, tool_choice) -> list[dict]:
     if tool_choice == "none":
         return []
     if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name")
+        fn = tool_choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
         if tool_choice.get("type") != "function" or name not in names:
             raise RequestError(f"tool_choice: names no function among the tools ({', '.join(names)})", "tool_choice")
     elif tool_choice not in (None, "auto", "required"):
