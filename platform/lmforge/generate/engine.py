@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lmforge.generate.choice import choose, grammar_complete
 from lmforge.generate.constraints import Grammars
 from lmforge.generate.kv_cache import KVCache, cache_layout
 from lmforge.generate.onnx_model import OnnxModel
 from lmforge.generate.requests import ContextLengthError, EngineFullError, Output, SamplingParams, TokenLogprob
-from lmforge.generate.sampling import log_softmax, sample_row, top_logprobs
+from lmforge.generate.sampling import log_softmax, top_logprobs
 from lmforge.generate.text import TextStream
 
 log = logging.getLogger(__name__)
@@ -268,32 +269,10 @@ class Engine:
         return [out]
 
     def _choose(self, logits: np.ndarray, rows: list[_Seq]) -> list[tuple[_Seq, np.ndarray, int]]:
-        """Each row's next token: one argmax for all the plain greedy rows, a sampler call for the rest."""
-        plain = [i for i, s in enumerate(rows)
-                 if s.params.temperature <= 0 and not self._masks_eos(s) and s.matcher is None]
-        tokens = np.zeros(len(rows), np.int64)
-        if plain:
-            tokens[plain] = logits[plain].argmax(axis=-1)
-        for i, s in enumerate(rows):
-            if i in plain:
-                continue
-            p, choices = s.params, logits[i]
-            if s.matcher is not None:
-                choices = self.grammars.mask(s.matcher, choices)
-            if self._masks_eos(s):
-                choices = choices.copy()
-                eos = choices[self.model.eos_ids].copy()
-                choices[self.model.eos_ids] = -np.inf
-                if not np.isfinite(choices).any():  # the grammar allows nothing but the end: min_tokens yields
-                    choices[self.model.eos_ids] = eos
-            if p.temperature <= 0:
-                tokens[i] = int(np.argmax(choices))
-            else:
-                tokens[i] = sample_row(choices, p.temperature, p.top_k, p.top_p, s.rng)
-        return [(s, logits[i], int(tokens[i])) for i, s in enumerate(rows)]
-
-    def _masks_eos(self, s: _Seq) -> bool:
-        return bool(self.model.eos_ids) and (len(s.generated) < s.params.min_tokens or s.params.ignore_eos)
+        """Each row's next token (:func:`lmforge.generate.choice.choose`), with the row's logits."""
+        grammars = self.grammars if any(s.matcher is not None for s in rows) else None
+        tokens = choose(logits, rows, self.model.eos_ids, grammars)
+        return [(s, logits[i], tokens[i]) for i, s in enumerate(rows)]
 
     def _advance(self, s: _Seq, logits: np.ndarray, token: int) -> Output:
         """Record ``s``'s next token; update its text, finish state and output."""
@@ -309,7 +288,7 @@ class Engine:
         offset = len(s.text.text)
         s.text.add(token)
         delta, cut = s.text.new_text(final=False)
-        complete = s.matcher is not None and self._grammar_complete(s, token)
+        complete = s.matcher is not None and grammar_complete(s.matcher, token)
         if cut:
             s.finish = "stop"
         elif complete or len(s.generated) >= p.max_tokens or s.length >= s.pool.capacity:  # done, or no room
@@ -317,14 +296,6 @@ class Engine:
             s.text.flush()
             delta += s.text.new_text(final=True)[0]
         return self._output(s, [token], delta, [offset], logprobs)
-
-    @staticmethod
-    def _grammar_complete(s: _Seq, token: int) -> bool:
-        """Feed ``token`` to ``s``'s grammar; True when the grammar admits nothing more (a choice made, a
-        regex with nothing optional left), so the sequence ends without waiting for end of sequence."""
-        if not s.matcher.consume_token(token):
-            raise RuntimeError(f"structured output: token {token} refused by the grammar: {s.matcher.get_error()}")
-        return s.matcher.is_stopped()
 
     def _output(self, s: _Seq, token_ids, text: str, offsets, logprobs, prompt_logprobs=None) -> Output:
         return Output(s.id, token_ids, text, offsets, logprobs, s.finish, len(s.prompt), len(s.generated),
