@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from lmforge.generate.async_engine import AsyncEngine
 from lmforge.generate.engine import Engine
 from lmforge.generate.onnx_model import OnnxModel
+from lmforge.serve import tools
 from lmforge.serve.config import ServeOptions
 from lmforge.serve.handlers import ModelEndpoints
 from lmforge.serve.openai_api import ChatCompletionRequest, CompletionRequest
@@ -255,7 +256,7 @@ def test_tool_calls_required_named_auto_and_none_streamed_and_not(tool_endpoints
         typed = ChatCompletion.model_validate(body).choices[0].message.tool_calls[0]
         assert typed.function.name == call["function"]["name"] and typed.id == call["id"]
         assert ChatCompletionChunk.model_validate(chunk).choices[0].delta.tool_calls[0].function.arguments
-    ids, _ = tool_endpoints._chat_prompt([{"role": "user", "content": "Weather?"}], [])
+    ids, _ = tools.prompt(tool_endpoints.tokenizer, [{"role": "user", "content": "Weather?"}], [])
     status, body = _call(tool_endpoints.chat(ChatCompletionRequest(**base, tool_choice="none"), "c"))
     assert status == 200 and "tool_calls" not in body["choices"][0]["message"]
     assert "get_weather" not in tool_endpoints.tokenizer.decode(ids)
@@ -268,7 +269,7 @@ def test_tool_calls_required_named_auto_and_none_streamed_and_not(tool_endpoints
         {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21C"}]
     status, body = _call(tool_endpoints.chat(ChatCompletionRequest(**{**base, "messages": history}), "c"))
     assert status == 200
-    ids, _ = tool_endpoints._chat_prompt(ChatCompletionRequest(**{**base, "messages": history}).chat(), [])
+    ids, _ = tools.prompt(tool_endpoints.tokenizer, ChatCompletionRequest(**{**base, "messages": history}).chat(), [])
     assert "Result of call_1: Sunny, 21C" in tool_endpoints.tokenizer.decode(ids)
 
 

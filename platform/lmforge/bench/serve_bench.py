@@ -147,31 +147,52 @@ STRUCTURED_SCHEMA = {"type": "object", "additionalProperties": False,
                                     "landmarks": {"type": "array", "maxItems": 3,
                                                   "items": {"type": "string", "maxLength": 32}}}}
 STRUCTURED_MAX_TOKENS = 160  # room for the object (a request the grammar has not finished is not valid JSON)
-CITIES = ["Seoul", "Busan", "Paris", "Tokyo", "Cairo", "Lima", "Oslo", "Madrid", "Nairobi", "Hanoi"]
+CONTINENT = {"Seoul": "Asia", "Busan": "Asia", "Paris": "Europe", "Tokyo": "Asia", "Cairo": "Africa",
+             "Lima": "South America", "Oslo": "Europe", "Madrid": "Europe", "Nairobi": "Africa", "Hanoi": "Asia"}
+CITIES = list(CONTINENT)
 
 
 def _structured(url: str, cfg: ServeBenchConfig, key: str | None) -> dict:
-    """Chat requests with a JSON schema through the ``openai`` client: how many parse and validate, and the
-    top level's tokens/s with the schema on every request against the same level without (same run)."""
+    """Chat requests constrained three ways through the ``openai`` client (a JSON schema, a regex, a
+    choice): how many answers are valid, and the top level's tokens/s with the schema on every request
+    against the same level without (same run)."""
+    import re
+
     import jsonschema
     import openai
 
     fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": STRUCTURED_SCHEMA, "strict": True}}
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key or "none", max_retries=0, timeout=120)
-    valid, finished, examples = 0, 0, []
-    for i in range(cfg.structured_prompts):
-        city = CITIES[i % len(CITIES)]
-        resp = client.chat.completions.create(model=cfg.model_name, response_format=fmt,
-                                              max_tokens=STRUCTURED_MAX_TOKENS,
-                                              temperature=0.7, seed=i, messages=[{"role": "user", "content":
-                                              f"Describe {city} as JSON: city, country, population, landmarks."}])
-        text, finished = resp.choices[0].message.content, finished + (resp.choices[0].finish_reason == "stop")
+    date = r"(1[0-9]|20)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+
+    def schema_valid(text: str) -> bool:
         try:
             jsonschema.validate(json.loads(text), STRUCTURED_SCHEMA)
-            valid += 1
+            return True
         except (ValueError, jsonschema.ValidationError):
-            pass
-        examples += [text] if i < 2 else []
+            return False
+
+    kinds = {  # name: (question about a city, request fields, is the answer valid)
+        "json_schema": ("Describe {} as JSON: city, country, population, landmarks.", {"response_format": fmt},
+                        schema_valid),
+        "regex": ("When was {} founded? Answer with a date.", {"extra_body": {"guided_regex": date}},
+                  lambda t: re.fullmatch(date, t) is not None),
+        "choice": ("Which continent is {} in?", {"extra_body": {"guided_choice": sorted(set(CONTINENT.values()))}},
+                   lambda t: t in CONTINENT.values())}
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key or "none", max_retries=0, timeout=120)
+    validity = {}
+    for name, (question, fields, valid) in kinds.items():
+        counts, examples = {"valid": 0, "finished_by_grammar": 0, "right": 0}, []
+        for i in range(cfg.structured_prompts):
+            city = CITIES[i % len(CITIES)]
+            resp = client.chat.completions.create(model=cfg.model_name, max_tokens=STRUCTURED_MAX_TOKENS,
+                                                  temperature=0.7, seed=i, **fields,
+                                                  messages=[{"role": "user", "content": question.format(city)}])
+            text = resp.choices[0].message.content
+            counts["valid"] += valid(text)
+            counts["finished_by_grammar"] += resp.choices[0].finish_reason == "stop"
+            counts["right"] += name == "choice" and text == CONTINENT[city]
+            examples += [text] if i < 2 else []
+        validity[name] = {"prompts": cfg.structured_prompts, **counts, "examples": examples}
     top = max(cfg.concurrency)
     prompt = "Describe Seoul as JSON: city, country, population, landmarks.\n"
 
@@ -184,8 +205,7 @@ def _structured(url: str, cfg: ServeBenchConfig, key: str | None) -> dict:
     # otherwise look slower for their prefill and HTTP, not for its masks
     n = max(1, round(levels["json_schema"]["tokens"] / max(levels["json_schema"]["requests"], 1)))
     levels["plain"] = level(n, {"temperature": 0, "extra_body": {"min_tokens": n}})
-    return {"prompts": cfg.structured_prompts, "valid": valid, "finished_by_grammar": finished, "examples": examples,
-            f"concurrency_{top}": levels,
+    return {"validity": validity, f"concurrency_{top}": levels,
             "tokens_per_s_ratio": levels["json_schema"]["tokens_per_s"] / levels["plain"]["tokens_per_s"]}
 
 

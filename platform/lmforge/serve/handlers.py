@@ -27,7 +27,6 @@ from lmforge.serve.openai_api import (
     RequestError,
     error_body,
 )
-from lmforge.tasks.chat import chat_prompt
 
 # A child of Serve's own logger: in a replica, Serve gives "ray.serve" the handler that writes the replica's
 # log file (JSON lines, per the deployment's logging_config); a logger outside it has no handler there
@@ -116,7 +115,7 @@ class ModelEndpoints:
     def _chat_jobs(self, req: ChatCompletionRequest) -> list[tuple[int, list[int], object, None]]:
         req.check()
         fns = tools.functions(req.tools, req.tool_choice)
-        ids, extra_stop = self._chat_prompt(req.chat(), fns)
+        ids, extra_stop = tools.prompt(self.tokenizer, req.chat(), fns)
         self._check_ids(ids, "messages")
         requested = req.requested_max_tokens()
         if requested is None:
@@ -144,19 +143,6 @@ class ModelEndpoints:
         self._admissible(len(jobs))
         return jobs
 
-    def _chat_prompt(self, messages: list[dict], fns: list[dict]) -> tuple[list[int], list[str]]:
-        """The prompt of a chat, with the functions it may call (:mod:`lmforge.serve.tools`)."""
-        if tools.template_takes_tools(self.tokenizer):
-            shown = [{"type": "function", "function": f} for f in fns]
-            return chat_prompt(self.tokenizer, [tools.hf_message(m) for m in messages], tools=shown or None)
-        messages = [tools.as_text(m) for m in messages]
-        if fns:
-            if messages[0]["role"] == "system":
-                messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + tools.system_text(fns)}
-            else:
-                messages.insert(0, {"role": "system", "content": tools.system_text(fns)})
-        return chat_prompt(self.tokenizer, messages)
-
     async def chat(self, req: ChatCompletionRequest, request_id: str) -> Result:
         start = time.perf_counter()
         try:
@@ -165,7 +151,7 @@ class ModelEndpoints:
         except (RequestError, ContextLengthError, ConstraintError) as e:
             return _client_error(e, "messages")
         fns = tools.functions(req.tools, req.tool_choice)
-        body = [_with_call(responses.chat_choice(self.tokenizer, c, req.logprobs), fns) for c in choices]
+        body = [tools.with_call(responses.chat_choice(self.tokenizer, c, req.logprobs), fns) for c in choices]
         return 200, self._finish(responses.chat_body, request_id, "chat", body, choices, jobs, req, start)
 
     async def chat_stream(self, req: ChatCompletionRequest, request_id: str) -> AsyncIterator:
@@ -180,7 +166,7 @@ class ModelEndpoints:
         def delta(index, out, first):
             if not fns:
                 return _chat_delta(self.tokenizer, req, index, out, first)
-            return _chat_call_delta(held, index, out, first, fns)  # a call is only known whole: held to the end
+            return tools.call_delta(held, index, out, fns)  # a call is only known whole: held to the end
 
         async for item in self._stream(jobs, request_id, "chat", req, responses.chat_chunk, delta):
             yield item
@@ -352,25 +338,3 @@ def _chat_delta(tokenizer, req: ChatCompletionRequest, index: int, out, first: b
     logprobs = responses.chat_logprobs(tokenizer, out.token_ids, out.logprobs or []) if req.logprobs else None
     return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": out.finish_reason}
 
-
-def _with_call(choice: dict, fns: list[dict]) -> dict:
-    """A chat choice whose content is a call of one of ``fns``, as OpenAI returns calls."""
-    call = tools.parse_call(choice["message"]["content"] or "", fns) if fns else None
-    if call is None:
-        return choice
-    message = {"role": "assistant", "content": None, "tool_calls": [tools.tool_call(call)]}
-    return {**choice, "message": message, "finish_reason": "tool_calls"}
-
-
-def _chat_call_delta(held: dict, index: int, out, first: bool, fns: list[dict]) -> dict | None:
-    """With tools: a choice's text is held until it ends, then sent as one call (its id, name and whole
-    arguments in one delta, as OpenAI's own stream may) or as content."""
-    held[index] = held.get(index, "") + out.text
-    if out.finish_reason is None:
-        return None
-    call = tools.parse_call(held[index], fns)
-    if call is None:
-        return {"index": index, "delta": {"role": "assistant", "content": held[index]}, "logprobs": None,
-                "finish_reason": out.finish_reason}
-    delta = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **tools.tool_call(call)}]}
-    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": "tool_calls"}

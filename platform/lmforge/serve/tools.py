@@ -24,6 +24,7 @@ import secrets
 
 from lmforge.generate.constraints import Constraint
 from lmforge.serve.openai_api import RequestError
+from lmforge.tasks.chat import chat_prompt
 
 INSTRUCTIONS = ('You can call these functions. To call one, answer with only a JSON object '
                 '{"name": <function name>, "arguments": <its arguments>}.\nFunctions:\n')
@@ -138,3 +139,41 @@ def _arguments(arguments):
         except ValueError:
             return arguments
     return arguments
+
+
+def prompt(tokenizer, messages: list[dict], fns: list[dict]) -> tuple[list[int], list[str]]:
+    """A chat's prompt ids and stop strings, with the functions it may call: through a template that takes
+    tools, or as the documented system message (earlier calls and results as text)."""
+    if template_takes_tools(tokenizer):
+        shown = [{"type": "function", "function": f} for f in fns]
+        return chat_prompt(tokenizer, [hf_message(m) for m in messages], tools=shown or None)
+    messages = [as_text(m) for m in messages]
+    if fns:
+        if messages[0]["role"] == "system":
+            messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + system_text(fns)}
+        else:
+            messages.insert(0, {"role": "system", "content": system_text(fns)})
+    return chat_prompt(tokenizer, messages)
+
+
+def with_call(choice: dict, fns: list[dict]) -> dict:
+    """A chat choice whose content is a call of one of ``fns``, as OpenAI returns calls."""
+    call = parse_call(choice["message"]["content"] or "", fns) if fns else None
+    if call is None:
+        return choice
+    message = {"role": "assistant", "content": None, "tool_calls": [tool_call(call)]}
+    return {**choice, "message": message, "finish_reason": "tool_calls"}
+
+
+def call_delta(held: dict, index: int, out, fns: list[dict]) -> dict | None:
+    """With tools, streamed: a choice's text is held until it ends, then sent as one call (its id, name and
+    whole arguments in one delta, as OpenAI's own stream may) or as content."""
+    held[index] = held.get(index, "") + out.text
+    if out.finish_reason is None:
+        return None
+    call = parse_call(held[index], fns)
+    if call is None:
+        return {"index": index, "delta": {"role": "assistant", "content": held[index]}, "logprobs": None,
+                "finish_reason": out.finish_reason}
+    delta = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **tool_call(call)}]}
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": "tool_calls"}
