@@ -273,6 +273,31 @@ def test_tool_calls_required_named_auto_and_none_streamed_and_not(tool_endpoints
     assert "Result of call_1: Sunny, 21C" in tool_endpoints.tokenizer.decode(ids)
 
 
+def test_with_tools_streamed_text_flows_at_once_and_a_call_arrives_whole():
+    """``auto``: an answer that cannot be a call (its first character is not ``{``) streams as content from
+    its first chunk on; one that starts like a call is held until it ends, then sent as a call, or as the
+    content it turned out to be."""
+    from types import SimpleNamespace as Out
+
+    fns = tools.functions(TOOLS, "auto")
+
+    def deltas(chunks):
+        held, sent = {}, []
+        for k, text in enumerate(chunks):
+            last = k == len(chunks) - 1
+            sent.append(tools.call_delta(held, 0, Out(text=text, finish_reason="stop" if last else None), fns))
+        return sent
+
+    plain = deltas([" Hel", "lo", "!"])
+    assert [d["delta"].get("content") for d in plain] == [" Hel", "lo", "!"] and plain[0]["delta"]["role"]
+    assert plain[-1]["finish_reason"] == "stop"
+    call = deltas(['{"name": "get_weather", ', '"arguments": {"city": "Seoul"}', "}"])
+    assert call[:2] == [None, None] and call[2]["finish_reason"] == "tool_calls"
+    assert call[2]["delta"]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Seoul"}'}
+    braces = deltas(["{not", " a call}"])
+    assert braces[0] is None and braces[1]["delta"]["content"] == "{not a call}"
+
+
 @pytest.mark.parametrize("extra, param, message", [
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools",
      "tools[0].function.parameters: a JSON schema of type object"),

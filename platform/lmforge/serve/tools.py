@@ -26,6 +26,7 @@ from lmforge.generate.constraints import Constraint
 from lmforge.serve.openai_api import RequestError
 from lmforge.tasks.chat import chat_prompt
 
+_STREAMING = object()  # a choice of call_delta's whose text is content, passed through as it comes
 INSTRUCTIONS = ('You can call these functions. To call one, answer with only a JSON object '
                 '{"name": <function name>, "arguments": <its arguments>}.\nFunctions:\n')
 
@@ -166,14 +167,21 @@ def with_call(choice: dict, fns: list[dict]) -> dict:
 
 
 def call_delta(held: dict, index: int, out, fns: list[dict]) -> dict | None:
-    """With tools, streamed: a choice's text is held until it ends, then sent as one call (its id, name and
-    whole arguments in one delta, as OpenAI's own stream may) or as content."""
+    """With tools, streamed: a choice's text is held while it may still be a call (it starts with ``{``),
+    then sent as one call (its id, name and whole arguments in one delta, as OpenAI's own stream may); text
+    that cannot be a call streams as content as soon as that is known."""
+    if held.get(index) is _STREAMING:
+        delta = {"content": out.text}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": out.finish_reason} \
+            if out.text or out.finish_reason else None
     held[index] = held.get(index, "") + out.text
-    if out.finish_reason is None:
+    text = held[index]
+    if out.finish_reason is None and (not text.strip() or text.lstrip().startswith("{")):
         return None
-    call = parse_call(held[index], fns)
+    call = parse_call(text, fns)
     if call is None:
-        return {"index": index, "delta": {"role": "assistant", "content": held[index]}, "logprobs": None,
+        held[index] = _STREAMING
+        return {"index": index, "delta": {"role": "assistant", "content": text}, "logprobs": None,
                 "finish_reason": out.finish_reason}
     delta = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **tool_call(call)}]}
     return {"index": index, "delta": delta, "logprobs": None, "finish_reason": "tool_calls"}
