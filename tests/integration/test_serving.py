@@ -50,6 +50,9 @@ def exports(tmp_path_factory) -> dict[str, Path]:
         out[version] = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf),
                                                                        "output": str(root / version)}))
         out[f"hf-{version}"] = hf
+    long = make_tiny_model(root / "hf-long", seed=2, context=1024)  # room for a tools system message
+    out["long"] = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(long), "output": str(root / "long"),
+                                                                   "parity_greedy_tokens": 8}))
     return out
 
 
@@ -497,6 +500,31 @@ def test_two_models_behind_one_endpoint_routed_by_the_model_field(served, export
         requests_free.completions.create(model=None, prompt="x", max_tokens=2)
     assert requests.post(f"{url}/v1/completions", json={"model": "nope", "prompt": "x"},
                          headers={"Authorization": f"Bearer {KEY}"}, timeout=10).status_code == 404
+
+
+def test_tool_calls_through_a_gateway_into_the_clients_types(served, exports):
+    """Two tools, tool_choice required, over HTTP through the gateway (two models): the official client
+    parses the answer into its tool-call types, streamed (deltas it can accumulate) and not; the
+    arguments validate against the function's schema."""
+    import jsonschema
+
+    config = served.config(autoscaling={"min_replicas": 1, "max_replicas": 1})
+    config.serve.models = {"base": str(exports["v1"]), "tools": str(exports["long"])}
+    served.deploy("tools", config)
+    params = {"type": "object", "properties": {"x": {"enum": ["a", "b"]}}, "required": ["x"]}
+    tools = [{"type": "function", "function": {"name": "f", "description": "pick", "parameters": params}},
+             {"type": "function", "function": {"name": "g", "parameters": params}}]
+    client = _client(served.url, max_retries=2)
+    ask = {"model": "tools", "messages": [{"role": "user", "content": "Pick one."}], "tools": tools,
+           "tool_choice": "required", "max_tokens": 48, "temperature": 0}
+    done = client.chat.completions.create(**ask)
+    (call,) = done.choices[0].message.tool_calls
+    assert done.choices[0].finish_reason == "tool_calls" and call.function.name in ("f", "g")
+    jsonschema.validate(json.loads(call.function.arguments), params)
+    deltas = [c.choices[0].delta for c in client.chat.completions.create(**ask, stream=True) if c.choices]
+    streamed = [t for d in deltas for t in d.tool_calls or []]
+    assert [(t.function.name, t.function.arguments) for t in streamed] == [(call.function.name,
+                                                                            call.function.arguments)]
 
 
 @pytest.mark.parametrize("status", [503, 429])
