@@ -22,8 +22,6 @@ from typing import Literal
 
 import numpy as np
 
-KINDS = ("json_object", "json_schema", "regex", "choice", "grammar")
-
 
 class ConstraintError(ValueError):
     """A constraint that does not compile: a 400 naming the request field it came from."""
@@ -68,16 +66,21 @@ class Grammars:
         self.vocab_size, self.cache_size = vocab_size, cache_size
         self._compiled: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()  # compiled on the server's event loop, copied on the engine's thread
+        self._bitmask = None
 
     def matcher(self, constraint: Constraint):
-        """A fresh matcher of ``constraint``; raises :class:`ConstraintError` when it does not compile."""
+        """A fresh matcher of ``constraint`` for one sequence."""
+        return self.compiled(constraint).deep_copy()
+
+    def compiled(self, constraint: Constraint):
+        """``constraint`` compiled (once, then kept); raises :class:`ConstraintError` when it does not compile."""
         from llguidance import LLMatcher
 
         with self._lock:
             pristine = self._compiled.get(constraint)
             if pristine is not None:
                 self._compiled.move_to_end(constraint)
-                return pristine.deep_copy()
+                return pristine
         try:
             pristine = LLMatcher(self.tokenizer, constraint.grammar())
         except Exception as e:  # llguidance raises for some grammars rather than flag them: still the request's
@@ -89,14 +92,16 @@ class Grammars:
             self._compiled[constraint] = pristine
             while len(self._compiled) > self.cache_size:
                 self._compiled.popitem(last=False)
-            return pristine.deep_copy()
+        return pristine
 
     def mask(self, matcher, logits: np.ndarray) -> np.ndarray:
-        """``logits`` (one row) with every token the grammar does not allow next at -inf (a copy)."""
+        """``logits`` (one row) with every token the grammar does not allow next at -inf (a copy). Called
+        on the engine's thread only: the bitmask is allocated once."""
         import llguidance.numpy as lln
 
-        bitmask = lln.allocate_token_bitmask(1, self.vocab_size)
-        lln.fill_next_token_bitmask(matcher, bitmask, 0)
-        masked = np.ascontiguousarray(logits[None, : self.vocab_size], dtype=np.float32).copy()
-        lln.apply_token_bitmask_inplace(masked, bitmask)
+        if self._bitmask is None:
+            self._bitmask = lln.allocate_token_bitmask(1, self.vocab_size)
+        lln.fill_next_token_bitmask(matcher, self._bitmask, 0)
+        masked = np.array(logits[None, : self.vocab_size], dtype=np.float32)  # one contiguous copy
+        lln.apply_token_bitmask_inplace(masked, self._bitmask)
         return masked[0]

@@ -105,7 +105,7 @@ class Engine:
         """Raise :class:`ContextLengthError` when the prompt and ``max_tokens`` do not fit the context,
         :class:`~lmforge.generate.constraints.ConstraintError` when the constraint does not compile."""
         if params.constraint is not None:
-            self.grammars.matcher(params.constraint)  # compiled (and kept) now: a bad one is the caller's error
+            self.grammars.compiled(params.constraint)  # compiled (and kept) now: a bad one is the caller's error
         if not prompt_ids:
             raise ContextLengthError("the prompt has no tokens")
         needed = len(prompt_ids) + params.max_tokens

@@ -105,11 +105,12 @@ class OnnxModel:
             cache.bindings[key] = io
         return io
 
-    def run_rows(self, cache: KVCache, rows: list[tuple[int, list[int], int, int]]) -> dict[int, np.ndarray]:
+    def run_rows(self, cache: KVCache, rows: list[tuple[int, list[int], int, int]],
+                 hidden: np.ndarray | None = None) -> dict[int, np.ndarray]:
         """One graph call for ``(slot, new tokens, tokens already cached, logits wanted)`` rows: the call
         spans the lowest to the highest slot, the slots between idle (no new tokens, cache untouched), the
         new tokens right-padded to the longest; returns each slot's logits at its last ``wanted`` new
-        tokens, ``[wanted, vocab]``."""
+        tokens, ``[wanted, vocab]`` (and fills ``hidden`` ``[slots spanned, longest, hidden]`` when given)."""
         first = min(slot for slot, *_ in rows)
         n = max(slot for slot, *_ in rows) - first + 1
         width, keep = max(len(t) for _, t, _, _ in rows), max(k for *_, k in rows)
@@ -120,7 +121,7 @@ class OnnxModel:
             ids[i, : len(tokens)], query[i], total[i] = tokens, len(tokens), cached + len(tokens)
             index[i, :wanted] = np.arange(len(tokens) - wanted, len(tokens))
             index[i, wanted:] = len(tokens) - 1
-        logits = self.run(cache, first, ids, query, total - 1, index)
+        logits = self.run(cache, first, ids, query, total - 1, index, hidden)
         return {slot: logits[slot - first, :wanted] for slot, _, _, wanted in rows}
 
     def logits(self, seqs: list[list[int]], starts: list[int] | None = None) -> list[np.ndarray]:
@@ -146,14 +147,9 @@ class OnnxModel:
                 end += 1
             group = [seqs[i] for i in order[start:end]]
             width = max(len(s) for s in group)
-            cache = self.new_cache(len(group), width)
-            ids = np.full((len(group), width), self.pad_id, np.int64)
-            lengths = np.array([len(s) for s in group], np.int32)
-            for row, s in enumerate(group):
-                ids[row, : len(s)] = s
             hidden = np.empty((len(group), width, self.hidden_size), np.float32)
-            self.run(cache, 0, ids, lengths, lengths - 1, np.zeros((len(group), 1), np.int64), hidden)
+            self.run_rows(self.new_cache(len(group), width), [(row, s, 0, 1) for row, s in enumerate(group)], hidden)
             for row, i in enumerate(order[start:end]):
-                out[i] = hidden[row, : lengths[row]].mean(axis=0)
+                out[i] = hidden[row, : len(seqs[i])].mean(axis=0)
             start = end
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

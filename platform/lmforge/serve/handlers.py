@@ -112,7 +112,8 @@ class ModelEndpoints:
             yield item
 
     # ------------------------------------------------------------------ chat
-    def _chat_jobs(self, req: ChatCompletionRequest) -> list[tuple[int, list[int], object, None]]:
+    def _chat_jobs(self, req: ChatCompletionRequest) -> tuple[list[tuple[int, list[int], object, None]], list[dict]]:
+        """The jobs of a chat (as :meth:`_completion_jobs`'), and the functions it may call."""
         req.check()
         fns = tools.functions(req.tools, req.tool_choice)
         ids, extra_stop = tools.prompt(self.tokenizer, req.chat(), fns)
@@ -141,27 +142,26 @@ class ModelEndpoints:
             jobs.append((j, ids, params, None))
         self.engine.engine.check(ids, jobs[0][2])
         self._admissible(len(jobs))
-        return jobs
+        return jobs, fns
 
     async def chat(self, req: ChatCompletionRequest, request_id: str) -> Result:
         start = time.perf_counter()
         try:
-            jobs = self._chat_jobs(req)
+            jobs, fns = self._chat_jobs(req)
             choices = await self._run_all(jobs, request_id)
         except (RequestError, ContextLengthError, ConstraintError) as e:
             return _client_error(e, "messages")
-        fns = tools.functions(req.tools, req.tool_choice)
         body = [tools.with_call(responses.chat_choice(self.tokenizer, c, req.logprobs), fns) for c in choices]
         return 200, self._finish(responses.chat_body, request_id, "chat", body, choices, jobs, req, start)
 
     async def chat_stream(self, req: ChatCompletionRequest, request_id: str) -> AsyncIterator:
         try:
-            jobs = self._chat_jobs(req)
+            jobs, fns = self._chat_jobs(req)
         except (RequestError, ContextLengthError, ConstraintError) as e:
             yield _client_error(e, "messages")
             return
         yield None
-        fns, held = tools.functions(req.tools, req.tool_choice), {}
+        held: dict = {}
 
         def delta(index, out, first):
             if not fns:
@@ -337,4 +337,3 @@ def _chat_delta(tokenizer, req: ChatCompletionRequest, index: int, out, first: b
         return None
     logprobs = responses.chat_logprobs(tokenizer, out.token_ids, out.logprobs or []) if req.logprobs else None
     return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": out.finish_reason}
-

@@ -112,12 +112,7 @@ class CompletionRequest(_Common):
 
     def prompts(self) -> list[str | list[int]]:
         """The four shapes OpenAI accepts, as a list of text or token-id prompts."""
-        p = self.prompt
-        if isinstance(p, str):
-            return [p]
-        if isinstance(p[0], int):
-            return [list(p)]
-        return list(p)
+        return _as_list(self.prompt)
 
 
 class ContentPart(BaseModel):
@@ -204,12 +199,7 @@ class EmbeddingRequest(BaseModel):
 
     def inputs(self) -> list[str | list[int]]:
         """OpenAI's four shapes, as a list of texts or token-id lists."""
-        p = self.input
-        if isinstance(p, str):
-            return [p]
-        if isinstance(p[0], int):
-            return [list(p)]
-        return list(p)
+        return _as_list(self.input)
 
 
 def _schema_text(schema: Any, param: str) -> str:
@@ -241,20 +231,12 @@ def _response_format(fmt: dict | None) -> Constraint | None:
 
 
 def _guided(req: _Common) -> Constraint | None:
+    """vLLM's ``guided_json``, ``guided_regex``, ``guided_choice``, ``guided_grammar``: at most one."""
     asked = [name for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
              if getattr(req, name) is not None]
     if len(asked) > 1:
         raise RequestError(f"one structured output per request: got {', '.join(asked)}", asked[1])
-    if not asked:
-        return None
-    name, value = asked[0], getattr(req, asked[0])
-    kind = {"guided_json": "json_schema", "guided_regex": "regex", "guided_choice": "choice",
-            "guided_grammar": "grammar"}[name]
-    if kind == "json_schema":
-        value = _schema_text(value, name)
-    elif kind == "choice":
-        value = json.dumps(value)
-    return Constraint(kind, value, name)
+    return _constraint(asked[0].removeprefix("guided_"), getattr(req, asked[0]), asked[0]) if asked else None
 
 
 def _structured(spec: dict | None) -> Constraint | None:
@@ -265,18 +247,31 @@ def _structured(spec: dict | None) -> Constraint | None:
     if len(keys) != 1:
         raise RequestError("structured_outputs: give exactly one of json, regex, choice, grammar, json_object",
                            "structured_outputs")
-    key, value, param = keys[0], spec[keys[0]], "structured_outputs"
+    return _constraint(keys[0], spec[keys[0]], "structured_outputs")
+
+
+def _constraint(key: str, value: Any, param: str) -> Constraint:
+    """The constraint vLLM's field ``key`` (json, json_object, choice, regex, grammar) asks for."""
     if key == "json":
         return Constraint("json_schema", _schema_text(value, param), param)
     if key == "json_object":
         return Constraint("json_object", param=param)
     if key == "choice":
         if not (isinstance(value, list) and value and all(isinstance(c, str) for c in value)):
-            raise RequestError("structured_outputs: choice is a non-empty list of strings", param)
+            raise RequestError(f"{param}: choice is a non-empty list of strings", param)
         return Constraint("choice", json.dumps(value), param)
     if not isinstance(value, str):
-        raise RequestError(f"structured_outputs: {key} is a string", param)
+        raise RequestError(f"{param}: {key} is a string", param)
     return Constraint(key, value, param)
+
+
+def _as_list(prompt) -> list[str | list[int]]:
+    """OpenAI's four prompt shapes (a text, texts, token ids, lists of token ids) as a list of prompts."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt[0], int):
+        return [list(prompt)]
+    return list(prompt)
 
 
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
