@@ -136,3 +136,28 @@ def make_learned_model(out: Path, steps: int = 300, seed: int = 0) -> Path:
         optim.zero_grad()
     model.eval().save_pretrained(out)
     return out
+
+
+def make_lora_adapter(base: Path, out: Path, r: int, targets: list[str], seed: int) -> Path:
+    """A peft LoRA adapter of ``base`` with random (not zero) B, so it changes the model's outputs, as an
+    adapter dir (what `lmforge finetune` keeps in adapter/)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False))
+    model.save_pretrained(out)
+    return out
+
+
+def merge_lora_adapter(base: Path, adapter: Path, out: Path) -> Path:
+    """``base`` with ``adapter`` merged into its weights, as an HF dir (the one-model-per-fine-tune way)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).merge_and_unload() \
+        .save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return out

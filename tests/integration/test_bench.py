@@ -14,7 +14,7 @@ from lmforge.bench import prepare_bench, serve_bench, train_bench
 from lmforge.bench.config import PrepareBenchConfig, ServeBenchConfig, TrainBenchConfig
 from lmforge.export import onnx_export
 from lmforge.export.config import ExportConfig
-from tests.conftest import make_tiny_model
+from tests.conftest import make_lora_adapter, make_tiny_model, merge_lora_adapter
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -33,11 +33,18 @@ def test_bench_prepare_reports_the_pipeline_its_raw_tokenizer_and_near_dedup(ray
 
 
 def test_bench_serve_measures_the_server_against_its_engine_alone(ray_cluster, tmp_path):
+    """On an export with two LoRA adapters beside it: the levels, the same top level spread over the
+    adapters, and against one of them merged and served alone (tokens/s and replica memory)."""
     hf = make_tiny_model(tmp_path / "hf")
-    model = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf), "output": str(tmp_path / "onnx")}))
+    adapters = {n: make_lora_adapter(hf, tmp_path / n, 4, ["q_proj", "v_proj"], seed=i) for i, n in enumerate("ab")}
+    model = onnx_export.run(ExportConfig(model=str(hf), output=str(tmp_path / "onnx"),
+                                         adapters=[f"{n}={d}" for n, d in adapters.items()]))
+    merged = onnx_export.run(ExportConfig(model=str(merge_lora_adapter(hf, adapters["a"], tmp_path / "merged")),
+                                          output=str(tmp_path / "merged-onnx")))
     result = serve_bench.run(cfgmod.from_dict(ServeBenchConfig, {
         "model": str(model), "port": free_port(), "concurrency": [1, 2], "duration_s": 2, "max_tokens": 8,
-        "threads": 1, "short_requests": 3, "output": str(tmp_path / "s.json")}))
+        "threads": 1, "short_requests": 3, "output": str(tmp_path / "s.json"), "adapters": ["a", "b"],
+        "merged_model": str(merged)}))
     assert json.loads((tmp_path / "s.json").read_text()) == result
     for level in ("concurrency_1", "concurrency_2"):
         row = result["levels"][level]
@@ -46,6 +53,12 @@ def test_bench_serve_measures_the_server_against_its_engine_alone(ray_cluster, t
     alone = result["generator_alone"]
     assert alone["batch_2_tokens_per_s"] > 0 and alone["one_token_latency_s"]["p50"] > 0
     assert result["tokens_per_s_2_streams_over_1"] > 0 and "server_overhead_p50_ms" in result
+    mixed = result["adapters"]["concurrency_2"]
+    for row in mixed.values():
+        assert row["errors"] == 0 and row["requests"] > 0, row
+    versus = result["adapters"]["vs_merged"]
+    assert versus["tokens_per_s_ratio_mixed_over_merged"] > 0 and versus["merged"]["errors"] == 0
+    assert 0 < versus["memory"]["ratio_over_merged_plus_adapters"] < 10
 
 
 def test_bench_train_measures_ray_train_against_a_bare_process(ray_cluster, tmp_path):

@@ -31,7 +31,7 @@ from lmforge.export import onnx_export
 from lmforge.export.config import ExportConfig
 from lmforge.serve import server
 from lmforge.serve.config import ServeConfig
-from tests.conftest import make_tiny_model
+from tests.conftest import make_lora_adapter, make_tiny_model
 from tests.integration import procs
 from tests.integration.conftest import free_port
 
@@ -50,6 +50,13 @@ def exports(tmp_path_factory) -> dict[str, Path]:
         out[version] = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf),
                                                                        "output": str(root / version)}))
         out[f"hf-{version}"] = hf
+    # v1 with LoRA inputs for q/v, one adapter exported beside it and another in a root loaded on demand
+    adapters = root / "lora_root"
+    make_lora_adapter(out["hf-v1"], root / "qa", 4, ["q_proj", "v_proj"], seed=1)
+    make_lora_adapter(out["hf-v1"], adapters / "sum", 8, ["q_proj"], seed=2)
+    out["lora"] = onnx_export.run(ExportConfig(model=str(out["hf-v1"]), output=str(root / "lora"),
+                                               adapters=[f"qa={root / 'qa'}"], lora_targets=["v_proj"]))
+    out["lora_root"] = adapters
     long = make_tiny_model(root / "hf-long", seed=2, context=1024)  # room for a tools system message
     out["long"] = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(long), "output": str(root / "long"),
                                                                    "parity_greedy_tokens": 8}))
@@ -525,6 +532,69 @@ def test_tool_calls_through_a_gateway_into_the_clients_types(served, exports):
     streamed = [t for d in deltas for t in d.tool_calls or []]
     assert [(t.function.name, t.function.arguments) for t in streamed] == [(call.function.name,
                                                                             call.function.arguments)]
+
+
+def _with_adapter(export: Path, adapter: str | None, path: Path | None, prompt: str,
+                  max_tokens: int) -> tuple[str, list[float]]:
+    """Greedy text and token logprobs of ``export`` with ``adapter`` (None: the base) in process: what the
+    server must answer (the random model's text alone is the same few tokens whatever the adapter)."""
+    from lmforge.generate.engine import Engine, SamplingParams
+    from lmforge.generate.onnx_model import OnnxModel
+
+    model = OnnxModel(export)
+    if adapter:
+        model.adapters.load(adapter, path)
+    engine = Engine(model, max_running=1)
+    engine.add("x", model.tokenizer(prompt).input_ids, SamplingParams(max_tokens=max_tokens, temperature=0,
+                                                                      logprobs=0), adapter=adapter)
+    text, logprobs = "", []
+    while engine.has_work():
+        for out in engine.step():
+            text, logprobs = text + out.text, logprobs + [lp.logprob for lp in out.logprobs or []]
+    return text, logprobs
+
+
+def test_lora_adapters_beside_their_base_through_a_gateway(served, exports, tmp_path):
+    """An export with LoRA inputs behind the gateway: `model: tiny:qa` (exported beside it) and `tiny:sum`
+    (loaded from serve.lora_root by the first request naming it) answer as the adapter does in process,
+    the base as the base; /v1/models lists the loaded adapters; unknown adapters are 404, a path outside
+    the root 400, unloading takes one out; schemathesis over the load/unload routes finds no 5xx."""
+    config = served.config(autoscaling={"min_replicas": 1, "max_replicas": 1}, lora_root=str(exports["lora_root"]))
+    config.serve.models = {MODEL: str(exports["lora"]), "other": str(exports["v2"])}
+    served.deploy("lora", config)
+    client = _client(served.url, max_retries=2)
+    assert sorted(m.id for m in client.models.list().data) == ["other", MODEL, f"{MODEL}:qa"]
+    prompt, adapters = "The river", {"qa": exports["lora"] / "adapters" / "qa", "sum": exports["lora_root"] / "sum"}
+    answers = {}
+    for name in ("qa", "sum", None):
+        model = f"{MODEL}:{name}" if name else MODEL
+        done = client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0, logprobs=0)
+        answers[name] = (done.choices[0].text, done.choices[0].logprobs.token_logprobs)
+        want_text, want_logprobs = _with_adapter(exports["lora"], name, adapters.get(name), prompt, 8)
+        assert answers[name][0] == want_text and done.model == model, name
+        np.testing.assert_allclose(answers[name][1], want_logprobs, atol=1e-4)
+        chunks = list(client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                                     max_tokens=4, temperature=0, stream=True))
+        assert chunks and all(c.model == model for c in chunks)
+    for a, b in (("qa", "sum"), ("qa", None), ("sum", None)):  # each adapter changes the answer
+        assert not np.allclose(answers[a][1], answers[b][1], atol=1e-3), (a, b)
+    assert f"{MODEL}:sum" in [m.id for m in client.models.list().data]
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.completions.create(model=f"{MODEL}:nope", prompt=prompt, max_tokens=2)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    outside = requests.post(f"{served.url}/v1/load_lora_adapter", headers=headers, timeout=30,
+                            json={"model": MODEL, "lora_name": "x", "lora_path": str(tmp_path)})
+    assert outside.status_code == 400 and "not under serve.lora_root" in outside.json()["error"]["message"]
+    gone = requests.post(f"{served.url}/v1/unload_lora_adapter", json={"model": MODEL, "lora_name": "sum"},
+                         headers=headers, timeout=30)
+    assert gone.status_code == 200 and f"{MODEL}:sum" not in [m.id for m in client.models.list().data]
+    assert requests.post(f"{served.url}/v1/unload_lora_adapter", json={"model": MODEL, "lora_name": "sum"},
+                         headers=headers, timeout=30).status_code == 404
+    cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{served.url}/openapi.json", "--checks",
+           "not_a_server_error", "-H", f"Authorization: Bearer {KEY}", "--max-examples", "15", "--seed", "1",
+           "--include-path-regex", "lora_adapter|completions", "--request-timeout", "30", "--workers", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:]
 
 
 @pytest.mark.parametrize("status", [503, 429])

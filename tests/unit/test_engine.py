@@ -293,10 +293,10 @@ def test_a_refused_request_fails_alone_and_any_seed_works(model):
         got = [t async for out in engine.generate("a", _ids(model, PROMPTS[0]), params) for t in out.token_ids]
         add = engine.engine.add
 
-        def refusing_add(request_id, ids, p):  # a request the engine thread itself refuses
+        def refusing_add(request_id, ids, p, adapter=None):  # a request the engine thread itself refuses
             if request_id == "bad":
                 raise ValueError("refused")
-            add(request_id, ids, p)
+            add(request_id, ids, p, adapter)
 
         engine.engine.add = refusing_add
         with pytest.raises(ValueError, match="refused"):
@@ -351,9 +351,9 @@ def test_prompts_admitted_together_share_one_prefill_call_and_get_their_own_toke
     engine = Engine(model, max_running=4)
     calls = []
 
-    def counting_run_rows(cache, rows):
+    def counting_run_rows(cache, rows, **kw):
         calls.append((len(rows), max(len(tokens) for _, tokens, _, _ in rows)))  # (rows, width) of one call
-        return model.run_rows(cache, rows)
+        return model.run_rows(cache, rows, **kw)
 
     engine.model = type("Counted", (), {"__getattr__": lambda self, name: getattr(model, name),
                                         "run_rows": staticmethod(counting_run_rows)})()

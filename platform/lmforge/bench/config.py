@@ -102,6 +102,11 @@ class ServeBenchConfig:
     # and the top concurrency level again with that schema on every request
     structured: bool = False
     structured_prompts: int = 50  # chat requests with the schema whose answers are parsed and validated
+    # LoRA adapters the served export holds (exported beside it): the top level again with its streams spread
+    # over them (`<model_name>:<adapter>`), and on the base alone; with `merged_model` (an export of one of
+    # them merged into the base), that served alone at the top level: tokens/s and the replicas' memory
+    adapters: list[str] = dataclasses.field(default_factory=list)
+    merged_model: str | None = None
     output: str | None = None  # JSON file; printed either way
 
     def __post_init__(self):
@@ -109,6 +114,7 @@ class ServeBenchConfig:
         check(all(c >= 1 for c in self.concurrency), "concurrency", "every level must be >= 1")
         check(not self.llama_server or bool(self.llama_gguf), "llama_gguf", "llama_server needs a GGUF to serve")
         check(self.rounds >= 1, "rounds", "must be >= 1")
+        check(self.merged_model is None or bool(self.adapters), "merged_model", "compares with `adapters`: set them")
 
 
 @dataclasses.dataclass(kw_only=True)

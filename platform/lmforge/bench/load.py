@@ -79,11 +79,13 @@ async def _one(client, model: str, prompt: str, max_tokens: int, stream: bool, r
         result.failures.append((start, time.perf_counter()))
 
 
-async def run_load(url: str, model: str, api_key: str | None = None, concurrency: int = 8, duration_s: float = 30,
-                   requests: int | None = None, prompt: str = "The history of the city", max_tokens: int = 32,
+async def run_load(url: str, model: str | list[str], api_key: str | None = None, concurrency: int = 8,
+                   duration_s: float = 30, requests: int | None = None, prompt: str = "The history of the city",
+                   max_tokens: int = 32,
                    stream: bool = True, extra: dict | None = None, timeout_s: float = 120,
                    max_retries: int | None = None) -> LoadResult:
-    """Drive ``url`` (``http://host:port``) with ``concurrency`` clients; see the module docstring."""
+    """Drive ``url`` (``http://host:port``) with ``concurrency`` clients; see the module docstring. Several
+    ``model`` names: client ``i`` asks for the ``i``-th, round robin (e.g. mixed LoRA adapters)."""
     import openai
 
     retries = {} if max_retries is None else {"max_retries": max_retries}  # None: the client's own default
@@ -91,14 +93,16 @@ async def run_load(url: str, model: str, api_key: str | None = None, concurrency
     result, deadline = LoadResult(), time.perf_counter() + duration_s
     sent = 0
 
-    async def worker() -> None:
+    models = [model] if isinstance(model, str) else model
+
+    async def worker(name: str) -> None:
         nonlocal sent
         while time.perf_counter() < deadline and (requests is None or sent < requests):
             sent += 1
-            await _one(client, model, prompt, max_tokens, stream, result, extra or {"temperature": 0})
+            await _one(client, name, prompt, max_tokens, stream, result, extra or {"temperature": 0})
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(models[i % len(models)]) for i in range(concurrency)))
     result.seconds = time.perf_counter() - start
     await client.close()
     return result

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -27,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from lmforge.bench import write_result
+from lmforge.bench import lora_bench, write_result
 from lmforge.bench.config import ServeBenchConfig
 from lmforge.bench.load import percentiles, run_load
 
@@ -130,6 +131,8 @@ def _measure(url: str, cfg: ServeBenchConfig, key: str | None, peer_url: str | N
            "short_request_latency_s": _short_requests(url, cfg, key)}
     if cfg.structured:
         out["structured_output"] = _structured(url, cfg, key)
+    if cfg.adapters:
+        out["adapters"] = lora_bench.mixed(url, cfg, key, prompt)
     if peer_url:
         out["llama_server"] = {k: _best(v) for k, v in peer.items()}
         out["vs_llama_server"] = {k: {"tokens_per_s_ratio": out["levels"][k]["tokens_per_s"] / p["tokens_per_s"],
@@ -272,9 +275,10 @@ def _serve_locally(model_dir: Path, cfg: ServeBenchConfig) -> tuple[dict, dict]:
         try:
             with _llama_server(cfg) as peer_url:
                 measured = _measure(url, cfg, None, peer_url)
+            rss = lora_bench.replica_rss_bytes()
         finally:
             server.stop()
-    return measured, {"replica_cpus": serve_cfg.serve.replica_cpus, "replicas": 1}
+    return measured, {"replica_cpus": serve_cfg.serve.replica_cpus, "replicas": 1, "replica_rss_bytes": rss}
 
 
 def run(cfg: ServeBenchConfig) -> dict:
@@ -296,4 +300,9 @@ def run(cfg: ServeBenchConfig) -> dict:
             many["tokens_per_s"] / alone[f"batch_{top}_tokens_per_s"])
         result["server_overhead_p50_ms"] = 1000 * (measured["short_request_latency_s"]["p50"]
                                                    - alone["one_token_latency_s"]["p50"])
+    if cfg.merged_model and cfg.url is None:  # the same top level on the merged model, served alone
+        alone_cfg = dataclasses.replace(cfg, concurrency=[top], adapters=[], merged_model=None, structured=False,
+                                        llama_server=None, short_requests=1)
+        merged, merged_setup = _serve_locally(Path(cfg.merged_model), alone_cfg)
+        result["adapters"]["vs_merged"] = lora_bench.compare(result, {**merged, "setup": merged_setup}, model_dir, cfg)
     return write_result(result, cfg.output)

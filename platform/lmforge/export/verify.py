@@ -53,6 +53,34 @@ def parity(model, onnx_path: Path, cfg: ExportConfig, seed: int = 0) -> dict:
     return {"max_abs_diff": max(diffs.values()), "atol": cfg.parity_atol, "steps": diffs}
 
 
+def adapter_parity(model, onnx_path: Path, adapters: dict[str, str], cfg: ExportConfig, seed: int = 0) -> dict:
+    """Per adapter, max abs logits difference between the graph with it applied and peft's model with it
+    (unmerged: the same sum, ``W x + B A x``, so float rounding stays as small as the base's), over rows
+    of different lengths in one call where the other rows run another adapter or the base (a row must
+    never see another row's adapter). That the same adapter merged into the weights and exported on its
+    own decides the same tokens is the serving tests' and docs/benchmarks.md's to show."""
+    import copy
+
+    from peft import PeftModel
+
+    rng = np.random.default_rng(seed)
+    onnx = OnnxModel(onnx_path.parent, model_file=onnx_path.name)
+    names = list(adapters)
+    for name in names:
+        onnx.adapters.load(name, adapters[name])
+    t = cfg.parity_seq_len
+    seqs = [rng.integers(3, model.config.vocab_size, size=t - i % 3).tolist() for i in range(len(names) + 1)]
+    uids = [onnx.adapters.uid(n) for n in names] + [0]  # the last row: the base
+    cache = onnx.new_cache(len(seqs), t)
+    got = onnx.run_rows(cache, [(i, s, 0, len(s)) for i, s in enumerate(seqs)],
+                        adapter_of={i: uid for i, uid in enumerate(uids)})
+    report = {"base_row": _diff(got[len(names)], _torch_logits(model, seqs[-1]))}
+    for i, name in enumerate(names):
+        with_adapter = PeftModel.from_pretrained(copy.deepcopy(model), adapters[name]).eval()
+        report[name] = _diff(got[i], _torch_logits(with_adapter, seqs[i]))
+    return report
+
+
 def _torch_logits(model, seq: list[int]) -> np.ndarray:
     with torch.no_grad():
         return model(torch.tensor([seq])).logits[0].numpy()
@@ -153,6 +181,11 @@ def gate(report: dict, cfg: ExportConfig, partial: Path) -> None:
         problems.append(f"ONNX logits differ from PyTorch by {diff:.3e} > {cfg.parity_atol:.0e}")
     if not report["greedy_matches_transformers"]:
         problems.append("greedy generation differs from transformers' generate")
+    if "adapters" in report and report["precision"] == "fp32":  # reduced precision: reported, not gated
+        worse = {k: v for k, v in report["adapters"]["parity"].items() if not v <= cfg.parity_atol}
+        if worse:
+            problems.append(f"logits with adapters differ from PyTorch with them (peft): {worse} > "
+                            f"{cfg.parity_atol:.0e}")
     limit = cfg.max_ppl_increase
     if limit is None:
         limit = MAX_PPL_INCREASE.get(cfg.quantize, 0) + (MAX_PPL_INCREASE["kv_int8"] if cfg.kv_cache == "int8" else 0)

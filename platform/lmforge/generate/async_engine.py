@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class AsyncEngine:
     def __init__(self, engine: Engine, on_step: Callable[[Engine], None] = lambda engine: None):
         self.engine, self.on_step = engine, on_step
-        self._inbox: collections.deque = collections.deque()  # (id, prompt ids, params, loop, queue)
+        self._inbox: collections.deque = collections.deque()  # (id, prompt ids, params, adapter)
         self._aborts: collections.deque = collections.deque()
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._wake = threading.Event()
@@ -30,13 +30,15 @@ class AsyncEngine:
         self._thread = threading.Thread(target=self._loop, name="lmforge-engine", daemon=True)
         self._thread.start()
 
-    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Output]:
-        """Outputs of one request as the engine produces them; the last has its ``finish_reason``. Raises
-        :class:`~lmforge.generate.engine.ContextLengthError` before accepting a request that cannot fit."""
+    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                       adapter: str | None = None) -> AsyncIterator[Output]:
+        """Outputs of one request (with a loaded LoRA ``adapter``, or the base) as the engine produces them;
+        the last has its ``finish_reason``. Raises :class:`~lmforge.generate.engine.ContextLengthError`
+        before accepting a request that cannot fit."""
         self.engine.check(prompt_ids, params)
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[request_id] = (asyncio.get_running_loop(), queue)
-        self._inbox.append((request_id, prompt_ids, params))
+        self._inbox.append((request_id, prompt_ids, params, adapter))
         self._wake.set()
         finished = False
         try:

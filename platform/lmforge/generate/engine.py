@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lmforge.generate.adapters import AdapterNotFound
 from lmforge.generate.choice import choose, grammar_complete
 from lmforge.generate.constraints import Grammars
 from lmforge.generate.kv_cache import KVCache, cache_layout
@@ -54,6 +55,7 @@ class _Seq:
     computed: int = 0  # prompt tokens in the cache (prefill progress)
     scored: list | None = None  # prompt logprobs gathered over the prefill's chunks
     matcher: object | None = None  # the constraint's llguidance matcher, fed every chosen token
+    adapter: int = 0  # the LoRA adapter's uid (lmforge.generate.adapters); 0: the base
 
     @property
     def length(self) -> int:
@@ -114,6 +116,15 @@ class Engine:
                 f"This model's maximum context length is {self.max_context} tokens. However, you "
                 f"requested {needed} tokens ({len(prompt_ids)} in the prompt, {params.max_tokens} in the completion).")
 
+    def adapter_uid(self, name: str | None) -> int:
+        """A loaded adapter's uid (0 for None: the base); ``AdapterNotFound`` otherwise."""
+        if name is None:
+            return 0
+        if self.model.adapters is None:
+            raise AdapterNotFound(f"adapter `{name}`: this model's export takes no LoRA adapters "
+                                  "(export it with adapters=[...] or lora_targets=[...])")
+        return self.model.adapters.uid(name)
+
     @property
     def capacity(self) -> int:
         """Sequences the engine can ever hold at once: its slots and its queue."""
@@ -123,16 +134,18 @@ class Engine:
         """Sequences that can still be queued (whatever their size)."""
         return self.max_waiting + sum(p.free_slots() for p in self.pools) - len(self.waiting)
 
-    def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Queue a request (see :meth:`check`); :class:`EngineFullError` when the queue is full."""
+    def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> None:
+        """Queue a request (see :meth:`check`), with a loaded LoRA ``adapter`` or the base;
+        :class:`EngineFullError` when the queue is full, ``AdapterNotFound`` for an adapter not loaded."""
         self.check(prompt_ids, params)
+        uid = self.adapter_uid(adapter)
         if self.room() < 1:
             raise EngineFullError(f"{len(self.waiting)} sequences are waiting already")
         seed = None if params.seed is None else params.seed % 2**64  # any integer seeds (OpenAI allows negatives)
         stream = TextStream(self.model.tokenizer, params.stop)
         matcher = self.grammars.matcher(params.constraint) if params.constraint is not None else None
         self.waiting.append(_Seq(request_id, list(prompt_ids), params, np.random.default_rng(seed), stream,
-                                 matcher=matcher))
+                                 matcher=matcher, adapter=uid))
 
     def reset(self) -> list[str]:
         """Drop every request (after a failed step); returns their ids."""
@@ -192,7 +205,7 @@ class Engine:
                 continue
             self.waiting.remove(s)
             # the prompt's logprobs need logits at every position: no reuse for them
-            s.slot, s.computed = pool.acquire(s.prompt, reuse=not s.params.prompt_logprobs)
+            s.slot, s.computed = pool.acquire(s.prompt, reuse=not s.params.prompt_logprobs, adapter=s.adapter)
             s.pool = pool
             s.scored = [None] if s.params.prompt_logprobs else None
             self.prefilling.append(s)
@@ -204,7 +217,8 @@ class Engine:
 
     def _decode(self, pool: KVCache, rows: list[_Seq]) -> list[Output]:
         """One graph call: each running row's last token joins its cache; the next token is chosen."""
-        out = self.model.run_rows(pool, [(s.slot, s.generated[-1:], s.length - 1, 1) for s in rows])
+        out = self.model.run_rows(pool, [(s.slot, s.generated[-1:], s.length - 1, 1) for s in rows],
+                                  adapter_of=_adapters(rows))
         for s in rows:
             pool.tokens[s.slot].append(s.generated[-1])
         picks = self._choose(np.stack([out[s.slot][0] for s in rows]), rows)
@@ -235,7 +249,8 @@ class Engine:
             return
         source, slot, n = None, -1, s.computed
         for pool in self.pools:
-            found, k = pool.longest_prefix(s.prompt, len(s.prompt) - 1, skip=s.slot if pool is s.pool else -1)
+            found, k = pool.longest_prefix(s.prompt, len(s.prompt) - 1, skip=s.slot if pool is s.pool else -1,
+                                           adapter=s.adapter)
             if k > n:
                 source, slot, n = pool, found, k
         if n - s.computed >= _MIN_COPY:
@@ -246,7 +261,8 @@ class Engine:
         """One graph call for neighbouring slots' chunks; logits at every chunk position only for the rows
         that score their prompt, else at the last."""
         wanted = [len(c) if s.scored is not None else 1 for s, c in group]
-        out = self.model.run_rows(group[0][0].pool, [(s.slot, c, s.computed, k) for (s, c), k in zip(group, wanted)])
+        out = self.model.run_rows(group[0][0].pool, [(s.slot, c, s.computed, k) for (s, c), k in zip(group, wanted)],
+                                  adapter_of=_adapters([s for s, _ in group]))
         return [o for s, chunk in group for o in self._prefilled(s, chunk, out[s.slot])]
 
     def _prefilled(self, s: _Seq, chunk: list[int], logits: np.ndarray) -> list[Output]:
@@ -308,6 +324,8 @@ class Engine:
             for s in done:
                 group.remove(s)
                 s.pool.release(s.slot)
+        if self.model.adapters is not None and self.model.adapters.retired:  # unloaded: gone once unused
+            self.model.adapters.collect({s.adapter for s in [*self.running, *self.prefilling, *self.waiting]})
 
     def _drop_aborted(self) -> list[Output]:
         if not self._aborted:
@@ -319,6 +337,11 @@ class Engine:
         self._retire()
         self._aborted.clear()
         return [self._output(s, [], "", [], None) for s in gone]
+
+
+def _adapters(rows: list[_Seq]) -> dict[int, int] | None:
+    """slot -> adapter uid of the rows that run one (None when all run the base)."""
+    return {s.slot: s.adapter for s in rows if s.adapter} or None
 
 
 def _calls(plan: list[tuple[_Seq, list[int]]]) -> list[list[tuple[_Seq, list[int]]]]:

@@ -7,7 +7,8 @@ join or leave, and no row is padded to another's length.
 
 A slot keeps its tokens after its sequence ends. A new prompt that starts with tokens some free slot
 still holds (the earlier turns of a chat, a shared system prompt) takes that slot and skips computing
-them: only the rest of the prompt is prefilled.
+them: only the rest of the prompt is prefilled. A slot also remembers which LoRA adapter computed it
+(:mod:`lmforge.generate.adapters`): keys and values differ per adapter, so only the same one reuses it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ class KVCache:
             self.buffers = {n: ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, device, 0) for n in names}
             self._base = {n: b.data_ptr() for n, b in self.buffers.items()}
         self.bindings: dict = {}  # (first slot, rows) -> the onnxruntime IOBinding of those rows (OnnxModel's)
+        self.adapter_versions: dict = {}  # (first slot, rows) -> the adapter stack version bound there
+        self.bound_stacks: dict = {}  # (first slot, rows) -> that stack, alive while bound
         self.tokens: list[list[int]] = [[] for _ in range(slots)]  # what each slot's cache holds, in order
+        self.adapter = [0] * slots  # the adapter uid that computed each slot's cache (0: the base)
         self.busy = [False] * slots
         self.stats = CacheStats()
 
@@ -62,32 +66,33 @@ class KVCache:
     def free_slots(self) -> int:
         return self.busy.count(False)
 
-    def acquire(self, prompt: list[int], reuse: bool = True) -> tuple[int, int]:
-        """A free slot for ``prompt`` and how many of its first tokens that slot's cache already holds
-        (at most all but the last: its logits are needed). Raises when every slot is busy.
+    def acquire(self, prompt: list[int], reuse: bool = True, adapter: int = 0) -> tuple[int, int]:
+        """A free slot for ``prompt`` (computed with ``adapter``) and how many of its first tokens that slot's
+        cache already holds (at most all but the last: its logits are needed). Raises when every slot is busy.
 
         Without a shared prefix the lowest free slot is taken: a decode call spans the slots from the
         lowest running one to the highest, and every idle row inside costs a row of compute."""
         best, reused = -1, 0
         for slot in range(self.slots):
             if not self.busy[slot]:
-                n = _common_prefix(self.tokens[slot], prompt, len(prompt) - 1) if reuse else 0
+                same = reuse and self.adapter[slot] == adapter
+                n = _common_prefix(self.tokens[slot], prompt, len(prompt) - 1) if same else 0
                 if best < 0 or n > reused:
                     best, reused = slot, n
         if best < 0:
             raise RuntimeError("no free KV cache slot")
-        self.busy[best] = True
+        self.busy[best], self.adapter[best] = True, adapter
         del self.tokens[best][reused:]  # what follows the shared prefix is overwritten
         self.stats.prompt_tokens += len(prompt)
         self.stats.reused_tokens += reused
         return best, reused
 
-    def longest_prefix(self, prompt: list[int], limit: int, skip: int = -1) -> tuple[int, int]:
-        """The slot (busy or free, but ``skip``) whose cache holds the longest start of ``prompt``, at most
-        ``limit`` tokens of it, and that length: ``(-1, 0)`` when none shares a token."""
+    def longest_prefix(self, prompt: list[int], limit: int, skip: int = -1, adapter: int = 0) -> tuple[int, int]:
+        """The slot (busy or free, but ``skip``) whose cache holds the longest start of ``prompt`` computed with
+        ``adapter``, at most ``limit`` tokens of it, and that length: ``(-1, 0)`` when none shares a token."""
         best, n = -1, 0
         for slot in range(self.slots):
-            if slot != skip:
+            if slot != skip and self.adapter[slot] == adapter:
                 k = _common_prefix(self.tokens[slot], prompt, limit)
                 if k > n:
                     best, n = slot, k

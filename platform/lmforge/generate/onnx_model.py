@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lmforge.generate import adapters
+from lmforge.generate.adapters import AdapterSet
 from lmforge.generate.kv_cache import KVCache
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -24,6 +26,16 @@ _ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8}  # of the K
 def context_length(hf_config: dict) -> int:
     """The positions a model's HF ``config.json`` allows (GPT-2 names them ``n_positions``)."""
     return int(hf_config.get("max_position_embeddings") or hf_config.get("n_positions") or 2048)
+
+
+def lora_targets(inputs: dict) -> dict[str, tuple[int, int]]:
+    """{module path: (in, out)} of a graph's LoRA inputs (``lora.<path>.A`` ``[in, R]``, ``.B`` ``[R, out]``)."""
+    targets = {}
+    for name, arg in inputs.items():
+        if name.startswith("lora.") and name.endswith(".A"):
+            target = name[len("lora."): -len(".A")]
+            targets[target] = (arg.shape[0], inputs[adapters.input_names(target)[1]].shape[1])
+    return targets
 
 
 class OnnxModel:
@@ -61,6 +73,8 @@ class OnnxModel:
         self.vocab_size = self.session.get_outputs()[0].shape[-1]
         if not isinstance(self.vocab_size, int):
             self.vocab_size = int(hf_config.get("vocab_size") or len(self.tokenizer))
+        # an export with LoRA inputs serves adapters beside the base (lmforge.generate.adapters)
+        self.adapters = AdapterSet(lora_targets(inputs)) if adapters.MASK in inputs else None
 
     @property
     def bytes_per_token(self) -> int:
@@ -72,12 +86,16 @@ class OnnxModel:
                        self.device, self.kv_dtype)
 
     def run(self, cache: KVCache, first_slot: int, input_ids: np.ndarray, query_seqlens: np.ndarray,
-            seqlens_k: np.ndarray, logits_index: np.ndarray, hidden: np.ndarray | None = None) -> np.ndarray:
+            seqlens_k: np.ndarray, logits_index: np.ndarray, hidden: np.ndarray | None = None,
+            adapter_uids: list[int] | None = None) -> np.ndarray:
         """One graph call over slots ``[first_slot, first_slot + len(input_ids))``: each row's
         ``query_seqlens`` tokens (of ``input_ids``, right-padded) join its cache, which then holds
-        ``seqlens_k + 1`` tokens; returns the logits at ``logits_index`` ``[rows, K, vocab]``."""
+        ``seqlens_k + 1`` tokens; returns the logits at ``logits_index`` ``[rows, K, vocab]``. With
+        adapters, ``adapter_uids`` says each row's (0 or None: the base)."""
         rows = input_ids.shape[0]
         io = self._binding(cache, first_slot, rows)
+        if self.adapters is not None:
+            self._bind_adapters(io, cache, (first_slot, rows), adapter_uids or [0] * rows)
         feeds = (input_ids.astype(np.int64, copy=False), query_seqlens.astype(np.int32, copy=False),
                  seqlens_k.astype(np.int32, copy=False), np.array(cache.capacity, np.int32),
                  logits_index.astype(np.int64, copy=False))
@@ -105,12 +123,25 @@ class OnnxModel:
             cache.bindings[key] = io
         return io
 
+    def _bind_adapters(self, io, cache: KVCache, key: tuple[int, int], uids: list[int]) -> None:
+        """The rows' adapter mask, every call; the adapters' stacked weights only when they changed since
+        this binding last had them (bound by address: the stack's arrays live as long as it does, and a
+        new stack is bound before the next call)."""
+        stack = self.adapters.stack
+        if cache.adapter_versions.get(key) != stack.version:
+            for name, value in stack.inputs.items():
+                io.bind_input(name, "cpu", 0, np.float32, value.shape, value.ctypes.data)
+            cache.adapter_versions[key] = stack.version
+            cache.bound_stacks[key] = stack  # keeps the bound arrays alive while the binding names them
+        io.bind_cpu_input(adapters.MASK, stack.mask(uids))
+
     def run_rows(self, cache: KVCache, rows: list[tuple[int, list[int], int, int]],
-                 hidden: np.ndarray | None = None) -> dict[int, np.ndarray]:
+                 hidden: np.ndarray | None = None, adapter_of: dict[int, int] | None = None) -> dict[int, np.ndarray]:
         """One graph call for ``(slot, new tokens, tokens already cached, logits wanted)`` rows: the call
         spans the lowest to the highest slot, the slots between idle (no new tokens, cache untouched), the
         new tokens right-padded to the longest; returns each slot's logits at its last ``wanted`` new
-        tokens, ``[wanted, vocab]`` (and fills ``hidden`` ``[slots spanned, longest, hidden]`` when given)."""
+        tokens, ``[wanted, vocab]`` (and fills ``hidden`` ``[slots spanned, longest, hidden]`` when given);
+        ``adapter_of``: slot -> adapter uid for the rows that use one."""
         first = min(slot for slot, *_ in rows)
         n = max(slot for slot, *_ in rows) - first + 1
         width, keep = max(len(t) for _, t, _, _ in rows), max(k for *_, k in rows)
@@ -121,23 +152,29 @@ class OnnxModel:
             ids[i, : len(tokens)], query[i], total[i] = tokens, len(tokens), cached + len(tokens)
             index[i, :wanted] = np.arange(len(tokens) - wanted, len(tokens))
             index[i, wanted:] = len(tokens) - 1
-        logits = self.run(cache, first, ids, query, total - 1, index, hidden)
+        uids = [adapter_of.get(first + i, 0) for i in range(n)] if adapter_of else None
+        logits = self.run(cache, first, ids, query, total - 1, index, hidden, uids)
         return {slot: logits[slot - first, :wanted] for slot, _, _, wanted in rows}
 
-    def logits(self, seqs: list[list[int]], starts: list[int] | None = None) -> list[np.ndarray]:
+    def logits(self, seqs: list[list[int]], starts: list[int] | None = None,
+               adapter: str | None = None) -> list[np.ndarray]:
         """Each sequence's logits at positions ``[start, len)`` (default all), ``[len - start, vocab]``; all
-        sequences in one call, right-padded, over a cache of their own."""
+        sequences in one call, right-padded, over a cache of their own; with a loaded ``adapter``'s weights."""
         starts = starts or [0] * len(seqs)
         cache = self.new_cache(len(seqs), max(len(s) for s in seqs))
-        out = self.run_rows(cache, [(i, s, 0, len(s) - b) for i, (s, b) in enumerate(zip(seqs, starts))])
+        uid = self.adapters.uid(adapter) if adapter is not None else 0
+        out = self.run_rows(cache, [(i, s, 0, len(s) - b) for i, (s, b) in enumerate(zip(seqs, starts))],
+                            adapter_of={i: uid for i in range(len(seqs))} if uid else None)
         return [out[i] for i in range(len(seqs))]
 
-    def embed(self, seqs: list[list[int]], max_tokens_per_call: int = 2048) -> np.ndarray:
+    def embed(self, seqs: list[list[int]], max_tokens_per_call: int = 2048, adapter: str | None = None) -> np.ndarray:
         """Each sequence's embedding ``[len(seqs), hidden]``: the final hidden states (after the last norm)
         averaged over its tokens, then L2-normalised; sequences batched into calls of at most
-        ``max_tokens_per_call`` padded positions (each call's KV cache is its own, then dropped)."""
+        ``max_tokens_per_call`` padded positions (each call's KV cache is its own, then dropped); with a
+        loaded ``adapter``'s weights."""
         if self.hidden_size is None:
             raise ValueError(f"{self.model_dir} is an export without hidden states: export it again to embed")
+        uid = self.adapters.uid(adapter) if adapter is not None else 0
         out = np.zeros((len(seqs), self.hidden_size), np.float32)
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a call
         start = 0
@@ -148,7 +185,8 @@ class OnnxModel:
             group = [seqs[i] for i in order[start:end]]
             width = max(len(s) for s in group)
             hidden = np.empty((len(group), width, self.hidden_size), np.float32)
-            self.run_rows(self.new_cache(len(group), width), [(row, s, 0, 1) for row, s in enumerate(group)], hidden)
+            self.run_rows(self.new_cache(len(group), width), [(row, s, 0, 1) for row, s in enumerate(group)], hidden,
+                          {row: uid for row in range(len(group))} if uid else None)
             for row, i in enumerate(order[start:end]):
                 out[i] = hidden[row, : len(seqs[i])].mean(axis=0)
             start = end

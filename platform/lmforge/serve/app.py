@@ -23,10 +23,19 @@ from ray.serve.config import BackpressureConfig
 
 from lmforge import config as cfgmod
 from lmforge import storage
+from lmforge.generate.adapters import AdapterError
 from lmforge.serve import auth, catalog, responses
 from lmforge.serve.config import ServeConfig, ServeOptions
 from lmforge.serve.http import Front, make_api
-from lmforge.serve.openai_api import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from lmforge.serve.openai_api import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    LoadAdapterRequest,
+    RequestError,
+    UnloadAdapterRequest,
+    error_body,
+)
 
 log = logging.getLogger("ray.serve.lmforge")
 
@@ -54,6 +63,7 @@ class _ModelReplica:
         from lmforge.generate.engine import Engine
         from lmforge.generate.onnx_model import OnnxModel
         from lmforge.serve.handlers import ModelEndpoints
+        from lmforge.serve.lora import ServedAdapters
         from lmforge.serve.metrics import ModelMetrics
 
         opts = cfgmod.from_dict(ServeOptions, options)
@@ -63,12 +73,32 @@ class _ModelReplica:
         engine = Engine(model, **opts.engine.engine_args())
         log.info("model %s: %s", name, engine.describe())  # the replica's memory bound, stated at start
         self.engine = AsyncEngine(engine, on_step=self.metrics.engine_state)
-        self.endpoints = ModelEndpoints(self.engine, name, opts, self.metrics)
+        adapters = ServedAdapters(name, model, model_dir, opts.lora_root, opts.max_loaded_adapters)
+        if adapters.loaded():
+            log.info("model %s: LoRA adapters %s", name, ", ".join(sorted(adapters.loaded())))
+        self.endpoints = ModelEndpoints(self.engine, name, opts, self.metrics, adapters)
         self._info = catalog.model_info(model_dir)
         self.model_names = [name]
 
     def info(self) -> dict:
-        return self._info
+        """/v1/models entries: the model, and each adapter loaded in this replica."""
+        return {self.model_names[0]: self._info, **self.endpoints.adapters.listed()}
+
+    async def load_adapter(self, body, request_id):
+        try:
+            name = await self.endpoints.adapters.load(body.lora_name, body.lora_path)
+        except RequestError as e:
+            return e.status, error_body(str(e), param=e.param, code=e.code)
+        except (AdapterError, FileNotFoundError) as e:
+            return 400, error_body(str(e), param="lora_path")
+        return 200, {"object": "lora_adapter", "id": f"{self.model_names[0]}:{name}", "status": "loaded"}
+
+    async def unload_adapter(self, body, request_id):
+        try:
+            self.endpoints.adapters.unload(body.lora_name)
+        except RequestError as e:
+            return e.status, error_body(str(e), param="lora_name", code=e.code)
+        return 200, {"object": "lora_adapter", "id": f"{self.model_names[0]}:{body.lora_name}", "status": "unloaded"}
 
     async def completions(self, body, request_id):
         return await self.endpoints.completions(body, request_id)
@@ -117,7 +147,7 @@ class ModelFront(_ModelReplica, Front):
 
     @model_api.get("/v1/models")
     async def list_models(self) -> dict:
-        return responses.models_body({self.model_names[0]: self._info})
+        return responses.models_body(self.info())
 
     @model_api.post("/v1/completions")
     async def http_completions(self, body: CompletionRequest, request: Request):
@@ -130,6 +160,17 @@ class ModelFront(_ModelReplica, Front):
     @model_api.post("/v1/embeddings")
     async def http_embeddings(self, body: EmbeddingRequest, request: Request):
         return await self._dispatch("embeddings", body, request)
+
+    @model_api.post("/v1/load_lora_adapter")
+    async def http_load_adapter(self, body: LoadAdapterRequest, request: Request):
+        return await self._dispatch("load_adapter", body, request)
+
+    @model_api.post("/v1/unload_lora_adapter")
+    async def http_unload_adapter(self, body: UnloadAdapterRequest, request: Request):
+        return await self._dispatch("unload_adapter", body, request)
+
+    def _model_of(self, name):
+        return self.model_names[0] if self.endpoints.adapters.serves(name) else None
 
     async def _complete(self, endpoint, name, body, request_id):
         return await getattr(self, endpoint)(body, request_id)
@@ -155,7 +196,10 @@ class Gateway(Front):
 
     @gateway_api.get("/v1/models")
     async def list_models(self) -> dict:
-        return responses.models_body({name: await h.info.remote() for name, h in sorted(self.models.items())})
+        entries = {}
+        for _, h in sorted(self.models.items()):
+            entries.update(await h.info.remote())
+        return responses.models_body(entries)
 
     @gateway_api.post("/v1/completions")
     async def http_completions(self, body: CompletionRequest, request: Request):
@@ -168,6 +212,14 @@ class Gateway(Front):
     @gateway_api.post("/v1/embeddings")
     async def http_embeddings(self, body: EmbeddingRequest, request: Request):
         return await self._dispatch("embeddings", body, request)
+
+    @gateway_api.post("/v1/load_lora_adapter")
+    async def http_load_adapter(self, body: LoadAdapterRequest, request: Request):
+        return await self._dispatch("load_adapter", body, request)
+
+    @gateway_api.post("/v1/unload_lora_adapter")
+    async def http_unload_adapter(self, body: UnloadAdapterRequest, request: Request):
+        return await self._dispatch("unload_adapter", body, request)
 
     async def _complete(self, endpoint, name, body, request_id):
         return await getattr(self.models[name], endpoint).remote(body, request_id)

@@ -80,6 +80,11 @@ class ServeOptions:
     max_n: int = 4  # most choices per request
     max_embedding_inputs: int = 256  # most inputs per /v1/embeddings request
     max_request_bytes: int = 2 * 2**20  # larger request bodies get 413 before they are read
+    # LoRA adapters (exports made with adapters=/lora_targets=): besides those exported beside a model, any
+    # adapter dir under lora_root (local, or s3:// inside a finished stage output) is loaded when a request
+    # names `<model>:<adapter>` or POST /v1/load_lora_adapter does; None: no loading at run time
+    lora_root: str | None = None
+    max_loaded_adapters: int = 8  # per replica, from lora_root; the least recently used idle one makes room
     log_prompts: bool = False  # request logs carry the prompt text (they never do by default)
     startup_timeout_s: float = 180.0  # how long to wait for /healthz after deploying
     detach: bool = False  # deploy (or update a running app in place) and return, instead of serving until Ctrl-C
@@ -94,6 +99,7 @@ class ServeOptions:
         check(self.max_queued_requests >= 0, "max_queued_requests", "must be >= 0")
         check(self.max_n >= 1, "max_n", "must be >= 1")
         check(self.max_embedding_inputs >= 1, "max_embedding_inputs", "must be >= 1")
+        check(self.max_loaded_adapters >= 1, "max_loaded_adapters", "must be >= 1")
         check(self.max_request_bytes >= 1024, "max_request_bytes", "must be >= 1024")
         check(self.device == "cpu" or self.replica_gpus > 0, "replica_gpus", "device=cuda needs replica_gpus > 0")
 

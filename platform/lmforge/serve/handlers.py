@@ -15,11 +15,13 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+from lmforge.generate.adapters import AdapterNotFound
 from lmforge.generate.async_engine import AsyncEngine
 from lmforge.generate.constraints import ConstraintError
 from lmforge.generate.engine import ContextLengthError, EngineFullError
 from lmforge.serve import responses, tools
 from lmforge.serve.config import ServeOptions
+from lmforge.serve.lora import ServedAdapters, not_found
 from lmforge.serve.openai_api import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -60,8 +62,11 @@ class _Timer:
 
 
 class ModelEndpoints:
-    def __init__(self, engine: AsyncEngine, name: str, opts: ServeOptions, observer: Observer | None = None):
+    def __init__(self, engine: AsyncEngine, name: str, opts: ServeOptions, observer: Observer | None = None,
+                 adapters: ServedAdapters | None = None):
         self.engine, self.name, self.opts = engine, name, opts
+        model = engine.engine.model
+        self.adapters = adapters or ServedAdapters(name, model, str(model.model_dir), None, 0)
         self.tokenizer = engine.engine.model.tokenizer
         self.max_positions = engine.engine.max_context  # the replica's limit (engine.max_context)
         self.observer = observer or Observer()
@@ -89,9 +94,10 @@ class ModelEndpoints:
     async def completions(self, req: CompletionRequest, request_id: str) -> Result:
         start = time.perf_counter()
         try:
+            adapter = await self._adapter(req)
             jobs = self._completion_jobs(req)
-            choices = await self._run_all(jobs, request_id)
-        except (RequestError, ContextLengthError, ConstraintError) as e:
+            choices = await self._run_all(jobs, request_id, adapter)
+        except (RequestError, ContextLengthError, ConstraintError, AdapterNotFound) as e:
             return _client_error(e, "prompt")
         body = [responses.completion_choice(self.tokenizer, c, req.logprobs is not None, echo)
                 for c, (_, _, _, echo) in zip(choices, jobs)]
@@ -100,13 +106,14 @@ class ModelEndpoints:
     async def completions_stream(self, req: CompletionRequest, request_id: str) -> AsyncIterator:
         """First item: ``None`` (the stream starts) or a :data:`Result` (an error); then SSE strings."""
         try:
+            adapter = await self._adapter(req)
             jobs = self._completion_jobs(req)
-        except (RequestError, ContextLengthError, ConstraintError) as e:
+        except (RequestError, ContextLengthError, ConstraintError, AdapterNotFound) as e:
             yield _client_error(e, "prompt")
             return
         yield None
 
-        async for item in self._stream(jobs, request_id, "completions", req, responses.completion_chunk,
+        async for item in self._stream(jobs, request_id, adapter, "completions", req, responses.completion_chunk,
                                        lambda index, out, first: _completion_delta(self.tokenizer, req, jobs[index],
                                                                                    out, first)):
             yield item
@@ -147,17 +154,19 @@ class ModelEndpoints:
     async def chat(self, req: ChatCompletionRequest, request_id: str) -> Result:
         start = time.perf_counter()
         try:
+            adapter = await self._adapter(req)
             jobs, fns = self._chat_jobs(req)
-            choices = await self._run_all(jobs, request_id)
-        except (RequestError, ContextLengthError, ConstraintError) as e:
+            choices = await self._run_all(jobs, request_id, adapter)
+        except (RequestError, ContextLengthError, ConstraintError, AdapterNotFound) as e:
             return _client_error(e, "messages")
         body = [tools.with_call(responses.chat_choice(self.tokenizer, c, req.logprobs), fns) for c in choices]
         return 200, self._finish(responses.chat_body, request_id, "chat", body, choices, jobs, req, start)
 
     async def chat_stream(self, req: ChatCompletionRequest, request_id: str) -> AsyncIterator:
         try:
+            adapter = await self._adapter(req)
             jobs, fns = self._chat_jobs(req)
-        except (RequestError, ContextLengthError, ConstraintError) as e:
+        except (RequestError, ContextLengthError, ConstraintError, AdapterNotFound) as e:
             yield _client_error(e, "messages")
             return
         yield None
@@ -168,7 +177,7 @@ class ModelEndpoints:
                 return _chat_delta(self.tokenizer, req, index, out, first)
             return tools.call_delta(held, index, out, fns)  # a call is only known whole: held to the end
 
-        async for item in self._stream(jobs, request_id, "chat", req, responses.chat_chunk, delta):
+        async for item in self._stream(jobs, request_id, adapter, "chat", req, responses.chat_chunk, delta):
             yield item
 
     # ------------------------------------------------------------------ embeddings
@@ -177,6 +186,7 @@ class ModelEndpoints:
         start = time.perf_counter()
         model = self.engine.engine.model
         try:
+            adapter = await self._adapter(req)
             if model.hidden_size is None:
                 raise RequestError(f"model {self.name} cannot embed: its export has no hidden states (export it "
                                    "again with this version)", "model")
@@ -194,12 +204,18 @@ class ModelEndpoints:
                                              f"tokens. However, an input has {len(seq)} tokens.")
         except (RequestError, ContextLengthError) as e:
             return _client_error(e, "input")
-        vectors = await asyncio.to_thread(model.embed, ids)
+        vectors = await asyncio.to_thread(model.embed, ids, adapter=adapter)
         tokens = sum(len(seq) for seq in ids)
         self._log(request_id, "embeddings", 200, tokens, 0, time.perf_counter() - start, None, req)
-        return 200, responses.embeddings_body(self.name, vectors, req.encoding_format, tokens)
+        return 200, responses.embeddings_body(_served(self, req), vectors, req.encoding_format, tokens)
 
     # ------------------------------------------------------------------ shared
+    async def _adapter(self, req) -> str | None:
+        """The LoRA adapter the request's ``model`` names, loaded (None: the model itself); 404 if none."""
+        name = self.adapters.requested(req.model)
+        await self.adapters.ready(name)
+        return name
+
     def _check_limits(self, max_tokens: int, n: int, logprobs: int | None) -> None:
         if max_tokens > self.opts.max_tokens_limit:
             raise RequestError(f"max_tokens: {max_tokens} exceeds this server's limit of {self.opts.max_tokens_limit}",
@@ -222,11 +238,11 @@ class ModelEndpoints:
         if any(t >= vocab for t in ids):
             raise RequestError(f"{param}: token ids must be below the vocabulary size {vocab}", param)
 
-    async def _run_all(self, jobs, request_id: str) -> list[responses.Choice]:
-        """Run every job at once; their choices, in job order."""
+    async def _run_all(self, jobs, request_id: str, adapter: str | None) -> list[responses.Choice]:
+        """Run every job at once (with ``adapter``, or the base); their choices, in job order."""
         async def one(index: int, ids: list[int], params) -> responses.Choice:
             choice, timer = responses.Choice(index), _Timer(self.observer)
-            async for out in self.engine.generate(f"{request_id}-{index}", ids, params):
+            async for out in self.engine.generate(f"{request_id}-{index}", ids, params, adapter):
                 if out.token_ids:
                     timer.token()
                 choice.add(out)
@@ -235,7 +251,8 @@ class ModelEndpoints:
 
         return list(await asyncio.gather(*(one(i, ids, params) for i, ids, params, _ in jobs)))
 
-    async def _stream(self, jobs, request_id: str, endpoint: str, req, make_chunk, delta) -> AsyncIterator[str]:
+    async def _stream(self, jobs, request_id: str, adapter: str | None, endpoint: str, req, make_chunk,
+                      delta) -> AsyncIterator[str]:
         """Every job's outputs as SSE chunks as they come, then the usage chunk if asked, then [DONE]."""
         queue: asyncio.Queue = asyncio.Queue()
         start, totals, timers = time.perf_counter(), {}, {}
@@ -243,7 +260,7 @@ class ModelEndpoints:
         async def pump(index: int, ids: list[int], params) -> None:
             first = True
             try:
-                async for out in self.engine.generate(f"{request_id}-{index}", ids, params):
+                async for out in self.engine.generate(f"{request_id}-{index}", ids, params, adapter):
                     await queue.put((index, out, first))
                     first = False
             finally:
@@ -262,14 +279,14 @@ class ModelEndpoints:
                 totals[index] = (out.prompt_tokens, out.completion_tokens)
                 choice = delta(index, out, first)
                 if choice is not None:
-                    yield f"data: {json.dumps(make_chunk(request_id, self.name, choice))}\n\n"
+                    yield f"data: {json.dumps(make_chunk(request_id, _served(self, req), choice))}\n\n"
             for task in tasks:
                 task.result()  # a failed job fails the stream
             prompt_tokens = _prompt_total(jobs, totals)
             completion_tokens = sum(c for _, c in totals.values())
             if req.include_usage():
                 usage = responses.usage(prompt_tokens, completion_tokens)
-                yield f"data: {json.dumps(make_chunk(request_id, self.name, None, usage))}\n\n"
+                yield f"data: {json.dumps(make_chunk(request_id, _served(self, req), None, usage))}\n\n"
             yield "data: [DONE]\n\n"
             self._log(request_id, endpoint, 200, prompt_tokens, completion_tokens, time.perf_counter() - start,
                       min((t.ttft for t in timers.values() if t.ttft is not None), default=None), req)
@@ -283,17 +300,22 @@ class ModelEndpoints:
         completion_tokens = sum(c.completion_tokens for c in choices)
         ttft = min((c.ttft for c in choices if c.ttft is not None), default=None)
         self._log(request_id, endpoint, 200, prompt_tokens, completion_tokens, time.perf_counter() - start, ttft, req)
-        return make_body(request_id, self.name, body, prompt_tokens, completion_tokens)
+        return make_body(request_id, _served(self, req), body, prompt_tokens, completion_tokens)
 
     def _log(self, request_id: str, endpoint: str, status: int, prompt_tokens: int, completion_tokens: int,
              seconds: float, ttft: float | None, req) -> None:
         self.observer.finished(endpoint, prompt_tokens, completion_tokens, seconds)
-        entry = {"event": "request", "request_id": request_id, "model": self.name, "endpoint": endpoint,
+        entry = {"event": "request", "request_id": request_id, "model": _served(self, req), "endpoint": endpoint,
                  "status": status, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "ttft_s": ttft, "stream": req.stream, "n": getattr(req, "n", 1)}
         if self.opts.log_prompts:
             entry["prompt"] = req.chat() if hasattr(req, "chat") else getattr(req, "prompt", None) or req.input
         log.info(json.dumps(entry, ensure_ascii=False))
+
+
+def _served(endpoints: ModelEndpoints, req) -> str:
+    """The name a response carries: the model the request asked for (``<model>:<adapter>`` included)."""
+    return req.model or endpoints.name
 
 
 def _prompt_total(jobs, totals: dict[int, tuple[int, int]]) -> int:
@@ -307,6 +329,8 @@ def _prompt_total(jobs, totals: dict[int, tuple[int, int]]) -> int:
 
 
 def _client_error(e: Exception, default_param: str) -> Result:
+    if isinstance(e, AdapterNotFound):  # unloaded between the check and the engine taking the request
+        e = not_found(e)
     if isinstance(e, ContextLengthError):
         return 400, error_body(str(e), param=default_param, code="context_length_exceeded")
     return getattr(e, "status", 400), error_body(str(e), param=e.param, code=e.code)

@@ -66,7 +66,8 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat", "/v1/embeddings": "embeddings",
-             "/v1/models": "models"}
+             "/v1/models": "models", "/v1/load_lora_adapter": "load_lora_adapter",
+             "/v1/unload_lora_adapter": "unload_lora_adapter"}
 OPEN_PATHS = ("/healthz",)  # the only routes without a key: load balancers and Serve probe them
 
 
@@ -181,15 +182,20 @@ class Front:
         return _error(status, "the server is overloaded or a replica restarted; retry shortly", kind,
                       code="overloaded", headers={"Retry-After": self.retry_after})
 
+    def _model_of(self, name: str) -> str | None:
+        """The served model a request's ``model`` goes to: the model, or ``<model>:<adapter>`` (whether
+        the adapter exists is the model's replica's to say)."""
+        return next((m for m in self.model_names if name == m or name.startswith(f"{m}:")), None)
+
     async def _route(self, endpoint: str, body, request: Request):
         served = ", ".join(sorted(self.model_names))
         if body.model is None and len(self.model_names) != 1:
             return _error(400, f"model: required (served: {served})", param="model")
-        name = body.model if body.model is not None else self.model_names[0]
-        if name not in self.model_names:
-            return _error(404, f"The model `{name}` does not exist (served: {served})", param="model",
+        name = self._model_of(body.model) if body.model is not None else self.model_names[0]
+        if name is None:
+            return _error(404, f"The model `{body.model}` does not exist (served: {served})", param="model",
                           code="model_not_found")
-        request.state.model = name
+        request.state.model = name  # the metrics' label: served models only, whatever a client sends
         request_id = responses.new_id({"completions": "cmpl", "embeddings": "embd"}.get(endpoint, "chatcmpl"))
         try:
             if body.stream:

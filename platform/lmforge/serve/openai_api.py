@@ -277,3 +277,25 @@ def _as_list(prompt) -> list[str | list[int]]:
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class LoadAdapterRequest(BaseModel):
+    """vLLM's ``POST /v1/load_lora_adapter``: load ``lora_name`` from ``lora_path`` (default
+    ``<serve.lora_root>/<lora_name>``; it must be under that root) into ``model`` (default: the only one)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    lora_name: StrictStr
+    lora_path: StrictStr | None = None
+    model: StrictStr | None = None
+    stream: Literal[False] = False
+
+
+class UnloadAdapterRequest(BaseModel):
+    """vLLM's ``POST /v1/unload_lora_adapter``: requests already running with it finish with it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    lora_name: StrictStr
+    model: StrictStr | None = None
+    stream: Literal[False] = False
