@@ -103,10 +103,9 @@ class ServeBenchConfig:
     structured: bool = False
     structured_prompts: int = 50  # chat requests with the schema whose answers are parsed and validated
     # LoRA adapters the served export holds (exported beside it): the top level again with its streams spread
-    # over them (`<model_name>:<adapter>`), and on the base alone; with `merged_model` (an export of one of
-    # them merged into the base), that served alone at the top level: tokens/s and the replicas' memory
+    # over them (`<model_name>:<adapter>`), and on the base alone
     adapters: list[str] = dataclasses.field(default_factory=list)
-    merged_model: str | None = None
+    merged_model: str | None = None  # an export of one adapter merged in, served alone: tokens/s and memory
     output: str | None = None  # JSON file; printed either way
 
     def __post_init__(self):
