@@ -109,8 +109,11 @@ def test_serve_stopped_with_sigterm_under_load_finishes_its_requests_and_exits_0
     from tests.conftest import make_tiny_model
     from tests.integration.conftest import free_port
 
-    export = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(make_tiny_model(tmp_path / "hf")),
-                                                             "output": str(tmp_path / "onnx")}))
+    # a context long enough for a stream that outlasts the shutdown's first seconds (a short one used to
+    # finish before Serve's proxy was killed, hiding that serve.shutdown alone cuts running streams)
+    hf = make_tiny_model(tmp_path / "hf", context=1024)
+    export = onnx_export.run(cfgmod.from_dict(ExportConfig, {"model": str(hf), "output": str(tmp_path / "onnx"),
+                                                             "parity_greedy_tokens": 8}))
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
@@ -121,7 +124,7 @@ def test_serve_stopped_with_sigterm_under_load_finishes_its_requests_and_exits_0
         while "serving at" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
-        body = {"prompt": "The river", "max_tokens": 48, "min_tokens": 48, "stream": True}
+        body = {"prompt": "The river", "max_tokens": 900, "min_tokens": 900, "stream": True}
         with requests.post(f"http://127.0.0.1:{port}/v1/completions", json=body, stream=True, timeout=120) as resp:
             lines = resp.iter_lines()
             first = next(line for line in lines if line)

@@ -80,6 +80,14 @@ def test_prepare_layout_and_manifest(prepared, corpus_dir):
         "quarantine:invalid_json", "quarantine:invalid_utf8", "quarantine:missing_field"]
     assert "exact_duplicate" in reasons  # BoolQ repeats some passages verbatim
     assert b"\xff\xfe bad bytes" in rejected.column("raw").to_pylist()
+    # every document's language, in the outputs, the manifest and the report: Korean and English here;
+    # the quarantined ones were never read as text (und)
+    langs = manifest["languages"]
+    assert sum(langs["input"].values()) == docs["input"] and sum(langs["kept"].values()) == docs["kept"]
+    assert langs["kept"]["en"] > langs["kept"]["ko"] > 0 and langs["input"]["und"] >= 3
+    by_text = dict(zip(kept.column("text").to_pylist(), kept.column("language").to_pylist()))
+    assert all(lang == "ko" for text, lang in by_text.items() if "서울" in text)
+    assert "| ko |" in (prepared / "report.md").read_text()
 
 
 def test_prepare_rows_are_seq_len_and_tokens_add_up(prepared):

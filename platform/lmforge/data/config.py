@@ -114,6 +114,11 @@ class PrepareConfig(UsesRay, StageConfig):
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     pack: PackConfig = dataclasses.field(default_factory=PackConfig)
     canaries: CanaryConfig = dataclasses.field(default_factory=CanaryConfig)
+    # keep only documents in these languages (codes of lmforge.data.language's model: ko, en, ja, zh, ...;
+    # und: no language found); others are dropped as language:<code>. Empty: every language is kept.
+    # Every document's language and score are in documents/ and rejected/, counted in the report.
+    languages: list[str] = dataclasses.field(default_factory=list)
+    language_min_score: float = 0.4  # a top score under this makes a document's language `und`
     # built-in eval tasks (or groups: standard) whose held-out examples no kept document may share a 13-word
     # sequence with; such a document is dropped as contaminated:<task>, so those evaluations stay clean
     decontaminate: list[str] = dataclasses.field(default_factory=list)
@@ -126,3 +131,10 @@ class PrepareConfig(UsesRay, StageConfig):
             unknown = [t for t in self.decontaminate if t not in TASKS and t not in GROUPS]
             check(not unknown, "decontaminate", f"unknown tasks {unknown} (built-in: {', '.join(TASKS)})")
         check(self.max_doc_bytes > 0, "max_doc_bytes", "must be > 0")
+        check(0.0 <= self.language_min_score <= 1.0, "language_min_score", "must be in [0, 1]")
+        if self.languages:
+            from lmforge.data.language import known_codes
+
+            unknown = sorted(set(self.languages) - known_codes())
+            check(not unknown, "languages", f"unknown language codes {unknown} (ISO 639-1 such as ko, en, ja, zh; "
+                  f"the detector knows {len(known_codes()) - 1}; und: none found)")

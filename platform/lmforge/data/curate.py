@@ -1,7 +1,8 @@
-"""Per-document curation: clean -> decontaminate -> quality rules -> PII redaction -> dedup keys. Pure Python.
+"""Per-document curation: clean -> decontaminate -> language -> quality rules -> PII redaction -> dedup keys.
 
 Takes a ledger record from :mod:`lmforge.data.sources` and returns it with the cleaned, redacted
-text, a drop reason if a rule failed (``empty``, ``contaminated:<task>``, ``quality:<rule>``), per-type
+text, its language and score (:mod:`lmforge.data.language`), a drop reason if a rule failed (``empty``,
+``contaminated:<task>``, ``language:<code>``, ``quality:<rule>``: the rules for that language), per-type
 PII counts, the exact-duplicate key and (batched, in :func:`curate_all`) the MinHash signature that the
 global dedup step (Ray glue) compares.
 """
@@ -13,7 +14,7 @@ import json
 
 import pyarrow as pa
 
-from lmforge.data import canaries, clean, dedup, pii, quality, sources
+from lmforge.data import canaries, clean, dedup, language, pii, quality, sources
 from lmforge.data.config import PrepareConfig
 from lmforge.tasks.contamination import TestIndex
 
@@ -22,27 +23,36 @@ PII_COLUMNS = [f"pii_{t}" for t in pii.PII_TYPES]
 LEDGER_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("order", pa.int64()),
                           ("text", pa.string()), ("reason", pa.string()), ("raw", pa.binary()),
                           *((c, pa.int64()) for c in PII_COLUMNS), ("pii_examples", pa.string()),
-                          ("canaries", pa.string()), ("exact_key", pa.int64()), ("minhash", pa.binary())])
+                          ("canaries", pa.string()), ("exact_key", pa.int64()), ("minhash", pa.binary()),
+                          ("language", pa.string()), ("language_score", pa.float32())])
 EXAMPLES_PER_DOC = 3  # masked examples of redactions kept per document, for the report
 
 
-def curate(rec: dict, cfg: PrepareConfig, plan: CanaryPlan | None = None, tests: TestIndex | None = None) -> dict:
-    """Fill ``text``, ``reason``, ``pii_*``, ``canaries``, ``exact_key`` and ``minhash`` of one record;
-    ``tests``: the evaluation examples no kept document may share a 13-word n-gram with."""
-    rec.update({c: 0 for c in PII_COLUMNS}, pii_examples="", canaries="", exact_key=0, minhash=b"")
+def curate(rec: dict, cfg: PrepareConfig, plan: CanaryPlan | None = None, tests: TestIndex | None = None,
+           found: tuple[str, str, float] | None = None) -> dict:
+    """Fill ``text``, ``reason``, ``language``, ``pii_*``, ``canaries``, ``exact_key`` and ``minhash`` of
+    one record; ``tests``: the evaluation examples no kept document may share a 13-word n-gram with;
+    ``found``: its cleaned text and language already computed (:func:`curate_all` does, in a batch)."""
+    rec.update({c: 0 for c in PII_COLUMNS}, pii_examples="", canaries="", exact_key=0, minhash=b"",
+               language=language.UNDETERMINED, language_score=0.0)
     if rec["reason"]:  # quarantined while reading
         return rec
-    text = clean.clean(rec["text"])
+    text = found[0] if found else clean.clean(rec["text"])
     if not text:
         rec.update(text="", reason="empty")
         return rec
     if tests is not None and (task := tests.first_task(text)):  # before canaries alter the text
         rec.update(text=text, reason=f"contaminated:{task}")
         return rec
+    lang, rec["language_score"] = found[1:] if found else language.detect(text, cfg.language_min_score)
+    rec["language"] = lang
+    if cfg.languages and lang not in cfg.languages:
+        rec.update(text=text, reason=f"language:{lang}")
+        return rec
     if plan is not None:  # the privacy audit's secrets go in before quality rules and PII redaction see the text
         text, planted = canaries.plant(text, rec["id"], plan.canaries, plan.rate)
         rec["canaries"] = ",".join(planted)
-    rule = quality.failed_rule(text, cfg.quality)
+    rule = quality.failed_rule(text, cfg.quality, lang)
     if rule:
         rec.update(text=text, reason=f"quality:{rule}")
         return rec
@@ -68,7 +78,12 @@ class CanaryPlan:
 def curate_all(records, cfg: PrepareConfig, chunk: int = 4096, plan: CanaryPlan | None = None,
                tests: TestIndex | None = None) -> list[dict]:
     """:func:`curate` every record, then MinHash the kept ones a chunk at a time (vectorised per chunk)."""
-    out = [curate(rec, cfg, plan, tests) for rec in records]
+    records = list(records)
+    texts = [clean.clean(rec["text"]) if not rec["reason"] else "" for rec in records]
+    # every text's language in one loop: the model stays in the CPU's cache (interleaved with the rest of
+    # curation, each call cost twice as much)
+    found = [(text, *language.detect(text, cfg.language_min_score)) for text in texts]
+    out = [curate(rec, cfg, plan, tests, f) for rec, f in zip(records, found)]
     for i in range(0, len(out), chunk):
         _add_signatures(out[i : i + chunk], cfg)
     return out

@@ -21,6 +21,9 @@ def build(stats: dict, tok, seq_len: int, files: list[str]) -> dict:
     return {
         "documents": {"input": sum(counts.values()), "kept": counts.get("", 0), "dropped": dropped,
                       "quarantined": sum(quarantine.values()), "quarantine_reasons": quarantine},
+        # documents per detected language, of every input (quarantined: und) and of the kept
+        "languages": {k: dict(sorted(stats["languages"][k].items(), key=lambda x: (-x[1], x[0])))
+                      for k in ("input", "kept")},
         "pii": {t: n for t, n in sorted(stats["pii"].items()) if n},
         "pii_examples": {t: stats["pii_examples"][t] for t in sorted(stats.get("pii_examples", {}))},
         "canaries": {"planted": sum(len(d) for d in stats.get("canaries", {}).values()),

@@ -20,9 +20,11 @@ from lmforge.data.packing import PACKED_SCHEMA, tokenize_and_pack
 
 # Every parquet output of the stage: its directory and columns.
 OUTPUT_SCHEMAS = {
-    "documents": pa.schema([("id", pa.string()), ("source", pa.string()), ("text", pa.string())]),
+    "documents": pa.schema([("id", pa.string()), ("source", pa.string()), ("text", pa.string()),
+                            ("language", pa.string()), ("language_score", pa.float32())]),
     "rejected": pa.schema([("id", pa.string()), ("reason", pa.string()), ("duplicate_of", pa.string()),
-                           ("source", pa.string()), ("raw", pa.binary())]),
+                           ("source", pa.string()), ("raw", pa.binary()), ("language", pa.string()),
+                           ("language_score", pa.float32())]),
     "train": PACKED_SCHEMA,
     "val": PACKED_SCHEMA,
 }
@@ -53,6 +55,8 @@ def finalize_batch(batch: pa.Table, marks: dict, tokenizer_json: str, seq_len: i
             pq.write_table(table, f"{root}/{sub}/{name}", filesystem=filesystem)
     stats = {
         "reasons": Counter(batch.column("reason").to_pylist()),
+        "languages": {"input": Counter(batch.column("language").to_pylist()),
+                      "kept": Counter(kept.column("language").to_pylist())},
         "pii": {c.removeprefix("pii_"): pc.sum(kept.column(c)).as_py() or 0 for c in PII_COLUMNS},
         "pii_examples": _examples(kept.column("pii_examples").to_pylist()),
         "canaries": _planted(ids, kept.column("canaries").to_pylist()),
@@ -99,11 +103,14 @@ def apply_marks(batch: pa.Table, marks: dict) -> pa.Table:
 
 def sum_stats(rows: list[dict]) -> dict:
     """The per-batch JSON counts of :func:`finalize_batch`, added up."""
-    total = {"reasons": Counter(), "pii": Counter(), "lengths": np.zeros(len(report.LENGTH_BINS) - 1, np.int64),
+    total = {"reasons": Counter(), "languages": {"input": Counter(), "kept": Counter()},
+             "pii": Counter(), "lengths": np.zeros(len(report.LENGTH_BINS) - 1, np.int64),
              "tokens": {"train": Counter(), "val": Counter()}, "pii_examples": {}, "canaries": {}}
     for row in rows:
         part = json.loads(row["stats"])
         total["reasons"].update(part["reasons"])
+        for k in ("input", "kept"):
+            total["languages"][k].update(part["languages"][k])
         total["pii"].update(part["pii"])
         for canary_id, docs in part["canaries"].items():
             total["canaries"].setdefault(canary_id, []).extend(docs)

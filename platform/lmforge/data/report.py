@@ -42,6 +42,15 @@ def _pii_examples(examples: dict[str, list[str]]) -> list[str]:
     return lines
 
 
+def _languages(counts: dict | None) -> list[str]:
+    """Documents per detected language (und: none found, or quarantined before detection)."""
+    if not counts:
+        return []
+    lines = ["## Languages", "", "| language | input | kept |", "| --- | ---: | ---: |"]
+    lines += [f"| {code} | {n} | {counts['kept'].get(code, 0)} |" for code, n in counts["input"].items()]
+    return lines + [""]
+
+
 def render(manifest: dict) -> str:
     docs, tokens = manifest["documents"], manifest["tokens"]
     lines = ["# prepare report", "", "## Documents", "", "| outcome | documents |", "| --- | ---: |",
@@ -49,8 +58,9 @@ def render(manifest: dict) -> str:
     lines += [f"| dropped: {r} | {n} |" for r, n in docs["dropped"].items()]
     lines += [f"| {r} | {n} |" for r, n in docs.get("quarantine_reasons", {}).items()]
     total = docs["kept"] + sum(docs["dropped"].values()) + docs["quarantined"]
-    lines += ["", f"input = kept + dropped + quarantined: {docs['input']} = {total}", "",
-              "## PII redacted (in kept documents)", "", "| type | spans |", "| --- | ---: |"]
+    lines += ["", f"input = kept + dropped + quarantined: {docs['input']} = {total}", ""]
+    lines += _languages(manifest.get("languages"))
+    lines += ["## PII redacted (in kept documents)", "", "| type | spans |", "| --- | ---: |"]
     lines += [f"| {t} | {n} |" for t, n in manifest["pii"].items()] or ["| none | 0 |"]
     lines += _pii_examples(manifest.get("pii_examples", {}))
     lines += ["", "## Tokens", "", "| split | rows | tokens |", "| --- | ---: | ---: |"]

@@ -51,6 +51,9 @@ def report(cfg: Config | None, result: dict) -> list[Section]:
     section.lines.append("PII redacted: " + (", ".join(f"{k} {v}" for k, v in sorted(pii.items())) or "none found")
                          + (f"; canaries: {planted.get('secrets', 0)} secrets planted {planted.get('planted', 0)} "
                             "times, before PII redaction (which, when on, scrubs them too)" if planted else "") + ".")
+    if langs := manifest.get("languages"):
+        section.lines.append("Languages (kept of input documents): " + ", ".join(
+            f"{code} {langs['kept'].get(code, 0)}/{n}" for code, n in langs["input"].items()) + ".")
     if png := read(cfg.output, "doc_lengths.png"):
         section.images.append(("Document lengths (words), kept documents", png))
     return [section]

@@ -77,9 +77,19 @@ def cache_bound(model_dir: str, engine) -> str:
 
 
 def stop() -> None:
-    """Tear down every Serve app and the Serve controller/proxies of this Ray session."""
+    """Tear down every Serve app and the Serve controller/proxies of this Ray session: the apps first,
+    each replica finishing its requests (streams included, up to its graceful_shutdown_timeout_s) while
+    Serve's proxies stay up to carry them, then Serve itself. ``serve.shutdown`` alone kills the proxies
+    at once (Ray 2.60), cutting every stream still running."""
+    import ray
     from ray import serve
 
+    try:  # (serve.status would start a local Ray when none is connected)
+        apps = list(serve.status().applications) if ray.is_initialized() else []
+    except Exception:  # no Serve running (or reachable): nothing to drain
+        apps = []
+    for name in apps:
+        serve.delete(name)  # blocks until its replicas have drained and gone
     serve.shutdown()
 
 
