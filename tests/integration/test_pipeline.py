@@ -88,6 +88,9 @@ def test_prepare_layout_and_manifest(prepared, corpus_dir):
     by_text = dict(zip(kept.column("text").to_pylist(), kept.column("language").to_pylist()))
     assert all(lang == "ko" for text, lang in by_text.items() if "서울" in text)
     assert "| ko |" in (prepared / "report.md").read_text()
+    # demographic terms counted over the kept text (BoolQ's Wikipedia passages name both genders)
+    assert manifest["bias"]["words"] > 10_000 and manifest["bias"]["per_million_words"]["gender"]["male"] > 0
+    assert "## Bias statistics" in (prepared / "report.md").read_text()
 
 
 def test_prepare_rows_are_seq_len_and_tokens_add_up(prepared):

@@ -105,7 +105,9 @@ class PrepareConfig(UsesRay, StageConfig):
     report.md; the README's "Artifacts" has the layout)."""
 
     inputs: list[str]  # local paths, directories, globs, s3://bucket/prefix (or glob), pkg://package/path
-    text_field: str = "text"  # JSONL / parquet field holding the text (.txt: one document per line)
+    text_field: str = "text"  # JSONL / parquet / Arrow field holding the text (.txt: one document per line)
+    # the splits read from a Hugging Face `datasets` DatasetDict dir (save_to_disk) among the inputs
+    splits: list[str] = dataclasses.field(default_factory=lambda: ["train", "validation"])
     id_field: str = "id"  # field holding a document id; default id: <file name>:<line number>
     max_doc_bytes: int = 1_000_000  # larger records are quarantined, not tokenized
     quality: QualityConfig = dataclasses.field(default_factory=QualityConfig)

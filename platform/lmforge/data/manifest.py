@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from lmforge.data import bias
 from lmforge.data.tokenizer import BOS, EOS, PAD
 
 
@@ -24,6 +25,8 @@ def build(stats: dict, tok, seq_len: int, files: list[str]) -> dict:
         # documents per detected language, of every input (quarantined: und) and of the kept
         "languages": {k: dict(sorted(stats["languages"][k].items(), key=lambda x: (-x[1], x[0])))
                       for k in ("input", "kept")},
+        # demographic terms per million words and occupations named with each gender (lmforge.data.bias)
+        "bias": bias.summarize(stats["bias"]["words"], stats["bias"]["terms"], stats["bias"]["occupations"]),
         "pii": {t: n for t, n in sorted(stats["pii"].items()) if n},
         "pii_examples": {t: stats["pii_examples"][t] for t in sorted(stats.get("pii_examples", {}))},
         "canaries": {"planted": sum(len(d) for d in stats.get("canaries", {}).values()),

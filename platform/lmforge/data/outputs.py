@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from lmforge import storage, uploads
-from lmforge.data import report
+from lmforge.data import bias, report
 from lmforge.data.curate import PII_COLUMNS
 from lmforge.data.packing import PACKED_SCHEMA, tokenize_and_pack
 
@@ -53,7 +53,10 @@ def finalize_batch(batch: pa.Table, marks: dict, tokenizer_json: str, seq_len: i
     for sub, table in tables.items():
         if table.num_rows:
             pq.write_table(table, f"{root}/{sub}/{name}", filesystem=filesystem)
+    counts = [bias.count(t) for t in texts]
     stats = {
+        "bias": {"words": sum(c["words"] for c in counts), "terms": sum((c["terms"] for c in counts), Counter()),
+                 "occupations": sum((c["occupations"] for c in counts), Counter())},
         "reasons": Counter(batch.column("reason").to_pylist()),
         "languages": {"input": Counter(batch.column("language").to_pylist()),
                       "kept": Counter(kept.column("language").to_pylist())},
@@ -104,6 +107,7 @@ def apply_marks(batch: pa.Table, marks: dict) -> pa.Table:
 def sum_stats(rows: list[dict]) -> dict:
     """The per-batch JSON counts of :func:`finalize_batch`, added up."""
     total = {"reasons": Counter(), "languages": {"input": Counter(), "kept": Counter()},
+             "bias": {"words": 0, "terms": Counter(), "occupations": Counter()},
              "pii": Counter(), "lengths": np.zeros(len(report.LENGTH_BINS) - 1, np.int64),
              "tokens": {"train": Counter(), "val": Counter()}, "pii_examples": {}, "canaries": {}}
     for row in rows:
@@ -111,6 +115,9 @@ def sum_stats(rows: list[dict]) -> dict:
         total["reasons"].update(part["reasons"])
         for k in ("input", "kept"):
             total["languages"][k].update(part["languages"][k])
+        total["bias"]["words"] += part["bias"]["words"]
+        for k in ("terms", "occupations"):
+            total["bias"][k].update(part["bias"][k])
         total["pii"].update(part["pii"])
         for canary_id, docs in part["canaries"].items():
             total["canaries"].setdefault(canary_id, []).extend(docs)

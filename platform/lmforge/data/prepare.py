@@ -41,7 +41,8 @@ def run(cfg: PrepareConfig) -> Path:
     out = Output("prepare", cfg)
     if out.skip():
         return out.result()
-    files = sources.list_inputs(cfg.inputs)
+    files = sources.list_inputs(cfg.inputs, tuple(cfg.splits))
+    sources.check_columns(files, cfg.text_field)  # a wrong text_field fails here, before any work
     log.info("prepare: %d input files", len(files))
     partial = out.begin()
     with ray_session(cfg.ray):

@@ -51,6 +51,24 @@ def _languages(counts: dict | None) -> list[str]:
     return lines + [""]
 
 
+def _bias(stats: dict | None) -> list[str]:
+    """Demographic terms per million words, and occupations by the gender they are named with."""
+    if not stats:
+        return []
+    lines = ["## Bias statistics (kept documents)", "",
+             f"Per million words ({stats['words']} words; word lists: `lmforge/data/bias.py`):", "",
+             "| category | group | per million words |", "| --- | --- | ---: |"]
+    lines += [f"| {c} | {g} | {v} |" for c, groups in stats["per_million_words"].items() for g, v in groups.items()]
+    skewed = stats["skewed_occupations"]
+    lines += ["", "Occupations named in a sentence with a gendered word"
+              + (f" — **skewed: {', '.join(skewed)}**" if skewed else " — none skewed") + f" ({stats['rule']}):", "",
+              "| occupation | with male | with female | female share |", "| --- | ---: | ---: | ---: |"]
+    by_mentions = sorted(stats["occupations_with_gender"].items(), key=lambda x: -x[1]["male"] - x[1]["female"])
+    lines += [f"| {o}{' (skewed)' if o in skewed else ''} | {v['male']} | {v['female']} | {v['female_share']} |"
+              for o, v in by_mentions]
+    return lines + [""]
+
+
 def render(manifest: dict) -> str:
     docs, tokens = manifest["documents"], manifest["tokens"]
     lines = ["# prepare report", "", "## Documents", "", "| outcome | documents |", "| --- | ---: |",
@@ -60,6 +78,7 @@ def render(manifest: dict) -> str:
     total = docs["kept"] + sum(docs["dropped"].values()) + docs["quarantined"]
     lines += ["", f"input = kept + dropped + quarantined: {docs['input']} = {total}", ""]
     lines += _languages(manifest.get("languages"))
+    lines += _bias(manifest.get("bias"))
     lines += ["## PII redacted (in kept documents)", "", "| type | spans |", "| --- | ---: |"]
     lines += [f"| {t} | {n} |" for t, n in manifest["pii"].items()] or ["| none | 0 |"]
     lines += _pii_examples(manifest.get("pii_examples", {}))

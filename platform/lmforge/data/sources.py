@@ -6,7 +6,11 @@ bytes kept in ``raw``. Nothing is skipped silently, so the manifest can add up. 
 << 32 | record number) is a unique, shard-independent position used to keep the first of duplicates.
 
 Formats: ``.txt`` (one document per line), ``.jsonl`` (one JSON object per line), either optionally
-``.gz``, and ``.parquet`` (one row per document). Local paths and ``s3://`` URIs alike.
+``.gz``, ``.parquet`` (one row per document; what ``datasets``' ``to_parquet`` writes) and ``.arrow``
+(Arrow IPC, one row per document). Local paths and ``s3://`` URIs alike. A local directory written by
+Hugging Face ``datasets``' ``save_to_disk`` is read as its Arrow files, in the dataset's own order: a
+``Dataset``'s, or the chosen splits of a ``DatasetDict`` (``train`` and ``validation`` by default; its
+``test`` split is evaluation's). No ``datasets`` import is needed to read them.
 """
 
 from __future__ import annotations
@@ -14,13 +18,18 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
+import logging
 import os
 import zlib
 from collections.abc import Iterable, Iterator
 
 from lmforge import storage
+from lmforge.config import ConfigError
 
-SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz", ".parquet")
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz", ".parquet", ".arrow")
+COLUMNAR = (".parquet", ".arrow")
 
 
 def record(id: str, source: str, order: int, text: str = "", reason: str = "", raw: bytes = b"") -> dict:
@@ -33,8 +42,8 @@ def read_records(uri: str, file_index: int = 0, text_field: str = "text", id_fie
     """Yield one ledger record per document of a ``.txt``/``.jsonl``(``.gz``)/``.parquet`` file."""
     name = os.path.basename(uri)
     with storage.open_input(uri) as raw_stream:
-        if name.endswith(".parquet"):
-            yield from parse_parquet(raw_stream, name, uri, file_index, text_field, id_field, max_doc_bytes)
+        if name.endswith(COLUMNAR):
+            yield from parse_columnar(raw_stream, name, uri, file_index, text_field, id_field, max_doc_bytes)
             return
         if name.endswith(".gz"):
             lines = _gzip_lines(gzip.GzipFile(fileobj=raw_stream))
@@ -51,6 +60,8 @@ def count_records(uri: str) -> int:
             import pyarrow.parquet as pq
 
             return pq.ParquetFile(raw_stream).metadata.num_rows
+        if uri.endswith(".arrow"):
+            return _arrow_reader(raw_stream.read()).read_all().num_rows
         lines = _gzip_lines(gzip.GzipFile(fileobj=raw_stream)) if uri.endswith(".gz") else iter(raw_stream)
         return sum(1 for line in lines if line.strip())
 
@@ -137,20 +148,45 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def parse_parquet(stream, name: str, source: str, file_index: int, text_field: str, id_field: str,
-                  max_doc_bytes: int) -> Iterator[dict]:
-    """One record per row; the text column must exist (else every row is quarantined)."""
+def _arrow_reader(data: bytes):
+    """An Arrow IPC stream (what ``datasets`` writes) or file reader over ``data``."""
+    import pyarrow as pa
+
+    try:
+        return pa.ipc.open_stream(pa.BufferReader(data))
+    except pa.ArrowInvalid:
+        file = pa.ipc.open_file(pa.BufferReader(data))
+        batches = (file.get_batch(i) for i in range(file.num_record_batches))
+        return pa.RecordBatchReader.from_batches(file.schema, batches)
+
+
+def _batches(data: bytes, name: str, columns: list[str]):
+    """(schema, record batches) of a parquet or Arrow file's bytes, only ``columns`` where it has them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if name.endswith(".parquet"):
+        pf = pq.ParquetFile(pa.BufferReader(data))
+        have = [c for c in columns if c in pf.schema_arrow.names]
+        return pf.schema_arrow, pf.iter_batches(batch_size=4096, columns=have or None)
+    reader = _arrow_reader(data)
+    have = [c for c in columns if c in reader.schema.names]
+    return reader.schema, (b.select(have) if have else b for b in reader)
+
+
+def parse_columnar(stream, name: str, source: str, file_index: int, text_field: str, id_field: str,
+                   max_doc_bytes: int) -> Iterator[dict]:
+    """One record per row of a parquet or Arrow file; the text column must exist (else every row is
+    quarantined; :func:`check_columns` refuses such inputs before a run starts)."""
+    import pyarrow as pa
+
     # Read whole first: an I/O error of the storage fails the task (Ray retries it); any error after
     # that is the file's own damage, quarantined instead of failing the run.
-    buffer = pa.BufferReader(stream.read())
+    data = stream.read()
     rownum = 0
     try:
-        pf = pq.ParquetFile(buffer)
-        columns = [c for c in (text_field, id_field) if c in pf.schema_arrow.names]
-        for batch in pf.iter_batches(batch_size=4096, columns=columns or None):
+        _, batches = _batches(data, name, [text_field, id_field])
+        for batch in batches:
             yield from _parquet_rows(batch, name, source, file_index, text_field, id_field, max_doc_bytes, rownum)
             rownum += batch.num_rows
     except (pa.ArrowException, OSError) as e:
@@ -176,9 +212,56 @@ def _parquet_rows(batch, name: str, source: str, file_index: int, text_field: st
             yield _with_text(text, doc_id, source, order, raw if not isinstance(text, str) else b"")
 
 
-def list_inputs(inputs: list[str]) -> list[str]:
-    """Expand every input (path, dir, glob, pkg://, s3://) into files, deduplicated, in a stable order."""
+def list_inputs(inputs: list[str], splits: tuple[str, ...] = ("train", "validation")) -> list[str]:
+    """Expand every input (path, dir, glob, pkg://, s3://, a ``datasets`` dir) into files, deduplicated,
+    in a stable order."""
     files: list[str] = []
     for uri in inputs:
-        files.extend(f for f in storage.expand(uri, SUFFIXES) if f not in files)
+        found = hf_dataset_files(uri, splits) if not storage.is_remote(uri) else None
+        files.extend(f for f in (found or storage.expand(uri, SUFFIXES)) if f not in files)
     return files
+
+
+def hf_dataset_files(uri: str, splits: tuple[str, ...]) -> list[str] | None:
+    """The Arrow files of a ``save_to_disk`` dir in the dataset's order (a ``DatasetDict``: of ``splits``,
+    in that order); None when ``uri`` is not one."""
+    root = storage.resolve_local(uri)
+    if os.path.isfile(os.path.join(root, "dataset_dict.json")):
+        with open(os.path.join(root, "dataset_dict.json")) as f:
+            have = json.load(f)["splits"]
+        if missing := [s for s in splits if s not in have]:
+            log.warning("input %s: no split %s (it has %s)", uri, ", ".join(missing), ", ".join(have))
+        if not (chosen := [s for s in splits if s in have]):
+            raise FileNotFoundError(f"input {uri!r}: a DatasetDict with splits {have}, none of splits={list(splits)}")
+        return [f for s in chosen for f in hf_dataset_files(os.path.join(root, s), splits)]
+    state = os.path.join(root, "state.json")
+    if not (os.path.isfile(state) and os.path.isfile(os.path.join(root, "dataset_info.json"))):
+        return None
+    with open(state) as f:
+        return [os.path.abspath(os.path.join(root, d["filename"])) for d in json.load(f)["_data_files"]]
+
+
+def check_columns(files: list[str], text_field: str) -> None:
+    """Refuse, before any work, a parquet or Arrow input without the ``text_field`` column (a wrong
+    ``text_field`` would otherwise quarantine every row): names the file and the columns it has."""
+    for uri in files:
+        if uri.endswith(COLUMNAR):
+            schema = _schema(uri)
+            if text_field not in schema.names:
+                raise ConfigError(f"text_field: {uri} has no column {text_field!r} (its columns: "
+                                 f"{', '.join(schema.names)}); set text_field to the one holding the text")
+
+
+def _schema(uri: str):
+    """A columnar file's schema, reading no more of it than the schema takes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with storage.open_input(uri) as stream:
+        if uri.endswith(".parquet"):
+            return pq.ParquetFile(stream).schema_arrow
+        try:
+            return pa.ipc.open_stream(stream).schema
+        except pa.ArrowInvalid:  # the IPC file format (not what datasets writes): its schema is at the start too
+            stream.seek(0)
+            return pa.ipc.open_file(stream).schema

@@ -26,7 +26,7 @@ def raw_inputs(cfg: Config) -> dict[str, str | None]:
     from lmforge.outputs import RAW_PREFIX
 
     try:
-        files = storage.stat_files(list_inputs(cfg.inputs))
+        files = storage.stat_files(list_inputs(cfg.inputs, tuple(cfg.splits)))
     except FileNotFoundError:
         return {RAW_PREFIX + "inputs": None}
     digest = hashlib.sha256("".join(f"{f}\0{size}\0{mtime}\n" for f, size, mtime in files).encode()).hexdigest()
@@ -54,6 +54,10 @@ def report(cfg: Config | None, result: dict) -> list[Section]:
     if langs := manifest.get("languages"):
         section.lines.append("Languages (kept of input documents): " + ", ".join(
             f"{code} {langs['kept'].get(code, 0)}/{n}" for code, n in langs["input"].items()) + ".")
+    if (b := manifest.get("bias")) is not None:
+        section.lines.append("Bias statistics: occupations named mostly with one gender: "
+                             + (", ".join(b["skewed_occupations"]) or "none") + f" ({b['rule']}; report.md has the "
+                             "demographic terms per million words).")
     if png := read(cfg.output, "doc_lengths.png"):
         section.images.append(("Document lengths (words), kept documents", png))
     return [section]
