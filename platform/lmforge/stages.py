@@ -134,6 +134,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("import", "lmforge.model", "import", why="package model: `import` is a Python keyword; it also holds "
           "the presets"),
     Stage("finetune", "lmforge.finetune", "finetune"),
+    Stage("distill", "lmforge.distill", "distill"),
     Stage("tune", "lmforge.tune", "tune"),
     Stage("eval", "lmforge.evaluate", "eval", why="package evaluate: a package named eval would shadow the builtin"),
     Stage("export", "lmforge.export", "onnx", why="folder onnx: what it holds, the ONNX graphs"),

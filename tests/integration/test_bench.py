@@ -29,6 +29,9 @@ def test_bench_prepare_reports_the_pipeline_its_raw_tokenizer_and_near_dedup(ray
     assert docs["input"] == docs["kept"] + sum(docs["dropped"].values()) + docs["quarantined"]
     assert result["pipeline"]["tokens_per_s"] > 0 and result["raw_encode_batch"]["tokens_per_s"] > 0
     assert 0 < result["ratio_pipeline_over_raw"] and 0 < result["ratio_bound"]["max_ratio"]
+    bound = result["ratio_bound"]  # the steps language ID and bias statistics add, per document
+    assert 0 < bound["language_id_cpu_us_per_doc"] < bound["curation_cpu_us_per_doc"]
+    assert bound["bias_count_cpu_us_per_doc"] > 0
     assert result["near_dedup"]["lmforge"]["recall"] > 0.5  # the planted near-copies are found
 
 

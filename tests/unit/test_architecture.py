@@ -17,7 +17,7 @@ LAYERS = [  # lowest first; the top-level modules of lmforge (config, storage, .
     {"cluster", "tasks", "generate", "model"},  # Ray sessions, task data, the ONNX generator; import (model)
     {"data"},  # prepare, and the data tools the stages above read with
     {"train"},  # pretrain, and the shared training worker every stage that trains runs on
-    {"finetune", "evaluate", "export", "serve"},  # stages built on the ones below
+    {"finetune", "distill", "evaluate", "export", "serve"},  # stages built on the ones below
     {"tune"},  # sweeps any stage that trains
     {"recipe"},  # runs stages in order
     {"bench"},  # measures the stages from outside

@@ -48,7 +48,8 @@ def test_finalize_batch_writes_every_output_and_counts_each_record_once(tmp_path
     example = json.dumps([["EMAIL", "…write to <EMAIL aaa@aaa.aa> today…"]])
     batch = pa.Table.from_pylist([{**r, **{c: int(c == "pii_EMAIL" and i == 7) for c in PII_COLUMNS},
                                    "pii_examples": example if i == 7 else "",
-                                   "canaries": "canary-1,canary-2" if i in (8, 9) else ""} for i, r in enumerate(rows)])
+                                   "canaries": "canary-1,canary-2" if i in (8, 9) else "",
+                                   "language": "en", "language_score": 0.9} for i, r in enumerate(rows)])
     marks = {105: ("near_duplicate", "d6")}
     tok = train_bpe(texts, 300).to_str()
     for sub in outputs.OUTPUT_DIRS:
@@ -60,6 +61,8 @@ def test_finalize_batch_writes_every_output_and_counts_each_record_once(tmp_path
     assert stats["pii"]["EMAIL"] == 1 and sum(stats["lengths"]) == 37
     assert stats["pii_examples"] == {"EMAIL": ["…write to <EMAIL aaa@aaa.aa> today…"]}
     assert stats["canaries"] == {"canary-1": ["d8", "d9"], "canary-2": ["d8", "d9"]}  # kept documents only
+    assert stats["languages"] == {"input": {"en": 40}, "kept": {"en": 37}}
+    assert stats["bias"]["words"] == sum(len(t.split()) for t in texts) - 3 * 9  # the kept documents' words
     docs = pq.read_table(tmp_path / "documents").to_pylist()
     rejected = {r["id"]: r for r in pq.read_table(tmp_path / "rejected").to_pylist()}
     assert len(docs) == 37 and set(rejected) == {"d3", "d4", "d5"}

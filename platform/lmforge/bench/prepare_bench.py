@@ -114,6 +114,22 @@ def _raw_tokenizer(out: Path) -> dict:
             "encode_batch_fast_cpu_seconds": cpu}
 
 
+def _step_costs(path: Path) -> dict:
+    """CPU per document of the steps language ID and bias statistics add (the first is part of
+    curation's figure, the second of the write pass's), on one input file's texts."""
+    from lmforge.data import bias, language
+
+    texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out = {}
+    for name, step in (("language_id_cpu_us_per_doc", language.detect), ("bias_count_cpu_us_per_doc", bias.count)):
+        step(texts[0])  # the model loads once
+        cpu = time.process_time()
+        for text in texts:
+            step(text)
+        out[name] = (time.process_time() - cpu) / len(texts) * 1e6
+    return out
+
+
 def _ratio_bound(corpus_dir: Path, documents: int, raw: dict, cores: int) -> dict:
     """The most the ratio can be on these cores with our curation code, whatever the orchestration.
 
@@ -133,7 +149,7 @@ def _ratio_bound(corpus_dir: Path, documents: int, raw: dict, cores: int) -> dic
     curation = per_doc * documents
     encode = min(raw["encode_batch_fast_cpu_seconds"], raw["seconds"] * cores)
     best_wall = (curation + encode) / cores
-    return {"curation_cpu_us_per_doc": per_doc * 1e6, "curation_cpu_seconds": curation,
+    return {"curation_cpu_us_per_doc": per_doc * 1e6, **_step_costs(first), "curation_cpu_seconds": curation,
             "encode_cpu_seconds": encode, "max_ratio": raw["seconds"] / best_wall,
             "curation_us_per_doc_for_0.7": (raw["seconds"] * cores / 0.7 - encode) / documents * 1e6}
 

@@ -134,6 +134,7 @@ class WorkerSpec:
     # fn(spec, device) -> loss(model, rows, pad_id) -> a scalar tensor. None: next-token cross-entropy
     # (lmforge.train.loop.loss_on). val_loss is next-token cross-entropy whatever the training loss.
     loss: str | None = None
+    loss_args: dict = dataclasses.field(default_factory=dict)  # what the stage's loss factory reads (a teacher...)
 
 
 def accumulation_steps(cfg: TrainConfig, seq_len: int, world_size: int) -> int:
