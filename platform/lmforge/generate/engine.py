@@ -30,10 +30,10 @@ import numpy as np
 from lmforge.generate.adapters import AdapterNotFound
 from lmforge.generate.choice import choose, grammar_complete
 from lmforge.generate.constraints import Grammars
-from lmforge.generate.kv_cache import KVCache, cache_layout
+from lmforge.generate.kv_cache import KVCache, cache_layout, prefill_calls
 from lmforge.generate.onnx_model import OnnxModel
-from lmforge.generate.requests import ContextLengthError, EngineFullError, Output, SamplingParams, TokenLogprob
-from lmforge.generate.sampling import log_softmax, top_logprobs
+from lmforge.generate.requests import ContextLengthError, EngineFullError, Output, SamplingParams
+from lmforge.generate.sampling import token_logprob
 from lmforge.generate.text import TextStream
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class Engine:
             budget -= len(chunk)
             plan.append((s, chunk))
         outputs = []
-        for group in _calls(plan):
+        for group in prefill_calls(plan):
             outputs += self._prefill_call(group)
         return outputs
 
@@ -269,7 +269,7 @@ class Engine:
         """Book a prefilled chunk; at the prompt's end, choose the first token (or finish, for max_tokens 0)."""
         s.pool.tokens[s.slot].extend(chunk)
         if s.scored is not None:  # logits at prompt position j score token j + 1
-            s.scored += [_logprob(logits[j], s.prompt[s.computed + j + 1], s.params.logprobs or 0)
+            s.scored += [token_logprob(logits[j], s.prompt[s.computed + j + 1], s.params.logprobs or 0)
                          for j in range(len(chunk)) if s.computed + j + 1 < len(s.prompt)]
         s.computed += len(chunk)
         if s.computed < len(s.prompt):
@@ -294,7 +294,7 @@ class Engine:
         """Record ``s``'s next token; update its text, finish state and output."""
         p = s.params
         # logprobs are the model's own distribution, whatever was masked for the choice
-        logprobs = [_logprob(logits, token, p.logprobs)] if p.logprobs is not None else None
+        logprobs = [token_logprob(logits, token, p.logprobs)] if p.logprobs is not None else None
         if token in self.model.eos_ids and not p.ignore_eos:  # the end: not part of the completion
             s.finish = "stop"
             s.text.flush()
@@ -342,25 +342,3 @@ class Engine:
 def _adapters(rows: list[_Seq]) -> dict[int, int] | None:
     """slot -> adapter uid of the rows that run one (None when all run the base)."""
     return {s.slot: s.adapter for s in rows if s.adapter} or None
-
-
-def _calls(plan: list[tuple[_Seq, list[int]]]) -> list[list[tuple[_Seq, list[int]]]]:
-    """Chunks grouped into graph calls: neighbours in one pool's slots join while the call's padding (idle
-    rows between them, shorter chunks padded to the longest) stays at most its real tokens, or it is small."""
-    calls: list[list] = []
-    for item in sorted(plan, key=lambda p: (id(p[0].pool), p[0].slot)):
-        group = calls[-1] if calls and calls[-1][0][0].pool is item[0].pool else None
-        if group is not None:
-            rows = item[0].slot - group[0][0].slot + 1
-            width = max(len(item[1]), *(len(c) for _, c in group))
-            real = len(item[1]) + sum(len(c) for _, c in group)
-            if rows * width <= max(2 * real, 64):
-                group.append(item)
-                continue
-        calls.append([item])
-    return calls
-
-
-def _logprob(logits: np.ndarray, token: int, top: int | None) -> TokenLogprob:
-    logp = log_softmax(logits)
-    return TokenLogprob(int(token), float(logp[token]), top_logprobs(logp, top or 0))

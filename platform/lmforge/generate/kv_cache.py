@@ -128,6 +128,24 @@ def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
     return n if same.all() else int(np.argmin(same))
 
 
+def prefill_calls(plan: list[tuple]) -> list[list[tuple]]:
+    """The engine's prefill (sequence, chunk) pairs (a sequence has ``pool`` and ``slot``) grouped into graph
+    calls: neighbours in one pool's slots join while the call's padding (idle rows between them, shorter
+    chunks padded to the longest) stays at most its real tokens, or it is small."""
+    calls: list[list] = []
+    for item in sorted(plan, key=lambda p: (id(p[0].pool), p[0].slot)):
+        group = calls[-1] if calls and calls[-1][0][0].pool is item[0].pool else None
+        if group is not None:
+            rows = item[0].slot - group[0][0].slot + 1
+            width = max(len(item[1]), *(len(c) for _, c in group))
+            real = len(item[1]) + sum(len(c) for _, c in group)
+            if rows * width <= max(2 * real, 64):
+                group.append(item)
+                continue
+        calls.append([item])
+    return calls
+
+
 def cache_layout(max_positions: int, max_running: int, max_context: int | None, short_context: int,
                  long_slots: int) -> list[tuple[int, int]]:
     """The KV cache's pools as (slots, positions): ``max_running`` short slots, then ``long_slots`` of the

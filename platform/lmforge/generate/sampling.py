@@ -68,3 +68,11 @@ def top_logprobs(logp: np.ndarray, k: int) -> list[tuple[int, float]]:
     best = np.argpartition(-logp, k - 1)[:k]
     best = best[np.argsort(-logp[best], kind="stable")]
     return [(int(t), float(logp[t])) for t in best]
+
+
+def token_logprob(logits: np.ndarray, token: int, top: int | None):
+    """``token``'s logprob under ``logits`` and the ``top`` most likely alternatives, as a TokenLogprob."""
+    from lmforge.generate.requests import TokenLogprob
+
+    logp = log_softmax(logits)
+    return TokenLogprob(int(token), float(logp[token]), top_logprobs(logp, top or 0))

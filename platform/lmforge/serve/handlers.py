@@ -114,8 +114,8 @@ class ModelEndpoints:
         yield None
 
         async for item in self._stream(jobs, request_id, adapter, "completions", req, responses.completion_chunk,
-                                       lambda index, out, first: _completion_delta(self.tokenizer, req, jobs[index],
-                                                                                   out, first)):
+                                       lambda index, out, first: responses.completion_delta(
+                                           self.tokenizer, req, jobs[index], out, first)):
             yield item
 
     # ------------------------------------------------------------------ chat
@@ -174,7 +174,7 @@ class ModelEndpoints:
 
         def delta(index, out, first):
             if not fns:
-                return _chat_delta(self.tokenizer, req, index, out, first)
+                return responses.chat_delta(self.tokenizer, req, index, out, first)
             return tools.call_delta(held, index, out, fns)  # a call is only known whole: held to the end
 
         async for item in self._stream(jobs, request_id, adapter, "chat", req, responses.chat_chunk, delta):
@@ -334,30 +334,3 @@ def _client_error(e: Exception, default_param: str) -> Result:
     if isinstance(e, ContextLengthError):
         return 400, error_body(str(e), param=default_param, code="context_length_exceeded")
     return getattr(e, "status", 400), error_body(str(e), param=e.param, code=e.code)
-
-
-def _completion_delta(tokenizer, req: CompletionRequest, job, out, first: bool) -> dict | None:
-    index, _, _, echo = job
-    text = out.text
-    if echo is not None and first:
-        text = echo[0] + text
-    logprobs = None
-    if req.logprobs is not None:
-        base = len(echo[0]) if echo else 0
-        logprobs = responses.legacy_logprobs(tokenizer, out.token_ids, out.logprobs or [],
-                                             [base + o for o in out.text_offsets])
-        if echo is not None and first:
-            prompt = responses.legacy_logprobs(tokenizer, echo[1], out.prompt_logprobs or [None] * len(echo[1]),
-                                               responses.text_offsets(tokenizer, echo[1]))
-            logprobs = responses.merge_logprobs(prompt, logprobs)
-    if not text and not out.finish_reason and not out.token_ids:
-        return None
-    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": out.finish_reason}
-
-
-def _chat_delta(tokenizer, req: ChatCompletionRequest, index: int, out, first: bool) -> dict | None:
-    delta = {"role": "assistant", "content": out.text} if first else {"content": out.text}
-    if not first and not out.text and not out.finish_reason:
-        return None
-    logprobs = responses.chat_logprobs(tokenizer, out.token_ids, out.logprobs or []) if req.logprobs else None
-    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": out.finish_reason}

@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from lmforge.generate.engine import Output, TokenLogprob
+from lmforge.generate.requests import Output, TokenLogprob
 
 
 @dataclass
@@ -149,3 +149,32 @@ def embeddings_body(model: str, vectors, encoding_format: str, prompt_tokens: in
     return {"object": "list", "model": model,
             "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+
+
+def completion_delta(tokenizer, req, job, out: Output, first: bool) -> dict | None:
+    """One streamed completions choice: the new text (after the echoed prompt, first), its legacy logprobs;
+    None when a step added nothing to send."""
+    index, _, _, echo = job
+    text = out.text
+    if echo is not None and first:
+        text = echo[0] + text
+    logprobs = None
+    if req.logprobs is not None:
+        base = len(echo[0]) if echo else 0
+        logprobs = legacy_logprobs(tokenizer, out.token_ids, out.logprobs or [], [base + o for o in out.text_offsets])
+        if echo is not None and first:
+            prompt = legacy_logprobs(tokenizer, echo[1], out.prompt_logprobs or [None] * len(echo[1]),
+                                     text_offsets(tokenizer, echo[1]))
+            logprobs = merge_logprobs(prompt, logprobs)
+    if not text and not out.finish_reason and not out.token_ids:
+        return None
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": out.finish_reason}
+
+
+def chat_delta(tokenizer, req, index: int, out: Output, first: bool) -> dict | None:
+    """One streamed chat choice: the role with the first delta, then content; None when nothing to send."""
+    delta = {"role": "assistant", "content": out.text} if first else {"content": out.text}
+    if not first and not out.text and not out.finish_reason:
+        return None
+    logprobs = chat_logprobs(tokenizer, out.token_ids, out.logprobs or []) if req.logprobs else None
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": out.finish_reason}
