@@ -84,3 +84,48 @@ def test_a_killed_worker_resumes_at_its_checkpoint_on_the_same_loss_curve(teache
     assert killed, "no training worker was found to kill"
     assert _summary(tmp_path / "killed")["resumed_from"] == [max(killed[0][1])]
     assert _losses_match(tmp_path / "killed", straight, rel=1e-3) == list(range(5, 41, 5))
+
+
+@pytest.mark.timeout(400)
+def test_a_swept_student_goes_on_to_eval_and_export_in_a_recipe(teacher, corpus, ray_cluster, tmp_path):
+    """tune -> distill -> eval -> export in one recipe: a 2-trial sweep over alpha and T picks the values
+    distill trains with; the student (one layer, a narrower MLP ranked on the rows) is what eval sets beside
+    its teacher and what export exports; the report holds teacher vs student (size, perplexity, agreement,
+    decode speed) and both models' task scores. A registry that did not wire distill's model into eval or
+    export, a sweep that did not feed its best values, or a narrow MLP lost on the way, fails it."""
+    import yaml
+
+    from lmforge.recipe import runner
+    from lmforge.stages import STAGES
+
+    recipe = {
+        "output": str(tmp_path / "recipe"), "stages": ["tune", "distill", "eval", "export"],
+        "ray": {"address": ray_cluster},
+        "tune": {"space": {"distill.alpha": {"choice": [0.3, 0.7]}, "distill.temperature": {"choice": [1.0, 2.0]}},
+                 "num_samples": 2, "scheduler": "none", "base": {"train": {"max_steps": 10, "eval_every": 5}}},
+        "distill": {"teacher": str(teacher), "student": {"layers": 1, "intermediate_size": 96}, "data": str(corpus),
+                    "distill": {"seq_len": 64, "val_fraction": 0.1},
+                    "train": {"num_workers": 1, "max_steps": 20, "micro_batch_size": 16, "lr": 0.003,
+                              "warmup_steps": 2, "eval_every": 10, "checkpoint_every": 10, "eval_batches": 2}},
+        "eval": {"models": {"teacher": str(teacher), "student": "{distill}/model"}, "tasks": ["piqa"],
+                 "max_examples": 20, "bootstrap": 100},
+        "export": {},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = runner.run(cfgmod.load(STAGES["run"].config_class(), str(path), []))
+    out = tmp_path / "recipe"
+    best = yaml.safe_load((out / "tune" / "best.yaml").read_text())["distill"]
+    trained = yaml.safe_load((out / "distill" / "config.yaml").read_text())
+    assert trained["tuned_by"] == str(out / "tune")
+    assert (trained["distill"]["alpha"], trained["distill"]["temperature"]) == (best["alpha"], best["temperature"])
+    figures = json.loads((out / "distill" / "distill.json").read_text())
+    assert figures["student"]["intermediate_size"] == 96 and figures["teacher"]["intermediate_size"] > 96
+    assert figures["student"]["decode_tokens_per_s"] > 0 and figures["teacher"]["decode_tokens_per_s"] > 0
+    scores = json.loads((out / "eval" / "eval.json").read_text())
+    assert "acc" in scores["teacher"]["piqa"] and "acc" in scores["student"]["piqa"]
+    assert "teacher vs student" in scores["comparisons"]
+    exported = yaml.safe_load((out / "onnx" / "config.yaml").read_text())
+    assert exported["model"] == str(out / "distill" / "model") and result["outputs"]["export"]
+    report = (out / "report.md").read_text()
+    assert "decode tokens/s" in report and "top-1 agreement" in report and "| piqa | acc | student |" in report

@@ -17,7 +17,8 @@ LAYERS = [  # lowest first; the top-level modules of lmforge (config, storage, .
     {"cluster", "tasks", "generate", "model"},  # Ray sessions, task data, the ONNX generator; import (model)
     {"data"},  # prepare, and the data tools the stages above read with
     {"train"},  # pretrain, and the shared training worker every stage that trains runs on
-    {"finetune", "distill", "evaluate", "export", "serve"},  # stages built on the ones below
+    {"finetune", "evaluate", "export", "serve"},  # stages built on the ones below
+    {"distill"},  # renders fine-tuning data as finetune does
     {"tune"},  # sweeps any stage that trains
     {"recipe"},  # runs stages in order
     {"bench"},  # measures the stages from outside

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from lmforge.config import check
 from lmforge.train.config import TrainConfig, TrainingConfig
@@ -10,18 +11,31 @@ from lmforge.train.config import TrainConfig, TrainingConfig
 
 @dataclasses.dataclass(kw_only=True)
 class StudentConfig:
-    """The model trained: exactly one of ``layers``, ``init_from``, ``preset``."""
+    """The model trained: a resized copy of the teacher (``layers`` and/or ``intermediate_size``), or
+    ``init_from``, or ``preset``."""
 
     # a copy of the teacher with this many layers, initialised from every k-th of its layers (DistilBERT's
     # way), embeddings, final norm and head copied
     layers: int | None = None
+    # a copy of the teacher with this many MLP neurons per layer: those adding most to the residual stream
+    # on the training rows (Minitron's width pruning); with `layers`, of the layers kept
+    intermediate_size: int | None = None
     init_from: str | None = None  # an HF dir whose tokenizer is the teacher's
     preset: str | None = None  # a fresh lmforge preset (tiny ... 1b) with the teacher's vocabulary and context
 
     def __post_init__(self):
-        chosen = [k for k in ("layers", "init_from", "preset") if getattr(self, k) is not None]
-        check(len(chosen) == 1, "student", f"set exactly one of layers, init_from, preset (got {chosen or 'none'})")
+        resized = self.layers is not None or self.intermediate_size is not None
+        chosen = ["layers/intermediate_size"] * resized + [k for k in ("init_from", "preset")
+                                                            if getattr(self, k) is not None]
+        check(len(chosen) == 1, "student", "set one of layers and/or intermediate_size (a resized teacher), "
+              f"init_from, preset (got {chosen or 'none'})")
         check(self.layers is None or self.layers >= 1, "student.layers", "must be >= 1")
+        check(self.intermediate_size is None or self.intermediate_size >= 1, "student.intermediate_size",
+              "must be >= 1")
+
+    @property
+    def resized(self) -> bool:
+        return self.layers is not None or self.intermediate_size is not None
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -56,8 +70,13 @@ class DistillConfig(TrainingConfig):
     teacher: str  # an HF dir: an `lmforge import` output, a pretrain or finetune model/
     student: StudentConfig
     # text to distil on: a prepare output (its kept documents/), or .jsonl/.txt/.parquet files or dirs,
-    # re-tokenized with the teacher's tokenizer
+    # re-tokenized with the teacher's tokenizer; or fine-tuning data (built-in tasks, prompt/response or
+    # messages JSONL: see data_format)
     data: str | list[str]
     text_field: str = "text"  # the field holding the text in .jsonl / parquet data
+    # text: documents packed into rows, every token learned; examples: conversations rendered with the
+    # teacher's chat template as finetune renders them, only the assistant turns learned; auto: examples
+    # when data names built-in tasks or JSONL rows with prompt/messages and no text_field, else text
+    data_format: Literal["auto", "text", "examples"] = "auto"
     distill: DistillOptions = dataclasses.field(default_factory=DistillOptions)
     train: TrainConfig = dataclasses.field(default_factory=_distill_train)

@@ -1,10 +1,12 @@
-"""The distillation corpus and the student's starting point. Pure Python + transformers, no Ray.
+"""The distillation rows. Pure Python + transformers, no Ray.
 
 Text from a ``prepare`` output (its kept ``documents/``) or corpus files is tokenized with the teacher's
 own tokenizer (a prepare output's rows use prepare's tokenizer, which the teacher does not read) and
 packed into rows of ``seq_len`` (each document followed by the teacher's end-of-text token), split
 train/val by document id as prepare splits; a ``loss_mask`` marks the real tokens, so padding never
-counts whatever id it shares.
+counts whatever id it shares. Fine-tuning data (built-in tasks, prompt/response or messages JSONL) is
+rendered as ``finetune`` renders it, with the teacher's chat template, one conversation per row and only
+the assistant turns in the loss mask: the student learns the teacher's answers, not its prompts.
 """
 
 from __future__ import annotations
@@ -69,57 +71,41 @@ def write_rows(tokenizer, ids: list[str], texts: list[str], seq_len: int, val_fr
     return counts
 
 
-def same_vocabulary(teacher: str, student: str) -> None:
-    """Refuse a student whose tokenizer is not the teacher's (the KL compares distributions over the same
-    token ids), naming both vocabularies."""
-    from transformers import AutoTokenizer
+def is_examples(data: str | list[str], text_field: str) -> bool:
+    """Whether ``data`` is fine-tuning data: built-in task names, or JSONL whose first row has ``prompt``
+    or ``messages`` and not ``text_field``."""
+    from lmforge.tasks.builtin import TASKS
 
-    t, s = AutoTokenizer.from_pretrained(teacher), AutoTokenizer.from_pretrained(student)
-    tv, sv = t.get_vocab(), s.get_vocab()
-    if tv != sv:
-        differ = sorted(set(tv.items()) ^ set(sv.items()), key=lambda x: x[1])[:3]
-        raise ValueError(f"student.init_from: {student}'s tokenizer ({len(sv)} tokens) is not the teacher's "
-                         f"({teacher}, {len(tv)} tokens); they differ at {differ}: distillation compares "
-                         "distributions over the same token ids")
-
-
-def layer_copy(teacher: str, layers: int, out: Path) -> list[int]:
-    """The teacher with ``layers`` of its blocks, every k-th from the first, as an HF dir (with the
-    teacher's tokenizer); returns the teacher layers kept."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
-    base = getattr(model, model.base_model_prefix)
-    blocks_name = "layers" if hasattr(base, "layers") else "h"
-    blocks = getattr(base, blocks_name)
-    total = len(blocks)
-    if layers >= total:
-        raise ValueError(f"student.layers: {layers} is not fewer than the teacher's {total} layers")
-    keep = [i * total // layers for i in range(layers)]
-    setattr(base, blocks_name, torch.nn.ModuleList(blocks[i] for i in keep))
-    for j, block in enumerate(getattr(base, blocks_name)):
-        attention = getattr(block, "self_attn", None) or getattr(block, "attn", None)
-        if attention is not None and hasattr(attention, "layer_idx"):
-            attention.layer_idx = j  # the cache index of the layer in its new place
-    model.config.num_hidden_layers = layers
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = [model.config.layer_types[i] for i in keep]
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(teacher).save_pretrained(out)
-    return keep
+    for uri in [data] if isinstance(data, str) else data:
+        if uri in TASKS:
+            return True
+        path = Path(storage.resolve_local(uri))
+        if path.suffix not in (".jsonl", ".json") or not path.is_file():
+            continue
+        with path.open(encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        try:
+            row = json.loads(first) if first else {}
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and text_field not in row and ("prompt" in row or "messages" in row):
+            return True
+    return False
 
 
-def preset_student(teacher: str, preset: str, out: Path) -> None:
-    """A fresh preset sized by the teacher's vocabulary, context and special tokens (its tokenizer kept)."""
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+def write_example_rows(tokenizer, data: str | list[str], seq_len: int, val_fraction: float, limit: int | None,
+                       out: Path) -> dict:
+    """``out/train`` and ``out/val`` rows of rendered conversations (the assistant turns masked in), as
+    finetune writes them, and their counts."""
+    from lmforge.finetune.data import format_examples, load_examples
+    from lmforge.finetune.data import write_rows as write_masked_rows
 
-    from lmforge.model import presets
-
-    config = AutoConfig.from_pretrained(teacher)
-    tok = AutoTokenizer.from_pretrained(teacher)
-    specials = {"pad": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                "bos": tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id, "eos": tok.eos_token_id}
-    context = getattr(config, "max_position_embeddings", None) or config.n_positions
-    LlamaForCausalLM(presets.build_config(preset, config.vocab_size, context, specials)).save_pretrained(out)
-    tok.save_pretrained(out)
+    counts = {}
+    for split, examples in zip(("train", "val"), load_examples(data, None, val_fraction, limit)):
+        formatted = format_examples(tokenizer, examples, seq_len)
+        write_masked_rows(formatted.rows, out / split)
+        counts[split] = {"examples": len(examples), "rows": len(formatted.rows),
+                         "target_tokens": sum(sum(m) for _, m in formatted.rows),
+                         "dropped_too_long": formatted.dropped_too_long}
+    (out / "counts.json").write_text(json.dumps(counts, indent=2))
+    return counts

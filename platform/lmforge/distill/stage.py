@@ -2,7 +2,7 @@
 Train to match a teacher's next-token distribution (:mod:`.loss`), on text tokenized with the teacher's
 tokenizer (:mod:`.data`).
 
-Run: ``lmforge distill jobs/distill_smollm2.yaml`` or ``lmforge distill teacher=runs/smollm2
+Run: ``lmforge run jobs/distill_smollm2.yaml`` (import, distill, eval, export, serve) or ``lmforge distill teacher=runs/smollm2
 student.layers=15 data=runs/data output=runs/distilled``.
 
 The run (:func:`lmforge.train.launch.run_training`, shared with pretraining and fine-tuning, so
@@ -28,11 +28,12 @@ from lmforge.train.config import WorkerSpec
 log = logging.getLogger(__name__)
 
 SUMMARY = "distil a teacher into a smaller student (KL at a temperature + cross-entropy) on Ray Train"
-_MODEL = (("pretrain", "model"), ("import", ""), ("finetune", "model"))
-INPUTS = (Input("teacher", _MODEL), Input("student.init_from", _MODEL), Input("data", (("prepare", ""),)),
-          Input("tuned_by"))
+_MODEL = (("finetune", "model"), ("pretrain", "model"), ("import", ""))  # the latest model the recipe makes
+# a student's init_from is recorded, never wired: a recipe's models are teachers unless the section says
+INPUTS = (Input("teacher", _MODEL), Input("student.init_from"), Input("data", (("prepare", ""),)), Input("tuned_by"))
 # the rows and the student's starting point are made once for every trial of a sweep
-SHARED_BY_TRIALS = ("teacher", "student.layers", "student.init_from", "student.preset", "data", "text_field",
+SHARED_BY_TRIALS = ("teacher", "student.layers", "student.intermediate_size", "student.init_from", "student.preset",
+                    "data", "text_field", "data_format",
                     "distill.seq_len", "distill.val_fraction", "distill.max_documents")
 
 
@@ -44,39 +45,61 @@ def run(cfg: Config):
 
 def check_inputs(cfg: Config) -> None:
     """The teacher is a model, and a given student reads the teacher's tokens, before anything is written."""
-    from lmforge.distill import data
+    from lmforge.distill import student
 
     teacher = _model_dir(cfg.teacher, "teacher")
     if cfg.student.init_from:
-        data.same_vocabulary(teacher, _model_dir(cfg.student.init_from, "student.init_from"))
+        student.same_vocabulary(teacher, _model_dir(cfg.student.init_from, "student.init_from"))
 
 
 def training_context(cfg: Config, partial: Path, root: str, reuse: bool = False) -> dict:
-    """The student's starting point (``partial/student``) and the packed rows (``partial/data``), made once
-    (kept by a resumed run) and shared where workers on any node reach them."""
+    """The packed rows (``partial/data``) and the student's starting point (``partial/student``; a
+    narrower MLP is ranked on the training rows), made once (kept by a resumed run) and shared where
+    workers on any node reach them."""
     from transformers import AutoTokenizer
 
-    from lmforge.distill import data
     from lmforge.outputs import share_dir
 
     teacher = _model_dir(cfg.teacher, "teacher")
     student, rows = partial / "student", partial / "data"
+    if not (reuse and (rows / "counts.json").is_file()):
+        counts = _write_rows(cfg, AutoTokenizer.from_pretrained(teacher), rows)
+        log.info("distill: %s", json.dumps(counts))
     if not (reuse and (student / "config.json").is_file()):
-        if cfg.student.layers:
-            kept = data.layer_copy(teacher, cfg.student.layers, student)
-            log.info("distill: student = teacher layers %s", kept)
-        elif cfg.student.preset:
-            data.preset_student(teacher, cfg.student.preset, student)
+        _make_student(cfg, teacher, rows / "train", student)
     if cfg.student.init_from:
         student_uri = storage.remote_or(cfg.student.init_from, _model_dir(cfg.student.init_from, "student.init_from"))
     else:
         student_uri = share_dir(student, root)
-    if not (reuse and (rows / "counts.json").is_file()):
-        ids, texts = data.read_texts(cfg.data, cfg.text_field, cfg.distill.max_documents)
-        counts = data.write_rows(AutoTokenizer.from_pretrained(teacher), ids, texts, cfg.distill.seq_len,
-                                 cfg.distill.val_fraction, rows)
-        log.info("distill: %s", json.dumps(counts))
     return {"teacher": teacher, "student": student_uri, "rows": share_dir(rows, root)}
+
+
+def _write_rows(cfg: Config, tokenizer, out: Path) -> dict:
+    from lmforge.distill import data
+
+    opts = cfg.distill
+    examples = cfg.data_format == "examples" or (cfg.data_format == "auto" and data.is_examples(cfg.data,
+                                                                                                 cfg.text_field))
+    if examples:
+        return data.write_example_rows(tokenizer, cfg.data, opts.seq_len, opts.val_fraction, opts.max_documents,
+                                       out)
+    ids, texts = data.read_texts(cfg.data, cfg.text_field, opts.max_documents)
+    return data.write_rows(tokenizer, ids, texts, opts.seq_len, opts.val_fraction, out)
+
+
+def _make_student(cfg: Config, teacher: str, train_rows: Path, out: Path) -> None:
+    from lmforge.distill import student
+    from lmforge.train.data import load_rows
+
+    if cfg.student.resized:
+        calibration = load_rows(train_rows)[:student.CALIBRATION_ROWS] if cfg.student.intermediate_size else None
+        kept = student.resized_copy(
+            teacher, out, layers=cfg.student.layers, intermediate_size=cfg.student.intermediate_size,
+            calibration=calibration.input_ids if calibration is not None else None,
+            mask=calibration.loss_mask if calibration is not None else None)
+        log.info("distill: student = teacher with %s", kept)
+    elif cfg.student.preset:
+        student.preset_student(teacher, cfg.student.preset, out)
 
 
 def worker_spec(cfg: Config, context: dict, checkpoint_root: str) -> WorkerSpec:
@@ -114,7 +137,9 @@ def report(cfg: Config | None, result: dict) -> list[Section]:
     section = training_section("Distillation", "distill", cfg)
     figures = read_json(cfg.output, "distill.json") if cfg else None
     if figures:
-        rows = [[k, figures["teacher"].get(k), figures["student"].get(k)] for k in ("params", "layers", "perplexity")]
+        labels = {"params": "parameters", "layers": "layers", "intermediate_size": "MLP width",
+                  "perplexity": "perplexity", "decode_tokens_per_s": "decode tokens/s (PyTorch fp32, batch 1)"}
+        rows = [[label, figures["teacher"].get(k), figures["student"].get(k)] for k, label in labels.items()]
         rows.append(["top-1 agreement with the teacher", 1.0, figures["student"]["top1_agreement"]])
         section.tables.append((["held-out rows", "teacher", "student"], rows))
     return [section]

@@ -12,7 +12,7 @@ from lmforge.stages import Input
 
 SUMMARY = "benchmarks as lm-eval scores them, task metrics with intervals, on a model or endpoint; audits"
 # the newest model a recipe makes
-INPUTS = (Input("model", (("finetune", "model"), ("pretrain", "model"), ("import", ""))),)
+INPUTS = (Input("model", (("distill", "model"), ("finetune", "model"), ("pretrain", "model"), ("import", ""))),)
 
 
 def run(cfg: Config):

@@ -11,7 +11,7 @@ from lmforge.stages import Input
 
 SUMMARY = "HF model dir -> ONNX with KV cache (fp32, int8, int4, fp16), parity-checked against PyTorch"
 # the newest model a recipe makes
-INPUTS = (Input("model", (("finetune", "model"), ("pretrain", "model"), ("import", ""))),)
+INPUTS = (Input("model", (("distill", "model"), ("finetune", "model"), ("pretrain", "model"), ("import", ""))),)
 
 
 def run(cfg: Config):
