@@ -2,15 +2,15 @@
 Train to match a teacher's next-token distribution (:mod:`.loss`), on text tokenized with the teacher's
 tokenizer (:mod:`.data`).
 
-Run: ``lmforge run jobs/distill_smollm2.yaml`` (import, distill, eval, export, serve) or ``lmforge distill teacher=runs/smollm2
-student.layers=15 data=runs/data output=runs/distilled``.
+Run: ``lmforge run jobs/distill_smollm2.yaml`` (import, distill, eval, export, serve) or
+``lmforge distill teacher=runs/smollm2 student.layers=15 data=runs/data output=runs/distilled``.
 
 The run (:func:`lmforge.train.launch.run_training`, shared with pretraining and fine-tuning, so
 checkpoints local or ``s3://``, resume, fault tolerance, early stopping and live metrics are theirs):
-check the student's tokenizer is the teacher's; build the student (every k-th teacher layer, a preset, or
-an HF dir); pack the text into rows; train with the teacher in the workers; write the best checkpoint's
-model and ``distill.json``: teacher vs student on the held-out rows (parameters, perplexity, top-1
-agreement); publish.
+check the student's tokenizer is the teacher's; pack the text (or render the fine-tuning examples) into
+rows; build the student (every k-th teacher layer and/or a narrower MLP, a preset, or an HF dir); train
+with the teacher in the workers; write the best checkpoint's model and ``distill.json``: teacher vs
+student on the held-out rows (parameters, perplexity, top-1 agreement, decode speed); publish.
 """
 
 from __future__ import annotations
