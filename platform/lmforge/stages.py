@@ -121,6 +121,32 @@ class Stage:
         return self.hook("worker_spec") is not None
 
 
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A command that is no stage (a benchmark, ``lmforge models list``): a config class and
+    ``run(config) -> result``, named by import path so that its ``--help`` imports nothing heavier than
+    the config."""
+
+    name: str
+    summary: str
+    config: str  # "module:ConfigClass"
+    run: str  # "module:function"
+
+    def config_class(self) -> type:
+        return _load(self.config)
+
+    def run_fn(self) -> Callable[..., Any]:
+        return _load(self.run)
+
+    def hook(self, name: str) -> None:
+        return None  # a command has none of a stage's hooks
+
+
+def _load(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 @functools.cache
 def _entry(package: str) -> ModuleType:
     return importlib.import_module(f"{package}.stage")
@@ -139,6 +165,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("eval", "lmforge.evaluate", "eval", why="package evaluate: a package named eval would shadow the builtin"),
     Stage("export", "lmforge.export", "onnx", why="folder onnx: what it holds, the ONNX graphs"),
     Stage("serve", "lmforge.serve", "", why="folder: none of its own (it writes nothing; '' marks a recipe stage)"),
+    Stage("monitor", "lmforge.monitor", why="not a recipe stage: it runs beside a deployment until stopped"),
+    Stage("update", "lmforge.update", why="not a recipe stage: a recipe of its own over a live deployment"),
     Stage("run", "lmforge.recipe", why="package recipe: what `run` runs; not itself a recipe stage"),
 )}
 

@@ -18,9 +18,9 @@ LAYERS = [  # lowest first; the top-level modules of lmforge (config, storage, .
     {"data"},  # prepare, and the data tools the stages above read with
     {"train"},  # pretrain, and the shared training worker every stage that trains runs on
     {"finetune", "evaluate", "export", "serve"},  # stages built on the ones below
-    {"distill"},  # renders fine-tuning data as finetune does
+    {"distill", "monitor"},  # distill renders fine-tuning data as finetune does; monitor probes through eval
     {"tune"},  # sweeps any stage that trains
-    {"recipe"},  # runs stages in order
+    {"recipe", "update"},  # run stages in order (update: over a live deployment, with its monitor's probe)
     {"bench"},  # measures the stages from outside
     {"cli"},  # the command line
     {"__main__"},  # python -m lmforge

@@ -4,38 +4,10 @@ They call the same public functions a user does and read only the package's own 
 measured lives in docs/benchmarks.md with the command that produced it.
 """
 
-import dataclasses
-import importlib
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-
-@dataclasses.dataclass(frozen=True)
-class Bench:
-    """A benchmark as a command: a config class and ``run(config) -> result``, named by import path so
-    that ``lmforge bench <name> --help`` imports nothing heavier than the config."""
-
-    name: str
-    summary: str
-    config: str  # "module:ConfigClass"
-    run: str  # "module:function"
-
-    def config_class(self) -> type:
-        return _load(self.config)
-
-    def run_fn(self) -> Callable[..., Any]:
-        return _load(self.run)
-
-    def hook(self, name: str) -> None:
-        return None  # a bench has none of a stage's hooks
-
-
-def _load(target: str) -> Any:
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
+from lmforge.stages import Command as Bench
 
 BENCHES: dict[str, Bench] = {b.name: b for b in (
     Bench("prepare", "the prepare pipeline against its raw tokenizer, and near-dedup against datatrove",

@@ -32,6 +32,7 @@ def usage() -> str:
     lines += [f"  {name:<{width}}{stage.summary}" for name, stage in STAGES.items()]
     lines += [f"  {'bench':<{width}}benchmarks, JSON out: lmforge bench {'|'.join(BENCHES)}",
               f"  {'submit':<{width}}a stage as a job on a Ray cluster: lmforge submit <stage> CONFIG [--address URL]",
+              f"  {'models':<{width}}the model registry: lmforge models list | show | rollback registry=...",
               f"  {'jobs':<{width}}lmforge jobs list | logs ID [--follow] | stop ID",
               f"  {'cluster':<{width}}lmforge cluster up|down|status --cloud aws|gcp|azure (ray up, token auth)", "",
               "Override values are parsed as YAML: pack.seq_len=256  inputs=[a.jsonl,b.jsonl]",
@@ -64,6 +65,13 @@ def find(argv: list[str]):
             print(f"lmforge bench: name one of {', '.join(BENCHES)}", file=sys.stderr)
             return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
         return f"bench {argv[1]}", BENCHES[argv[1]], argv[2:]
+    if argv[0] == "models":
+        from lmforge.update import MODELS
+
+        if len(argv) < 2 or argv[1] not in MODELS:
+            print(f"lmforge models: name one of {', '.join(MODELS)}", file=sys.stderr)
+            return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
+        return f"models {argv[1]}", MODELS[argv[1]], argv[2:]
     if argv[0] not in STAGES:
         close = difflib.get_close_matches(argv[0], list(STAGES), n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""

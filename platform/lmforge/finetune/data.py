@@ -47,6 +47,11 @@ def load_examples(data: str | list[str], val_data: str | None, val_fraction: flo
     return (train[:max_examples] if max_examples else train), val
 
 
+def read_sources(data: str | list[str]) -> list[Example]:
+    """Every example of each source (a built-in task's train split, or a JSONL file), in order."""
+    return [ex for source in ([data] if isinstance(data, str) else data) for ex in _source(source)]
+
+
 def _source(source: str) -> list[Example]:
     if source in TASKS:
         task = TASKS[source]

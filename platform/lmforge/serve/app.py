@@ -44,10 +44,12 @@ model_api = make_api()
 
 
 def _own_front(api, key_digests: list, retry_after_s: float, front: Front, max_in_flight: int,
-               refuse_status: int, max_request_bytes: int) -> None:
+               refuse_status: int, max_request_bytes: int, request_log: str | None = None) -> None:
     from lmforge.serve.metrics import GatewayMetrics
+    from lmforge.serve.request_log import RequestLog
 
     api.state.key_digests = list(key_digests)
+    api.state.request_log = RequestLog(request_log) if request_log else None
     api.state.max_request_bytes = max_request_bytes
     api.state.metrics = GatewayMetrics()
     front.retry_after = str(max(1, round(retry_after_s)))
@@ -139,7 +141,7 @@ class ModelFront(_ModelReplica, Front):
         super().__init__(name, model_dir, options, key_digests, retry_after_s)
         opts = self.endpoints.opts
         _own_front(model_api, key_digests, retry_after_s, self, opts.max_ongoing_requests + opts.max_queued_requests,
-                   opts.backpressure_status, opts.max_request_bytes)
+                   opts.backpressure_status, opts.max_request_bytes, opts.request_log)
 
     @model_api.get("/healthz")
     async def healthz(self) -> dict:
@@ -185,10 +187,11 @@ class Gateway(Front):
     """The HTTP front for several models: auth, validation, routing by ``model``, request metrics."""
 
     def __init__(self, models: dict, key_digests: list, retry_after_s: float, max_in_flight: int,
-                 refuse_status: int = 503, max_request_bytes: int = 2 * 2**20):
+                 refuse_status: int = 503, max_request_bytes: int = 2 * 2**20, request_log: str | None = None):
         self.models = models
         self.model_names = sorted(models)
-        _own_front(gateway_api, key_digests, retry_after_s, self, max_in_flight, refuse_status, max_request_bytes)
+        _own_front(gateway_api, key_digests, retry_after_s, self, max_in_flight, refuse_status, max_request_bytes,
+                   request_log)
 
     @gateway_api.get("/healthz")
     async def healthz(self) -> dict:
@@ -285,7 +288,8 @@ def build_app(cfg: ServeConfig):
     return Gateway.options(
         num_replicas=opts.ingress_replicas, ray_actor_options={"num_cpus": opts.ingress_cpus},
         **_limits(opts, in_flight),
-    ).bind(deployments, digests, opts.retry_after_s, in_flight, opts.backpressure_status, opts.max_request_bytes)
+    ).bind(deployments, digests, opts.retry_after_s, in_flight, opts.backpressure_status, opts.max_request_bytes,
+           opts.request_log)
 
 
 def app_builder(args: dict):

@@ -86,6 +86,9 @@ class ServeOptions:
     lora_root: str | None = None
     max_loaded_adapters: int = 8  # per replica, from lora_root; the least recently used idle one makes room
     log_prompts: bool = False  # request logs carry the prompt text (they never do by default)
+    # a dir where every serving process appends a JSON line per request, without its text (tokens, finish
+    # reasons, the prompt's language, status): what `lmforge monitor` reads; local, or a shared filesystem
+    request_log: str | None = None
     startup_timeout_s: float = 180.0  # how long to wait for /healthz after deploying
     detach: bool = False  # deploy (or update a running app in place) and return, instead of serving until Ctrl-C
 

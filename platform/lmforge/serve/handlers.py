@@ -29,6 +29,7 @@ from lmforge.serve.openai_api import (
     RequestError,
     error_body,
 )
+from lmforge.serve.request_log import RequestLog, prompt_language
 
 # A child of Serve's own logger: in a replica, Serve gives "ray.serve" the handler that writes the replica's
 # log file (JSON lines, per the deployment's logging_config); a logger outside it has no handler there
@@ -69,6 +70,7 @@ class ModelEndpoints:
         self.adapters = adapters or ServedAdapters(name, model, str(model.model_dir), None, 0)
         self.tokenizer = engine.engine.model.tokenizer
         self.max_positions = engine.engine.max_context  # the replica's limit (engine.max_context)
+        self.request_log = RequestLog(opts.request_log) if opts.request_log else None
         self.observer = observer or Observer()
 
     # ------------------------------------------------------------------ completions
@@ -255,7 +257,7 @@ class ModelEndpoints:
                       delta) -> AsyncIterator[str]:
         """Every job's outputs as SSE chunks as they come, then the usage chunk if asked, then [DONE]."""
         queue: asyncio.Queue = asyncio.Queue()
-        start, totals, timers = time.perf_counter(), {}, {}
+        start, totals, timers, reasons = time.perf_counter(), {}, {}, {}
 
         async def pump(index: int, ids: list[int], params) -> None:
             first = True
@@ -277,6 +279,8 @@ class ModelEndpoints:
                 if out.token_ids:
                     timers.setdefault(index, _Timer(self.observer)).token()
                 totals[index] = (out.prompt_tokens, out.completion_tokens)
+                if out.finish_reason:
+                    reasons[index] = out.finish_reason
                 choice = delta(index, out, first)
                 if choice is not None:
                     yield f"data: {json.dumps(make_chunk(request_id, _served(self, req), choice))}\n\n"
@@ -289,7 +293,8 @@ class ModelEndpoints:
                 yield f"data: {json.dumps(make_chunk(request_id, _served(self, req), None, usage))}\n\n"
             yield "data: [DONE]\n\n"
             self._log(request_id, endpoint, 200, prompt_tokens, completion_tokens, time.perf_counter() - start,
-                      min((t.ttft for t in timers.values() if t.ttft is not None), default=None), req)
+                      min((t.ttft for t in timers.values() if t.ttft is not None), default=None), req,
+                      [reasons.get(i) for i in sorted(totals)])
         finally:
             for task in tasks:
                 task.cancel()  # a client that went away: every job's request is aborted
@@ -299,17 +304,24 @@ class ModelEndpoints:
         prompt_tokens = _prompt_total(jobs, {c.index: (c.prompt_tokens, c.completion_tokens) for c in choices})
         completion_tokens = sum(c.completion_tokens for c in choices)
         ttft = min((c.ttft for c in choices if c.ttft is not None), default=None)
-        self._log(request_id, endpoint, 200, prompt_tokens, completion_tokens, time.perf_counter() - start, ttft, req)
+        self._log(request_id, endpoint, 200, prompt_tokens, completion_tokens, time.perf_counter() - start, ttft, req,
+                  [c.finish_reason for c in choices])
         return make_body(request_id, _served(self, req), body, prompt_tokens, completion_tokens)
 
     def _log(self, request_id: str, endpoint: str, status: int, prompt_tokens: int, completion_tokens: int,
-             seconds: float, ttft: float | None, req) -> None:
+             seconds: float, ttft: float | None, req, finish_reasons: list | None = None) -> None:
         self.observer.finished(endpoint, prompt_tokens, completion_tokens, seconds)
         entry = {"event": "request", "request_id": request_id, "model": _served(self, req), "endpoint": endpoint,
                  "status": status, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "ttft_s": ttft, "stream": req.stream, "n": getattr(req, "n", 1)}
+        prompt = req.chat() if hasattr(req, "chat") else getattr(req, "prompt", None) or req.input
+        if self.request_log:
+            self.request_log.write({
+                "model": entry["model"], "endpoint": endpoint, "status": status, "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens, "finish_reasons": finish_reasons or [],
+                "language": prompt_language(prompt)})
         if self.opts.log_prompts:
-            entry["prompt"] = req.chat() if hasattr(req, "chat") else getattr(req, "prompt", None) or req.input
+            entry["prompt"] = prompt
         log.info(json.dumps(entry, ensure_ascii=False))
 
 

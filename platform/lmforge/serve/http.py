@@ -27,6 +27,7 @@ def make_api() -> FastAPI:
     api.add_exception_handler(Exception, _unexpected)
     api.middleware("http")(_authenticate_and_count)
     api.state.key_digests, api.state.metrics, api.state.max_request_bytes = [], None, 2 * 2**20
+    api.state.request_log = None
     return api
 
 
@@ -103,6 +104,8 @@ async def _authenticate_and_count(request: Request, call_next):
     def record() -> None:
         model = getattr(request.state, "model", None) or "-"
         metrics.request(endpoint, model, response.status_code, time.perf_counter() - start)
+        if getattr(state, "request_log", None) and response.status_code >= 400:  # a 200 is the model's to log
+            state.request_log.write({"model": model, "endpoint": endpoint, "status": response.status_code})
 
     if response.headers.get("content-type", "").startswith("text/event-stream"):
         body = response.body_iterator
