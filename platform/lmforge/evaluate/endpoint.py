@@ -14,6 +14,9 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
+# OpenAI's end-user field on every request an evaluation sends: request logs tell its traffic from users'
+# (lmforge monitor leaves it out of the traffic statistics)
+EVAL_USER = "lmforge-eval"
 
 class EndpointError(RuntimeError):
     """An endpoint that cannot serve the evaluation; the message names it and what failed."""
@@ -80,7 +83,8 @@ class EndpointBackend:
         import openai
 
         try:
-            return self.client.completions.create(model=self.model, prompt=prompt, temperature=0, **kwargs)
+            return self.client.completions.create(model=self.model, prompt=prompt, temperature=0, user=EVAL_USER,
+                                                  **kwargs)
         except openai.APIError as e:
             raise EndpointError(f"{self.url}: a completion failed ({e})") from e
 

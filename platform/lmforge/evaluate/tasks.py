@@ -22,7 +22,7 @@ import numpy as np
 from lmforge.data import canaries as canary_data
 from lmforge.evaluate import metrics
 from lmforge.evaluate.intervals import Sample
-from lmforge.tasks.chat import chat_prompt
+from lmforge.tasks.chat import chat_prompt, has_template
 from lmforge.tasks.examples import Example
 
 CANARY_CANDIDATES = 100  # random secrets of the same shape each canary is ranked among (exposure)
@@ -114,7 +114,8 @@ def requests_for(task: Task, tokenizer) -> list[dict]:
             out.append({"rid": rid, "kind": "generate", "ids": ids, "max_tokens": task.max_tokens,
                         "stop": list(task.stop) + extra})
             if "perplexity" in task.metrics:
-                lead = "" if task.chat or ex.messages else " "  # an answer turn starts bare
+                # a template's answer turn starts bare; the default one writes "Assistant: <answer>"
+                lead = "" if (task.chat or ex.messages) and has_template(tokenizer) else " "
                 out.append({"rid": f"{rid}/ppl", "kind": "score", "ctx": ids,
                             "cont": _ids(tokenizer, lead + ex.references()[0].strip(), specials=False)})
         elif task.kind == "choice":

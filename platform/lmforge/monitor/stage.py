@@ -82,12 +82,19 @@ def read_traffic(cfg: Config) -> dict:
     from lmforge.monitor import traffic
     from lmforge.serve import request_log
 
-    records = request_log.read(cfg.request_log)
-    reference = request_log.read(cfg.reference) if cfg.reference else records[: cfg.window]
+    records = users(request_log.read(cfg.request_log))
+    reference = users(request_log.read(cfg.reference)) if cfg.reference else records[: cfg.window]
     current = records[-cfg.window:]
     drift = traffic.drift(reference, current)
     return {"current": traffic.stats(current), "reference": traffic.stats(reference), "drift": drift,
             "drifted": drift["score"] > cfg.drift_threshold, "threshold": cfg.drift_threshold}
+
+
+def users(records: list[dict]) -> list[dict]:
+    """The users' requests: evaluations' and probes' own (``user`` lmforge-eval) left out."""
+    from lmforge.evaluate.endpoint import EVAL_USER
+
+    return [r for r in records if r.get("user") != EVAL_USER]
 
 
 class Gauges:

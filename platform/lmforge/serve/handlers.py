@@ -319,7 +319,7 @@ class ModelEndpoints:
             self.request_log.write({
                 "model": entry["model"], "endpoint": endpoint, "status": status, "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens, "finish_reasons": finish_reasons or [],
-                "language": prompt_language(prompt)})
+                "language": prompt_language(prompt), "user": getattr(req, "user", None)})
         if self.opts.log_prompts:
             entry["prompt"] = prompt
         log.info(json.dumps(entry, ensure_ascii=False))

@@ -3,8 +3,9 @@
 With ``serve.request_log`` set (a dir: local, or on a multi-node cluster a filesystem every node mounts),
 each serving process appends to its own ``requests-<host>-<pid>.jsonl`` (no two writers share a file):
 a finished request as ``{time, model, endpoint, status: 200, prompt_tokens, completion_tokens,
-finish_reasons, language}`` from the model replica (the language of the prompt, detected there; the text
-is never written), a refused one as ``{time, model, endpoint, status}`` from the HTTP front.
+finish_reasons, language, user}`` from the model replica (the prompt's language is detected there; the
+text is never written; ``user`` is OpenAI's end-user field, ``lmforge-eval`` on an evaluation's
+requests), a refused one as ``{time, model, endpoint, status}`` from the HTTP front.
 """
 
 from __future__ import annotations

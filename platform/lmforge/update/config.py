@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from lmforge.config import check
 from lmforge.evaluate.config import TaskSpec
@@ -59,6 +60,9 @@ class UpdateConfig(UsesRay):
     probe: ProbeConfig
     api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the deployment's API key
     switch_timeout_s: float = 300.0  # how long the new version may take to be the one /v1/models reports
+    # stop after this step (gate: the decision; export: the candidate ready to switch, for review); a rerun
+    # without it goes on from there
+    until: Literal["gate", "export"] | None = None
 
     def __post_init__(self):
         check(bool(self.eval.get("tasks")), "eval.tasks", "name the tasks the candidate is judged on")

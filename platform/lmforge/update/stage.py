@@ -60,9 +60,13 @@ def run(cfg: Config) -> dict:
                   **record)
             log.info("update: the gate refused the candidate (%s); %s stays live", why, deployed["version"])
             return _finish(out, {**result, "outcome": "refused", "reason": why})
+        if cfg.until == "gate":
+            return _finish(out, {**result, "outcome": "passed the gate (until=gate)"})
         export_dir = _export(cfg, candidate_model, out)
         version = switch.version_of(export_dir)
         _once(registry, "candidate", version, export=export_dir, **record)
+        if cfg.until == "export":
+            return _finish(out, {**result, "candidate": version, "outcome": "exported (until=export)"})
         result.update(candidate=version, outcome=_switch_and_probe(cfg, registry, deployed, version, export_dir,
                                                                     live["model"], out))
     return _finish(out, result)
