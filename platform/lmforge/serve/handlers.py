@@ -314,7 +314,7 @@ class ModelEndpoints:
         entry = {"event": "request", "request_id": request_id, "model": _served(self, req), "endpoint": endpoint,
                  "status": status, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "ttft_s": ttft, "stream": req.stream, "n": getattr(req, "n", 1)}
-        prompt = req.chat() if hasattr(req, "chat") else getattr(req, "prompt", None) or req.input
+        prompt = req.chat() if hasattr(req, "chat") else req.prompt if hasattr(req, "prompt") else req.input
         if self.request_log:
             self.request_log.write({
                 "model": entry["model"], "endpoint": endpoint, "status": status, "prompt_tokens": prompt_tokens,
