@@ -124,3 +124,28 @@ def test_new_data_drops_what_was_trained_on_and_repeats(tmp_path):
     assert counts == {"examples": 6, "kept": 3, "already_trained_on": 2, "repeated": 1}
     kept = [json.loads(line)["messages"][0]["content"] for line in (tmp_path / "out" / "train.jsonl").open()]
     assert kept == ["Q5 ", "Q6 ", "Q7 "]  # as written (the later "q7" is the repeat); only keys are normalised
+
+
+def test_alert_rules_name_only_metrics_that_lmforge_exports():
+    """Every metric an alert in infra/prometheus reads is a gauge of the monitor or a serving metric (Ray
+    prefixes those with ray_), and every probe metric it filters on is one eval computes: a renamed gauge
+    would leave an alert that never fires."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from lmforge.evaluate.config import METRICS
+    from lmforge.monitor.stage import Gauges
+
+    monitor = {m.name for m in Gauges(None).registry.collect()}
+    source = (Path(__file__).resolve().parents[2] / "platform/lmforge/serve/metrics.py").read_text()
+    serving = {f"ray_{name}" for name in re.findall(r'"(lmforge_[a-z_]+)"', source)}
+    rules = yaml.safe_load((Path(__file__).resolve().parents[2] / "infra/prometheus/lmforge-alerts.yaml").read_text())
+    exprs = [r["expr"] for group in rules["groups"] for r in group["rules"]]
+    assert len(exprs) >= 5
+    for expr in exprs:
+        for name in re.findall(r"\b((?:ray_)?lmforge_[a-z_]+)", expr):
+            assert name in monitor | serving, (name, expr)
+        for chosen in re.findall(r'metric=~?"([^"]+)"', expr):
+            assert set(chosen.split("|")) <= set(METRICS), chosen

@@ -31,8 +31,8 @@ class ProbeConfig:
     tasks: list[str | TaskSpec]  # as `lmforge monitor` / `lmforge eval` take them
     max_examples: int = 50  # per task, the same examples before and after the switch
     chat: bool = False  # prompts as a user turn of the model's chat template
-    # how much worse than the previous version's probe any probe metric may be before the switch is rolled
-    # back (in the metric's units; a direction per metric, as the gate's)
+    # how much worse than the probe before the switch (the previous version) any probe metric may be after
+    # it before the switch is rolled back (in the metric's units; lower is better for perplexity)
     max_drop: float = 0.1
     margins: dict[str, float] = dataclasses.field(default_factory=dict)  # per task.metric, instead of max_drop
 
