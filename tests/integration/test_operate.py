@@ -148,14 +148,16 @@ def test_monitor_gauges_equal_an_eval_of_the_probe_set_and_a_traffic_shift_raise
     log = tmp_path / "monitor.log"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"))
 
-    def gauges(key: str) -> dict | None:
+    def gauges(*keys: str) -> dict | None:
         assert proc.poll() is None, log.read_text()[-3000:]  # the monitor died
-        return _gauges_or_none(port, key)
+        return _gauges_or_none(port, *keys)
 
     try:
         quality_key = f'lmforge_quality{{metric="perplexity",model="{NAME}",task="{NAME}",version="{_version(url)}"}}'
-        first = _wait_for(lambda: gauges(quality_key), 180, "the monitor's first round")
-        assert first[f'lmforge_traffic_drifted{{model="{NAME}"}}'] == 0.0
+        drifted_key = f'lmforge_traffic_drifted{{model="{NAME}"}}'
+        # a round sets the probe's gauges, then the traffic's: a scrape between them sees the first only
+        first = _wait_for(lambda: gauges(quality_key, drifted_key), 180, "the monitor's first round")
+        assert first[drifted_key] == 0.0
         assert first[f'lmforge_traffic_drift_score{{model="{NAME}"}}'] < 0.05
         evaluated = _run("eval", {"model": url, "tokenizer": live["export"], "tasks": [probe], "max_examples": 20,
                                   "chat": True, "bootstrap": 0, "engine": "local", "api_key_env": KEY_ENV,
@@ -164,8 +166,8 @@ def test_monitor_gauges_equal_an_eval_of_the_probe_set_and_a_traffic_shift_raise
         assert first[quality_key] == pytest.approx(scores[NAME]["perplexity"], rel=1e-9)
         korean = [f"어느 동물이 {p} 옆에? {i}" for i, p in enumerate(["강", "집", "숲"] * 10)]  # ~40 tokens
         _chat(url, korean)
-        drifted = _wait_for(lambda: (g := gauges(quality_key)) and
-                            g.get(f'lmforge_traffic_drifted{{model="{NAME}"}}') == 1.0 and g, 60, "drift")
+        drifted = _wait_for(lambda: (g := gauges(quality_key, drifted_key)) and g[drifted_key] == 1.0 and g, 60,
+                            "drift")
         assert drifted[f'lmforge_traffic_drift{{feature="language",model="{NAME}"}}'] > 0.25
         assert drifted[f'lmforge_traffic_language_share{{language="ko",model="{NAME}"}}'] == 1.0
     finally:
@@ -177,12 +179,13 @@ def test_monitor_gauges_equal_an_eval_of_the_probe_set_and_a_traffic_shift_raise
                                     for r in rounds)
 
 
-def _gauges_or_none(port: int, key: str) -> dict | None:
+def _gauges_or_none(port: int, *keys: str) -> dict | None:
+    """The monitor's gauges once every one of ``keys`` is there (None before, or before it listens)."""
     try:
         found = _gauges(port)
     except requests.ConnectionError:
         return None
-    return found if key in found else None
+    return found if all(k in found for k in keys) else None
 
 
 def _update(live, tmp_path, data: str, **keys) -> dict:
@@ -242,6 +245,9 @@ def test_useful_data_is_promoted_under_load_and_damaged_data_is_refused(live, tm
     registry = Registry(str(live["root"] / "registry.jsonl"))
     assert registry.get(before)["status"] == "replaced" and registry.live()["version"] == result["candidate"]
     assert registry.get(result["candidate"])["parent"] == before
+    events = len(registry.events())
+    assert _update(live, tmp_path / "useful", live["data"]["useful"]) == result  # a rerun redoes nothing
+    assert len(registry.events()) == events
 
     refused = _update(live, tmp_path / "damaged", live["data"]["damaged"])
     assert refused["outcome"] == "refused" and f"{NAME}.perplexity" in refused["reason"]
@@ -277,6 +283,8 @@ def test_a_broken_export_is_rolled_back_after_its_probe(live, tmp_path):
     by = {v["version"]: v for v in Registry(str(live["root"] / "registry.jsonl")).versions()}
     assert by[staged["candidate"]]["status"] == "rolled_back" and by[live_before]["status"] == "live"
     assert "post-switch probe" in by[staged["candidate"]]["history"][-1]["reason"]
+    assert _update(live, tmp_path, live["data"]["more"])["outcome"] == "rolled_back"  # never switched on again
+    assert _version(live["url"]) == live_before
 
 
 def test_bad_input_is_refused_before_anything_trains(live, tmp_path):

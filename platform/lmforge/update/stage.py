@@ -27,6 +27,7 @@ from lmforge.update.registry import Registry
 log = logging.getLogger("lmforge.update")
 
 SUMMARY = "update a live deployment from new data: finetune, eval vs deployed, gate, export, switch, probe"
+FINAL = ("promoted", "refused", "rolled_back")  # outcomes a rerun returns as they are (until=... ones go on)
 
 
 def run(cfg: Config) -> dict:
@@ -37,10 +38,14 @@ def run(cfg: Config) -> dict:
     gate.check_names(cfg.gate.metrics, produced_metrics(cfg.eval["tasks"]))
     url = switch.endpoint(cfg.serve, cfgmod.to_dict(cfg.ray))
     live = served(url, cfg.api_key_env)  # no deployment there: ConnectionError, before anything trains
-    registry = Registry(cfg.registry)
-    deployed = registry.get(live["version"]) or _register(registry, live, cfg.trained_on)
-    out = Path(cfg.output)
+    registry, out = Registry(cfg.registry), Path(cfg.output)
+    finished = json.loads((out / "update.json").read_text()) if (out / "update.json").is_file() else {}
+    if finished.get("outcome") in FINAL:  # a finished update: its outcome, nothing redone
+        return finished
     out.mkdir(parents=True, exist_ok=True)
+    # the version this update started from, kept: after a crash past the switch the candidate is live
+    deployed = _step(out / "deployed.json",
+                     lambda: registry.get(live["version"]) or _register(registry, live, cfg.trained_on))
     result: dict = {"deployed": deployed["version"], "model_name": live["model"]}
     seen = [s for v in registry.versions() for s in v.get("data") or []]
     result["data"] = _step(out / "data" / "counts.json", lambda: _dedup(cfg, seen, out / "data"))
@@ -78,6 +83,8 @@ def _switch_and_probe(cfg: Config, registry: Registry, deployed: dict, version: 
     from lmforge.update import switch
 
     ray, url = cfgmod.to_dict(cfg.ray), switch.endpoint(cfg.serve, cfgmod.to_dict(cfg.ray))
+    if (registry.get(version) or {}).get("status") == "rolled_back":  # a rerun never switches it back on
+        return "rolled_back"
     before = _step(out / "probe_before.json", lambda: _probe(cfg, url, out / "probe_before"))
     if served(url, cfg.api_key_env)["version"] != version:
         switch.switch_to(cfg.serve, ray, export_dir, model_name, cfg.api_key_env, cfg.switch_timeout_s)
