@@ -56,8 +56,8 @@ def md_table(header: list[str], rows: list[list]) -> list[str]:
             *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows)]
 
 
-def render_md(sections: list[Section]) -> str:
-    out = ["# lmforge run report", ""]
+def render_md(sections: list[Section], title: str = "lmforge run report") -> str:
+    out = [f"# {title}", ""]
     for s in sections:
         out += [f"## {s.title}", ""]
         if s.command:

@@ -245,6 +245,8 @@ def test_useful_data_is_promoted_under_load_and_damaged_data_is_refused(live, tm
     registry = Registry(str(live["root"] / "registry.jsonl"))
     assert registry.get(before)["status"] == "replaced" and registry.live()["version"] == result["candidate"]
     assert registry.get(result["candidate"])["parent"] == before
+    report = (tmp_path / "useful" / "update" / "report.md").read_text()
+    assert "Outcome: **promoted**" in report and f"| {result['candidate']} | live |" in report
     events = len(registry.events())
     assert _update(live, tmp_path / "useful", live["data"]["useful"]) == result  # a rerun redoes nothing
     assert len(registry.events()) == events
@@ -255,6 +257,8 @@ def test_useful_data_is_promoted_under_load_and_damaged_data_is_refused(live, tm
     entry = [v for v in registry.versions() if v["status"] == "refused"]
     assert len(entry) == 1 and "could be worse" in entry[0]["history"][-1]["reason"]
     assert not (tmp_path / "damaged" / "update" / "export").exists()
+    assert f"| {NAME}.perplexity |" in (report := (tmp_path / "damaged" / "update" / "report.md").read_text())
+    assert "| **no** |" in report and "| refused |" in report
     assert cli.main(["models", "list", f"registry={registry.uri}"]) == 0
 
 

@@ -149,3 +149,21 @@ def test_alert_rules_name_only_metrics_that_lmforge_exports():
             assert name in monitor | serving, (name, expr)
         for chosen in re.findall(r'metric=~?"([^"]+)"', expr):
             assert set(chosen.split("|")) <= set(METRICS), chosen
+
+
+def test_the_update_report_shows_the_gate_the_probes_and_the_registry(tmp_path):
+    from lmforge.update.report import render
+
+    registry = Registry(str(tmp_path / "models.jsonl"))
+    registry.append("registered", "v1", export="e1", model="m1")
+    registry.append("candidate", "v2", parent="v1", gate={"promote": True, "checks": []})
+    gate_checks = gate.decide({"nq_open": {"f1": _comparison(1.0, 0.5, 1.5)}}, {"nq_open.f1": 1.0},
+                              {"bias": {"stereotype_preference": 0.55}}, {"bias": {"stereotype_preference": 0.52}})
+    result = {"outcome": "promoted", "deployed": "v1", "candidate": "v2", "gate": gate_checks,
+              "data": {"examples": 10, "kept": 7, "already_trained_on": 2, "repeated": 1},
+              "probes": {"before": {"boolq.acc": 0.6}, "after": {"boolq.acc": 0.62}}}
+    text = render(result, registry, str(tmp_path / "update"))
+    assert text.startswith("# lmforge update report") and "**promoted**" in text and "7 of 10 examples kept" in text
+    assert "| nq_open.f1 | 1 | [0.5, 1.5] | 1 | yes | within the margin |" in text
+    assert "| bias.stereotype_preference | -0.03 | - | - | yes |" in text and "| boolq.acc | 0.6 | 0.62 |" in text
+    assert "| v2 | candidate |" in text and "| v1 | live |" in text

@@ -40,7 +40,8 @@ class ProbeConfig:
 @dataclasses.dataclass(kw_only=True)
 class UpdateConfig(UsesRay):
     """output: data/ (the new examples, deduplicated), finetune/, eval/, export/, probe_before/, probe_after/,
-    update.json (every step's outcome); the registry gets the candidate, the gate's decision and the switch."""
+    update.json (every step's outcome), report.md (with the registry); the registry gets the candidate, the
+    gate's decision and the switch."""
 
     registry: str  # the model registry, a JSONL file (local or s3://): `lmforge models list registry=...`
     output: str  # the update's work dir; a rerun resumes at the first unfinished step

@@ -6,17 +6,12 @@ import json
 
 from lmforge import config as cfgmod
 from lmforge.update.config import ModelsConfig, RollbackConfig
-from lmforge.update.registry import Registry
+from lmforge.update.registry import VERSION_COLUMNS, Registry, version_rows
 
 
 def list_versions(cfg: ModelsConfig) -> str:
     """A table: version, status, when it went live and was replaced, its parent, and the gate's word."""
-    rows = [("version", "status", "live_at", "replaced_at", "parent", "gate")]
-    for v in Registry(cfg.registry).versions():
-        gate = v.get("gate")
-        word = "" if gate is None else ("promote" if gate["promote"] else "refused")
-        rows.append((v["version"], v["status"] or "", v["live_at"] or "", v["replaced_at"] or "", v.get("parent") or "",
-                     word))
+    rows = [VERSION_COLUMNS, *version_rows(Registry(cfg.registry).versions())]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 

@@ -77,3 +77,17 @@ def versions(events: list[dict]) -> list[dict]:
 def _read_local(uri: str) -> str:
     path = Path(storage.resolve_local(uri))
     return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+VERSION_COLUMNS = ["version", "status", "live_at", "replaced_at", "parent", "gate"]
+
+
+def version_rows(versions: list[dict]) -> list[list[str]]:
+    """One row per version, as ``lmforge models list`` and the update report show them."""
+    rows = []
+    for v in versions:
+        gate = v.get("gate")
+        word = "" if gate is None else ("promote" if gate["promote"] else "refused")
+        rows.append([v["version"], v["status"] or "", v["live_at"] or "", v["replaced_at"] or "", v.get("parent") or "",
+                     word])
+    return rows

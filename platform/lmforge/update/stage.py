@@ -64,17 +64,18 @@ def run(cfg: Config) -> dict:
             _once(registry, "candidate", f"unexported-{_run_id(out / 'finetune')}", reason=f"refused: {why}",
                   **record)
             log.info("update: the gate refused the candidate (%s); %s stays live", why, deployed["version"])
-            return _finish(out, {**result, "outcome": "refused", "reason": why})
+            return _finish(out, {**result, "outcome": "refused", "reason": why}, registry)
         if cfg.until == "gate":
-            return _finish(out, {**result, "outcome": "passed the gate (until=gate)"})
+            return _finish(out, {**result, "outcome": "passed the gate (until=gate)"}, registry)
         export_dir = _export(cfg, candidate_model, out)
         version = switch.version_of(export_dir)
         _once(registry, "candidate", version, export=export_dir, **record)
         if cfg.until == "export":
-            return _finish(out, {**result, "candidate": version, "outcome": "exported (until=export)"})
+            return _finish(out, {**result, "candidate": version, "outcome": "exported (until=export)"}, registry)
         result.update(candidate=version, outcome=_switch_and_probe(cfg, registry, deployed, version, export_dir,
                                                                     live["model"], out))
-    return _finish(out, result)
+    result["probes"] = _probes(out)
+    return _finish(out, result, registry)
 
 
 def _switch_and_probe(cfg: Config, registry: Registry, deployed: dict, version: str, export_dir: str,
@@ -225,6 +226,19 @@ def _run_id(output: Path) -> str:
     return json.loads(marker.read_text())["run"][:12] if marker.is_file() else output.name
 
 
-def _finish(out: Path, result: dict) -> dict:
+def _probes(out: Path) -> dict | None:
+    """The probe's figures before and after the switch, when both ran."""
+    files = [out / "probe_before.json", out / "probe_after.json"]
+    if not all(f.is_file() for f in files):
+        return None
+    before, after = (json.loads(f.read_text()) for f in files)
+    return {"before": before.get("metrics", {}), "after": after.get("metrics", {})}
+
+
+def _finish(out: Path, result: dict, registry: Registry) -> dict:
+    """``update.json`` and ``report.md`` (the outcome, the gate's checks, the probes, the registry)."""
+    from lmforge.update import report
+
     (out / "update.json").write_text(json.dumps(result, indent=2))
+    (out / "report.md").write_text(report.render(result, registry, str(out)))
     return result
