@@ -137,6 +137,7 @@ class PrepareConfig(UsesRay, StageConfig):
         if self.languages:
             from lmforge.data.language import known_codes
 
-            unknown = sorted(set(self.languages) - known_codes())
+            known = known_codes()
+            unknown = sorted(set(self.languages) - known)
             check(not unknown, "languages", f"unknown language codes {unknown} (ISO 639-1 such as ko, en, ja, zh; "
-                  f"the detector knows {len(known_codes()) - 1}; und: none found)")
+                  f"the detector knows {len(known) - 1}; und: none found)")

@@ -50,3 +50,16 @@ def read(data_dir: str | Path) -> dict:
     if text is None:
         raise FileNotFoundError(f"data: {data_dir} is not a prepare output (no manifest.json)")
     return json.loads(text)
+
+
+def is_prepared(path: str | Path) -> bool:
+    """Whether ``path`` (local) is a prepare output: its manifest and kept ``documents/``."""
+    return (Path(path) / "manifest.json").is_file() and (Path(path) / "documents").is_dir()
+
+
+def kept_documents(path: str | Path, columns: list[str]):
+    """The kept documents of a prepare output (local), ``columns`` of them, a table per part file in order."""
+    import pyarrow.parquet as pq
+
+    for part in sorted((Path(path) / "documents").glob("*.parquet")):
+        yield pq.read_table(part, columns=columns)

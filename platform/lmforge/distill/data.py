@@ -26,16 +26,16 @@ log = logging.getLogger(__name__)
 
 def read_texts(data: str | list[str], text_field: str, limit: int | None) -> tuple[list[str], list[str]]:
     """(ids, texts): a prepare output's kept documents, or every readable record of the files."""
-    from lmforge.data import sources
+    from lmforge.data import manifest, sources
 
     uris = [data] if isinstance(data, str) else list(data)
     ids, texts = [], []
     for uri in uris:
         local = storage.local_dir(uri) if Path(storage.resolve_local(uri)).is_dir() or uri.startswith("s3://") else uri
-        if (Path(local) / "manifest.json").is_file() and (Path(local) / "documents").is_dir():
-            table = pq.read_table(Path(local) / "documents", columns=["id", "text"])
-            ids += table.column("id").to_pylist()
-            texts += table.column("text").to_pylist()
+        if manifest.is_prepared(local):
+            for table in manifest.kept_documents(local, ["id", "text"]):
+                ids += table.column("id").to_pylist()
+                texts += table.column("text").to_pylist()
             continue
         for i, path in enumerate(sources.list_inputs([uri])):
             for rec in sources.read_records(path, i, text_field):

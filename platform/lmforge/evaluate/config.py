@@ -9,6 +9,8 @@ from lmforge.config import check
 from lmforge.stages import StageConfig, UsesRay
 
 GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match", "f1", "perplexity")
+# what a JSONL task scores when its spec names no metrics, by kind
+DEFAULT_METRICS = {"choice": ("acc", "acc_norm"), "generate": ("rougeL",)}
 CHOICE_METRICS = ("acc", "acc_norm", "f1")  # lm-evaluation-harness's names; f1 of the choices as classes
 METRICS = tuple(dict.fromkeys(GENERATION_METRICS + CHOICE_METRICS))
 

@@ -14,14 +14,11 @@ import os
 import yaml
 
 from lmforge import storage
+from lmforge.data import manifest
 from lmforge.outputs import DONE_MARKER
 from lmforge.tasks.contamination import TestIndex
 
 log = logging.getLogger(__name__)
-
-
-def _is_prepare_output(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "documents")) and os.path.isfile(os.path.join(path, "manifest.json"))
 
 
 def _paths_in(value) -> list[str]:
@@ -45,7 +42,7 @@ def training_corpora(model: str, depth: int = 5) -> list[str]:
             if run is None or run[0] in seen:
                 continue
             seen.add(run[0])
-            if _is_prepare_output(run[0]):
+            if manifest.is_prepared(run[0]):
                 found.append(run[0])
                 continue
             config = os.path.join(run[0], "config.yaml")
@@ -57,12 +54,8 @@ def training_corpora(model: str, depth: int = 5) -> list[str]:
 
 
 def _documents(corpus: str):
-    import pyarrow.parquet as pq
-
-    folder = os.path.join(corpus, "documents")
-    for part in sorted(os.listdir(folder)):
-        if part.endswith(".parquet"):
-            yield from pq.read_table(os.path.join(folder, part), columns=["text"]).column("text").to_pylist()
+    for table in manifest.kept_documents(corpus, ["text"]):
+        yield from table.column("text").to_pylist()
 
 
 def report(corpora: list[str], tasks) -> dict | None:

@@ -24,7 +24,7 @@ from lmforge import storage
 from lmforge.cluster.session import ray_session
 from lmforge.data import canaries
 from lmforge.evaluate import intervals, report
-from lmforge.evaluate.config import EvalConfig, TaskSpec
+from lmforge.evaluate.config import DEFAULT_METRICS, EvalConfig, TaskSpec
 from lmforge.evaluate.endpoint import is_endpoint
 from lmforge.evaluate.tasks import Task, execute, requests_for, score
 from lmforge.outputs import Output
@@ -92,12 +92,12 @@ def load_task(spec: str | TaskSpec, cfg: EvalConfig) -> Task:
         raise DataError(f"{spec.data}: mixes multiple-choice rows (with \"choices\") and generation rows; "
                         "give them as two tasks")
     kind = kinds.pop()
-    default = ("acc", "acc_norm") if kind == "choice" else ("rougeL",)
     examples = every[: cfg.max_examples] if cfg.max_examples else every
     # shots from the rows not scored; with every row scored, from the others (never the example itself)
     shots = (every[len(examples):] or every) if cfg.num_fewshot else []
-    return Task(spec.name, kind, tuple(spec.metrics or default), examples, spec.max_tokens, tuple(spec.stop),
-                description=spec.description, target_delimiter=spec.target_delimiter, shots=shots, **fewshot)
+    metrics = tuple(spec.metrics or DEFAULT_METRICS[kind])
+    return Task(spec.name, kind, metrics, examples, spec.max_tokens, tuple(spec.stop), description=spec.description,
+                target_delimiter=spec.target_delimiter, shots=shots, **fewshot)
 
 
 def _checked_endpoints(models: dict[str, str], cfg: EvalConfig, tasks: list[Task]) -> dict:

@@ -314,15 +314,19 @@ class ModelEndpoints:
         entry = {"event": "request", "request_id": request_id, "model": _served(self, req), "endpoint": endpoint,
                  "status": status, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "ttft_s": ttft, "stream": req.stream, "n": getattr(req, "n", 1)}
-        prompt = req.chat() if hasattr(req, "chat") else req.prompt if hasattr(req, "prompt") else req.input
         if self.request_log:
             self.request_log.write({
                 "model": entry["model"], "endpoint": endpoint, "status": status, "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens, "finish_reasons": finish_reasons or [],
-                "language": prompt_language(prompt), "user": getattr(req, "user", None)})
+                "language": prompt_language(_prompt(req)), "user": getattr(req, "user", None)})
         if self.opts.log_prompts:
-            entry["prompt"] = prompt
+            entry["prompt"] = _prompt(req)
         log.info(json.dumps(entry, ensure_ascii=False))
+
+
+def _prompt(req):
+    """A chat's messages, a completion's prompt(s), an embedding's input: read only when a log needs it."""
+    return req.chat() if hasattr(req, "chat") else req.prompt if hasattr(req, "prompt") else req.input
 
 
 def _served(endpoints: ModelEndpoints, req) -> str:

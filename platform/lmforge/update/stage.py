@@ -126,6 +126,7 @@ def probe_failures(before: dict, after: dict, max_drop: float, margins: dict) ->
 
 def produced_metrics(tasks: list) -> set[str]:
     """``task.metric`` of everything an eval of ``tasks`` scores (audits excluded), known before it runs."""
+    from lmforge.evaluate.config import DEFAULT_METRICS
     from lmforge.tasks.builtin import TASKS, expand
 
     out = set()
@@ -134,7 +135,7 @@ def produced_metrics(tasks: list) -> set[str]:
             if task in TASKS and TASKS[task].kind in ("generate", "choice"):
                 out |= {f"{task}.{m}" for m in TASKS[task].metrics}
         elif task.get("name") != "canary":
-            metrics = task.get("metrics") or (("acc", "acc_norm") if _is_choice(task) else ("rougeL",))
+            metrics = task.get("metrics") or DEFAULT_METRICS["choice" if _is_choice(task) else "generate"]
             out |= {f"{task['name']}.{m}" for m in metrics}
     return out
 
