@@ -3,7 +3,9 @@
 A process is ours by its session, never by its name: a command started with ``start_new_session=True``
 is the leader of a new session, and everything it starts (a ``ray start`` node's GCS, raylet, agents and
 workers, the session-wide test cluster's among them; a CLI's own local Ray cluster) keeps that session
-id, even after the leader exits or a raylet reparents its workers.
+id, even after the leader exits or a raylet reparents its workers. A single Ray worker (a training
+worker, a Serve replica) is found by asking its cluster which PID it has (Ray's state API), and
+signalled only when that PID is in the cluster's session.
 """
 
 from __future__ import annotations
@@ -62,13 +64,28 @@ def wait_session_gone(sid: int, timeout: float = 30.0) -> list[psutil.Process]:
     return left
 
 
-def in_session_matching(sid: int, marker: str, since: float = 0.0) -> list[psutil.Process]:
-    """Processes of session ``sid`` whose command line holds ``marker`` (a Ray worker's title, such as
-    ``RayTrainWorker`` or ``ray::``), created at or after ``since`` (a ``time.time()``)."""
+def ray_actors(address: str, sid: int, class_prefix: str = "", job_id: str | None = None) -> list[psutil.Process]:
+    """The live actors of the Ray cluster at ``address`` whose class name starts with ``class_prefix`` (and
+    of job ``job_id``), by the PIDs Ray reports for them, each of them a process of session ``sid``."""
+    from ray.util.state import list_actors
+
+    filters = [("state", "=", "ALIVE")] + ([("job_id", "=", job_id)] if job_id else [])
+    found = []
+    for actor in list_actors(address=address, filters=filters, limit=10_000, raise_on_missing_output=False):
+        if actor.class_name.startswith(class_prefix) and actor.pid:
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getsid(actor.pid) == sid:
+                    found.append(psutil.Process(actor.pid))
+    return found
+
+
+def started_since(sid: int, since: float) -> list[psutil.Process]:
+    """Processes of session ``sid`` created at or after ``since`` (a ``time.time()``): on the session
+    cluster, the Ray workers a command started since then (its trials, trainers and their workers)."""
     found = []
     for proc in in_session(sid):
         with contextlib.suppress(psutil.Error):
-            if proc.create_time() >= since and marker in " ".join(proc.cmdline()):
+            if proc.create_time() >= since:
                 found.append(proc)
     return found
 

@@ -66,7 +66,6 @@ def test_a_killed_worker_resumes_at_its_checkpoint_on_the_same_loss_curve(teache
     the uninterrupted run's at that step (a restart that lost its data position, its optimizer state or
     its teacher would log other losses)."""
     import threading
-    import time
 
     from tests.integration.test_training import _kill_a_worker_after, _losses_match, _summary
 
@@ -75,7 +74,7 @@ def test_a_killed_worker_resumes_at_its_checkpoint_on_the_same_loss_curve(teache
     straight = tmp_path / "straight"
     _distill(teacher, corpus, straight, 0.5, **ray_keys)
     killed: list = []
-    args = (session_cluster.sid, str(tmp_path / "ckpt" / "checkpoints"), 10, time.time(), killed)
+    args = (session_cluster, str(tmp_path / "ckpt" / "checkpoints"), 10, killed)
     killer = threading.Thread(target=_kill_a_worker_after, args=args, daemon=True)
     killer.start()
     _distill(teacher, corpus, tmp_path / "killed", 0.5, **ray_keys,

@@ -126,7 +126,7 @@ def tuned(world, scrubbed, session_cluster) -> Path:
             time.sleep(0.05)
     finally:  # the command and the trainer it started on the session's cluster
         procs.stop_session(proc.pid, sig=signal.SIGKILL)
-        procs.kill(procs.in_session_matching(session_cluster.sid, "ray::", since=started))
+        procs.kill(procs.started_since(session_cluster.sid, started))
         proc.wait(timeout=30)
     assert not out.exists()
     (world / "resumed_at").write_text(str(max(registered_steps(checkpoints))))

@@ -337,9 +337,9 @@ def _replicas(deployment: str = f"model-{MODEL}") -> int:
     return app.deployments[deployment].replica_states.get("RUNNING", 0) if app else 0
 
 
-def _model_replicas(sid: int, since: float = 0.0) -> list:
-    """The session cluster's model replica processes (never another cluster's)."""
-    return procs.in_session_matching(sid, f"ServeReplica:{server.APP_NAME}:model-{MODEL}", since=since)
+def _model_replicas(cluster) -> list:
+    """The session cluster's model replica processes, by the PIDs Ray reports for them."""
+    return procs.ray_actors(cluster.address, cluster.sid, f"ServeReplica:{server.APP_NAME}:model-{MODEL}")
 
 
 def _version(url: str) -> str:
@@ -373,11 +373,12 @@ def test_load_with_autoscaling_a_killed_replica_and_a_model_update(served, sessi
     for t in threads:
         t.start()
     _wait(lambda: _replicas() >= 2, 30, "never scaled up to 2 replicas")
-    victim = _model_replicas(session_cluster.sid)[0]
+    replicas = _model_replicas(session_cluster)
+    victim, before = replicas[0], {p.pid for p in replicas}
     victim.send_signal(signal.SIGKILL)
     killed_at = time.perf_counter()
     # Serve has seen the death and has a replacement up (a new process, not the dead one) before the update
-    _wait(lambda: _replicas() >= 2 and _model_replicas(session_cluster.sid, since=victim.create_time() + 1e-3), 60,
+    _wait(lambda: _replicas() >= 2 and any(p.pid not in before for p in _model_replicas(session_cluster)), 60,
           "the killed replica was never replaced")
     replaced_at = time.perf_counter()
     served.deploy("v2", served.config("v2"))  # the same name, a new export: replicas roll

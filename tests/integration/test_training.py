@@ -72,15 +72,13 @@ def test_checkpoints_kept_and_best_model_loads(uninterrupted):
     assert [r["step"] for r in rows if "val_loss" in r] == list(range(EVERY, STEPS + 1, EVERY))
 
 
-def _kill_a_worker_after(sid: int, checkpoints: str, step: int, since: float, killed: list,
-                         timeout_s: float = 240) -> None:
-    """Once the checkpoint of ``step`` is registered, SIGKILL one Ray Train worker this run started (a
-    process of this test session's own Ray cluster, never another's); ``killed`` gets (pid, the steps
-    registered at that moment)."""
+def _kill_a_worker_after(cluster, checkpoints: str, step: int, killed: list, timeout_s: float = 240) -> None:
+    """Once the checkpoint of ``step`` is registered, SIGKILL one Ray Train worker of the session cluster
+    (its PID as Ray reports it); ``killed`` gets (pid, the steps registered at that moment)."""
     deadline = time.monotonic() + timeout_s
     while step not in (steps := registered_steps(checkpoints)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for proc in procs.in_session_matching(sid, "RayTrainWorker", since=since):
+    for proc in procs.ray_actors(cluster.address, cluster.sid, "RayTrainWorker"):
         proc.send_signal(signal.SIGKILL)
         killed.append((proc.pid, steps))
         return
@@ -116,7 +114,7 @@ def test_fsdp2_on_s3_survives_a_killed_worker_trains_like_ddp_resumes_at_the_nex
     out = tmp_path / "fsdp"
     on_s3 = ["train.strategy=fsdp", "train.checkpoint_dir=s3://ckpt/run1"]
     killed: list = []
-    args = (session_cluster.sid, "s3://ckpt/run1/checkpoints", 40, time.time(), killed)
+    args = (session_cluster, "s3://ckpt/run1/checkpoints", 40, killed)
     killer = threading.Thread(target=_kill_a_worker_after, args=args, daemon=True)
     killer.start()
     pretrain.run(_cfg(data, out, "train.max_steps=80", "train.max_failures=1", *on_s3))

@@ -121,7 +121,7 @@ def test_killed_sweep_resumes_from_s3_without_rerunning_finished_trials(data, tm
         # the driver, then this sweep's Ray workers (the session cluster's processes started since):
         # nothing trains on after the "crash" and registers checkpoints the test would not know of
         procs.stop_session(proc.pid, sig=signal.SIGKILL)
-        procs.kill(procs.in_session_matching(session_cluster.sid, "ray::", since=started))
+        procs.kill(procs.started_since(session_cluster.sid, started))
         proc.wait(timeout=30)
     # what each unfinished trial had registered when it died: where its restart must go on from
     cut = {t: max(_registered_steps(t), default=0) for t in running}
@@ -181,7 +181,7 @@ def test_a_killed_trial_that_trains_in_its_own_process_resumes_from_its_tune_che
             time.sleep(0.05)
     finally:
         procs.stop_session(proc.pid, sig=signal.SIGKILL)
-        procs.kill(procs.in_session_matching(session_cluster.sid, "ray::", since=started))
+        procs.kill(procs.started_since(session_cluster.sid, started))
         proc.wait(timeout=30)
     assert not out.exists()
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
