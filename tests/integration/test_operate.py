@@ -166,10 +166,13 @@ def test_monitor_gauges_equal_an_eval_of_the_probe_set_and_a_traffic_shift_raise
         assert first[quality_key] == pytest.approx(scores[NAME]["perplexity"], rel=1e-9)
         korean = [f"어느 동물이 {p} 옆에? {i}" for i, p in enumerate(["강", "집", "숲"] * 10)]  # ~40 tokens
         _chat(url, korean)
-        drifted = _wait_for(lambda: (g := gauges(quality_key, drifted_key)) and g[drifted_key] == 1.0 and g, 60,
-                            "drift")
+        # a round may read the log while the Korean prompts are still arriving (CI saw one with 4 of 30 in it):
+        # the check is on the first round whose window holds only the new traffic
+        korean_key = f'lmforge_traffic_language_share{{language="ko",model="{NAME}"}}'
+        drifted = _wait_for(lambda: (g := gauges(quality_key, drifted_key, korean_key)) and g[korean_key] == 1.0 and g,
+                            60, "a round over the Korean traffic only")
+        assert drifted[drifted_key] == 1.0
         assert drifted[f'lmforge_traffic_drift{{feature="language",model="{NAME}"}}'] > 0.25
-        assert drifted[f'lmforge_traffic_language_share{{language="ko",model="{NAME}"}}'] == 1.0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

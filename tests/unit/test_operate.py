@@ -167,3 +167,22 @@ def test_the_update_report_shows_the_gate_the_probes_and_the_registry(tmp_path):
     assert "| nq_open.f1 | 1 | [0.5, 1.5] | 1 | yes | within the margin |" in text
     assert "| bias.stereotype_preference | -0.03 | - | - | yes |" in text and "| boolq.acc | 0.6 | 0.62 |" in text
     assert "| v2 | candidate |" in text and "| v1 | live |" in text
+
+
+def test_a_language_gone_from_the_window_reads_0_not_its_old_share():
+    """Shares are per window: after traffic switches language, the old one's gauge must read 0 (a gauge left at
+    its last value would show English at 1.0 beside Korean at 1.0)."""
+    from lmforge.monitor.stage import Gauges
+
+    def round_(languages: dict) -> dict:
+        current = {"error_rate": 0.0, "finish": {"stop": 1.0}, "languages": languages,
+                   "prompt_tokens": {"mean": 10}, "completion_tokens": {"mean": 4}}
+        return {"model": "m", "current": current, "drift": {"features": {"language": 0.0}, "score": 0.0},
+                "drifted": False}
+
+    gauges = Gauges(None)
+    gauges.traffic(round_({"en": 1.0}))
+    gauges.traffic(round_({"ko": 1.0}))
+    text = gauges.text()
+    assert 'lmforge_traffic_language_share{language="ko",model="m"} 1.0' in text
+    assert 'lmforge_traffic_language_share{language="en",model="m"} 0.0' in text

@@ -120,6 +120,7 @@ class Gauges:
         self.finish = gauge("lmforge_traffic_finish_share", "Share of requests by finish reason", ("model", "reason"))
         self.language = gauge("lmforge_traffic_language_share", "Share of prompts by language", ("model", "language"))
         self.length = gauge("lmforge_traffic_mean_tokens", "Mean prompt / completion tokens", ("model", "kind"))
+        self._share_keys: dict[tuple[int, str], set[str]] = {}
         self.server = None
         if port is not None:
             from prometheus_client import start_http_server
@@ -140,12 +141,17 @@ class Gauges:
         self.score.labels(model).set(t["drift"]["score"])
         self.drifted.labels(model).set(float(t["drifted"]))
         self.errors.labels(model).set(current["error_rate"])
-        for reason, share in current["finish"].items():
-            self.finish.labels(model, reason).set(share)
-        for code, share in current["languages"].items():
-            self.language.labels(model, code).set(share)
+        self._shares(self.finish, model, current["finish"])
+        self._shares(self.language, model, current["languages"])
         for kind in ("prompt_tokens", "completion_tokens"):
             self.length.labels(model, kind).set(current[kind]["mean"])
+
+    def _shares(self, gauge, model: str, shares: dict[str, float]) -> None:
+        """Set each share; one the current window no longer has goes to 0 rather than keep an old round's value."""
+        known = self._share_keys.setdefault((id(gauge), model), set())
+        known |= set(shares)
+        for key in known:
+            gauge.labels(model, key).set(shares.get(key, 0.0))
 
     def text(self) -> str:
         from prometheus_client import generate_latest
