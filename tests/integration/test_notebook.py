@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from tests.conftest import make_tiny_model
 from tests.integration.raynodes import ROOT
 
 pytestmark = pytest.mark.integration
@@ -20,7 +21,8 @@ def test_the_notebook_runs_top_to_bottom(tmp_path, ray_cluster):
     from nbclient import NotebookClient
 
     nb = nbformat.read(ROOT / "jobs" / "quickstart.ipynb", as_version=4)
-    env = {"LMFORGE_NOTEBOOK_TINY": "1", "LMFORGE_NOTEBOOK_RUN": str(tmp_path / "run"), "RAY_ADDRESS": ray_cluster}
+    env = {"LMFORGE_NOTEBOOK_TINY": "1", "LMFORGE_NOTEBOOK_RUN": str(tmp_path / "run"), "RAY_ADDRESS": ray_cluster,
+           "LMFORGE_NOTEBOOK_MODEL": str(make_tiny_model(tmp_path / "hf"))}  # imported in SmolLM2's place
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
@@ -32,8 +34,10 @@ def test_the_notebook_runs_top_to_bottom(tmp_path, ray_cluster):
             else:
                 os.environ[k] = v
     outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
-    assert "int8 agreement" in outputs and (tmp_path / "run" / "onnx" / "model.onnx").is_file()
-    assert "tuned NQ-open F1:" in outputs and "canary mean exposure" in outputs  # fine-tuned, then scored
+    assert "int8 agreement" in outputs and (tmp_path / "run" / "onnx" / "adapters" / "nq").is_dir()
+    for line in ("tuned NQ-open F1:", "scratch NQ-open F1:", "canary mean exposure", "tuned vs base, NQ-open f1:",
+                 "[tuned] who painted the mona lisa ->"):
+        assert line in outputs, line  # imported, adapted, exported with its adapter, scored, asked
     images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
               if "image/png" in o.get("data", {})]
     assert images  # the loss curve

@@ -124,3 +124,23 @@ def test_an_adapter_of_another_base_is_refused(hf_dir, tmp_path):
     with pytest.raises(AdapterError, match="another base model"):
         read_adapter(adapter, wider)
     assert AdapterSet(wider).stack.width == 1  # no adapter: one zero column, so the graph still runs
+
+
+def test_eval_runs_an_exported_adapter_as_its_merged_export(lora_export, lora_adapters, merged_exports):
+    """`eval model=<export>/adapters/qa` scores and generates with the adapter on its base's graph: the same
+    log-likelihoods and greedy answers as the merged export (a backend that ignored the adapter would give
+    the base's, which differ); a name that is not an export's adapter stays a model path."""
+    from lmforge.evaluate.backends import OnnxBackend, load_backend, split_adapter
+
+    assert split_adapter(str(lora_export / "adapters" / "qa")) == (str(lora_export), "qa")
+    assert split_adapter(str(lora_export)) == (str(lora_export), None)
+    assert split_adapter("runs/x/adapters/qa") == ("runs/x/adapters/qa", None)  # no export there
+    root, adapter = split_adapter(str(lora_export / "adapters" / "qa"))
+    tuned = load_backend(root, adapter=adapter)
+    merged, base = OnnxBackend(str(merged_exports["qa"])), load_backend(str(lora_export))
+    ids = [tuned.tokenizer(p).input_ids for p in PROMPTS]
+    requests = [(ctx[:-2], ctx[-2:]) for ctx in ids]
+    got, want = tuned.loglikelihood(requests), merged.loglikelihood(requests)
+    np.testing.assert_allclose([g for g, _ in got], [w for w, _ in want], atol=1e-3)
+    assert not np.allclose([g for g, _ in got], [b for b, _ in base.loglikelihood(requests)], atol=1e-2)
+    assert tuned.generate(ids, 8, []) == merged.generate(ids, 8, [])

@@ -154,23 +154,30 @@ def test_every_job_recipe_validates(path, capsys):
 
 
 def test_gpu_recipe_is_the_quickstart_sized_for_gpus():
-    """The same lifecycle as the demo, on 8 GPU workers with FSDP2, on object storage; `{stage}` in a
-    section names that stage's output (eval's base and tuned models, the canary audit's corpus)."""
+    """The same lifecycle as the demo, on 8 GPU workers, on object storage; `{stage}` in a section names that
+    stage's output (eval's models, the canary audit's corpus); finetune adapts the imported model, not the
+    one pretrained before it, and export serves its adapter beside that model."""
     jobs = Path(__file__).resolve().parents[2] / "jobs"
     cpu = resolve(cfgmod.load(RecipeConfig, str(jobs / "quickstart.yaml"), ["output=runs/q"]))
     gpu = resolve(cfgmod.load(RecipeConfig, str(jobs / "quickstart_gpu.yaml"), []))
-    assert list(cpu) == list(gpu) == ["prepare", "pretrain", "tune", "finetune", "eval", "export", "serve"]
+    assert list(cpu) == list(gpu) == ["prepare", "tune", "pretrain", "import", "finetune", "export", "eval", "serve"]
+    assert (gpu["pretrain"].train.strategy, gpu["finetune"].finetune.method) == ("fsdp", "lora")
     for name in ("pretrain", "finetune"):
         t = gpu[name].train
-        assert (t.use_gpu, t.strategy, t.num_workers) == (True, "fsdp", 8) and t.max_failures >= 1
-    trial = gpu["tune"].base["train"]  # the sweep's trials: the finetune on 2 GPUs each, fewer steps
+        assert (t.use_gpu, t.num_workers) == (True, 8) and t.max_failures >= 1
+    for recipe in (cpu, gpu):  # the sweep's trials: pretraining, shortened; their data is prepare's
+        assert recipe["tune"].stage == "pretrain" and recipe["tune"].base["data"] == recipe["pretrain"].data
+        assert recipe["tune"].base["train"]["max_steps"] < recipe["pretrain"].train.max_steps
+    trial = gpu["tune"].base["train"]
     assert (trial["use_gpu"], trial["num_workers"], trial["strategy"]) == (True, 2, "ddp")
-    assert gpu["tune"].base["model"]["init_from"] == gpu["finetune"].model.init_from
-    assert gpu["pretrain"].model.preset == "125m" and gpu["prepare"].output.startswith("s3://")
-    assert cpu["eval"].models == {"base": "runs/q/train/model", "tuned": "runs/q/finetune/model"}
-    canary = next(t for t in cpu["eval"].tasks if not isinstance(t, str))
-    assert canary.name == "canary" and canary.data == "runs/q/data"
-    assert cpu["export"].model == "runs/q/finetune/model" and cpu["export"].quantize == "int8"
+    assert gpu["prepare"].output.startswith("s3://")
+    assert cpu["finetune"].model.init_from == cpu["import"].output == cpu["export"].model == "runs/smollm2"
+    assert cpu["export"].adapters == ["nq=runs/q/finetune/adapter"] and cpu["export"].quantize == "int8"
+    assert cpu["eval"].models == {"base": "runs/q/onnx", "tuned": "runs/q/onnx/adapters/nq",
+                                  "scratch": "runs/q/train/model"}
+    canary = next(t for t in cpu["eval"].tasks if not isinstance(t, str) and t.name == "canary")
+    assert canary.data == "runs/q/data"
+    assert cpu["serve"].model == "runs/q/onnx"
 
 
 def test_a_union_says_why_the_alternative_that_took_the_value_refused_it(capsys):

@@ -77,6 +77,25 @@ def test_few_shot_examples_come_seeded_from_the_train_split_and_never_the_exampl
     assert zero.context(ex) == ex.prompt
 
 
+def test_a_task_can_have_its_own_number_of_examples(tmp_path):
+    """`{name: bias, max_examples: 3}` (a built-in task without data) scores 3 examples while the others take
+    eval's max_examples; a JSONL task's own limit too; a canary audit without its prepare output is refused
+    with the reason (not `unknown task`)."""
+    from lmforge.config import ConfigError
+
+    rows = tmp_path / "qa.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"q{i}", "reference": "a"}) + "\n" for i in range(10)))
+    cfg = cfgmod.from_dict(EvalConfig, {"model": "x", "output": "y", "max_examples": 5, "tasks": [
+        "nq_open", {"name": "bias", "max_examples": 3}, {"name": "qa", "data": str(rows), "max_examples": 2}]})
+    assert [len(evaluation.load_task(t, cfg).examples) for t in cfg.tasks] == [5, 3, 2]
+    assert evaluation.load_task(cfg.tasks[1], cfg).kind == "bias"
+    with pytest.raises(ConfigError, match="canary audit reads the secrets"):
+        cfgmod.from_dict(EvalConfig, {"model": "x", "output": "y", "tasks": [{"name": "canary"}]})
+    with pytest.raises(ConfigError, match="unknown task 'nq'"):
+        evaluation.load_task(cfgmod.from_dict(EvalConfig, {"model": "x", "output": "y", "tasks": [{"name": "nq"}]})
+                             .tasks[0], cfg)
+
+
 def test_multiple_choice_jsonl_rows_and_the_rows_that_are_refused(tmp_path, hf_dir):
     good = tmp_path / "mc.jsonl"
     good.write_text("\n".join(json.dumps(r) for r in [

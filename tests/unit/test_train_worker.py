@@ -39,6 +39,23 @@ def test_masked_positions_add_nothing_to_the_loss():
     assert silent.item() == 0.0 and silent.requires_grad  # zero, not NaN, and still in the graph
 
 
+def test_padding_after_the_last_target_is_not_computed_and_changes_nothing():
+    """Fine-tuning rows are right-padded to max_seq_len: a batch is cut after its last target (any row's), and
+    the loss is the same as on the whole rows (cutting one column too many drops a target and changes it)."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(presets.build_config("tiny", 64, SEQ, {"pad": 0, "bos": 1, "eos": 2}))
+    ids = torch.randint(3, 64, (2, SEQ))
+    mask = torch.zeros_like(ids)
+    mask[0, 4:7], mask[1, 3:10] = 1, 1  # answers ending at 6 and 9; padding after them
+    ids[0, 7:], ids[1, 10:] = 2, 2
+    rows = Rows(ids, mask)
+    assert rows.trimmed().input_ids.shape == (2, 10) and torch.equal(rows.trimmed().input_ids, ids[:, :10])
+    assert Rows(ids).trimmed().input_ids.shape == (2, SEQ)  # pretraining rows: every position a target
+    with torch.no_grad():
+        assert loop.loss_on(model, rows.trimmed(), None).item() == pytest.approx(
+            loop.loss_on(model, rows, None).item(), rel=1e-5)
+
+
 def _rows_dir(path: Path, ids: torch.Tensor, mask: torch.Tensor) -> Path:
     path.mkdir(parents=True)
     table = pa.table({"input_ids": pa.array(ids.tolist(), pa.list_(pa.int32())),

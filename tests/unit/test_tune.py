@@ -159,26 +159,34 @@ def _recipe(tmp_path, *extra):
     return cfgmod.load(RecipeConfig, str(recipe), [f"output={tmp_path / 'q'}", *extra])
 
 
-def test_recipe_sweep_takes_the_finetune_section_as_its_base(tmp_path):
-    """The quickstart's tune stage sweeps the recipe's own finetune section (model wired to the pretrained
-    one), shortened by the sweep's `base` mapping; the finetune stage itself is not changed by it."""
+def test_recipe_sweep_takes_the_swept_stages_section_as_its_base(tmp_path):
+    """The quickstart's tune stage sweeps the recipe's own pretrain section (data wired to prepare's output),
+    shortened by the sweep's `base` mapping; the pretrain stage itself is not changed by it. Without
+    `tune.stage`, the last training stage the recipe runs is swept (finetune, model wired as the recipe wires it)."""
     from lmforge.recipe.runner import resolve
 
     stages = resolve(_recipe(tmp_path))
-    assert list(stages) == ["prepare", "pretrain", "tune", "finetune", "eval", "export", "serve"]
-    sweep, ft = stages["tune"], stages["finetune"]
-    assert sweep.stage == "finetune" and sweep.output == str(tmp_path / "q" / "tune")
-    assert sweep.base["model"]["init_from"] == ft.model.init_from == str(tmp_path / "q" / "train" / "model")
-    assert sweep.base["train"]["max_steps"] == 40 and ft.train.max_steps == 80  # the overlay is the sweep's only
-    assert sweep.base["train"]["micro_batch_size"] == ft.train.micro_batch_size  # the rest is finetune's
+    assert list(stages) == ["prepare", "tune", "pretrain", "import", "finetune", "export", "eval", "serve"]
+    sweep, pre = stages["tune"], stages["pretrain"]
+    assert sweep.stage == "pretrain" and sweep.output == str(tmp_path / "q" / "tune")
+    assert sweep.base["data"] == pre.data == str(tmp_path / "q" / "data")
+    assert sweep.base["train"]["max_steps"] == 40 and pre.train.max_steps == 300  # the overlay is the sweep's only
+    assert sweep.base["train"]["micro_batch_size"] == pre.train.micro_batch_size  # the rest is pretrain's
     assert not {"output", "ray", "force", "tuned_by"} & set(sweep.base)
-    assert ft.tuned_by is None  # set only once the sweep has run
+    assert pre.tuned_by is None  # set only once the sweep has run
+    default = resolve(_recipe(tmp_path, "stages=[prepare,pretrain,tune,finetune]", "tune.stage=null",
+                              "finetune.model.init_from=null"))
+    assert default["tune"].stage == "finetune"
+    assert default["tune"].base["model"]["init_from"] == default["finetune"].model.init_from == str(
+        tmp_path / "q" / "train" / "model")
 
 
 def test_recipe_sweep_needs_a_stage_to_sweep(tmp_path):
     from lmforge.recipe.runner import resolve
 
     with pytest.raises(ConfigError, match="tune.stage: the recipe has no training stage to sweep"):
+        resolve(_recipe(tmp_path, "stages=[prepare,tune,export]", "export.model=m", "tune.stage=null"))
+    with pytest.raises(ConfigError, match="tune.stage: the recipe has no pretrain stage to sweep"):
         resolve(_recipe(tmp_path, "stages=[prepare,tune,export]", "export.model=m"))
     own = resolve(_recipe(tmp_path, "stages=[tune]", f"tune.base={tmp_path / 'ft.yaml'}"))  # a path: as given
     assert own["tune"].base == str(tmp_path / "ft.yaml")
@@ -196,13 +204,13 @@ def test_finished_sweep_feeds_its_best_values_to_the_swept_stage(tmp_path):
     stages = resolve(_recipe(tmp_path))
     sweep = stages["tune"]
     _summary(Path(sweep.output), {"trial_id": "t1", "val_loss": 3.2, "step": 40, "params": {"train.lr": 0.0012}})
-    later = {n: stages[n] for n in ("finetune", "eval")}
+    later = {n: stages[n] for n in ("pretrain", "eval")}
     fed = recipe.feed(sweep, later)
-    assert fed["finetune"].train.lr == 0.0012 and fed["finetune"].tuned_by == sweep.output
-    assert fed["finetune"].train.max_steps == 80 and fed["eval"] is later["eval"]  # nothing else changed
+    assert fed["pretrain"].train.lr == 0.0012 and fed["pretrain"].tuned_by == sweep.output
+    assert fed["pretrain"].train.max_steps == 300 and fed["eval"] is later["eval"]  # nothing else changed
     off = recipe.feed(dataclasses.replace(sweep, apply_best=False), later)
-    assert off["finetune"].train.lr == later["finetune"].train.lr == 0.0005
-    assert recipe.feed(sweep, {"eval": later["eval"]}) == {"eval": later["eval"]}  # finetune already ran
+    assert off["pretrain"].train.lr == later["pretrain"].train.lr == 0.003
+    assert recipe.feed(sweep, {"eval": later["eval"]}) == {"eval": later["eval"]}  # pretrain already ran
 
 
 def test_sweep_without_a_best_trial_leaves_the_stage_as_configured(tmp_path, caplog):
@@ -211,13 +219,13 @@ def test_sweep_without_a_best_trial_leaves_the_stage_as_configured(tmp_path, cap
 
     stages = resolve(_recipe(tmp_path))
     _summary(Path(stages["tune"].output), None)  # every trial failed
-    fed = recipe.feed(stages["tune"], {"finetune": stages["finetune"]})
-    assert fed["finetune"] is stages["finetune"] and "runs with its own values" in caplog.text
+    fed = recipe.feed(stages["tune"], {"pretrain": stages["pretrain"]})
+    assert fed["pretrain"] is stages["pretrain"] and "runs with its own values" in caplog.text
 
 
 def test_a_rerun_sweep_makes_the_tuned_stage_run_again(tmp_path):
     """The swept stage records the sweep's run among its inputs (tuned_by), so `--force tune` re-runs
-    finetune too, even when the sweep picks the same values again."""
+    pretrain too, even when the sweep picks the same values again."""
     from lmforge.outputs import DONE_MARKER, Output
     from lmforge.recipe.runner import resolve
     from lmforge.tune import recipe
@@ -226,7 +234,7 @@ def test_a_rerun_sweep_makes_the_tuned_stage_run_again(tmp_path):
     sweep_out = Path(stages["tune"].output)
     _summary(sweep_out, {"trial_id": "t1", "val_loss": 3.2, "step": 40, "params": {"train.lr": 0.0012}})
     (sweep_out / DONE_MARKER).write_text(json.dumps({"run": "sweep-1", "inputs": {}}))
-    ft = Output("finetune", recipe.feed(stages["tune"], {"finetune": stages["finetune"]})["finetune"])
+    ft = Output("pretrain", recipe.feed(stages["tune"], {"pretrain": stages["pretrain"]})["pretrain"])
     assert ft.input_runs()["tuned_by"] == "sweep-1"
     ft.begin()
     ft.publish()

@@ -11,10 +11,22 @@ import numpy as np
 from lmforge.generate.sampling import log_softmax
 
 
-def load_backend(model_dir: str, threads: int = 0):
-    """An export dir (``model.onnx``) runs on onnxruntime; any other HF dir on PyTorch."""
+def split_adapter(model: str) -> tuple[str, str | None]:
+    """``<export>/adapters/<name>``, a LoRA adapter exported beside its base, -> ``(<export>, <name>)``: it is
+    evaluated as served, on the base's graph with the adapter's weights. Any other model -> ``(model, None)``."""
+    root, folder, name = ([""] * 3 + model.rstrip("/").rsplit("/", 2))[-3:]
+    if folder == "adapters" and root and ("://" in root or (Path(root) / "model.onnx").is_file()):
+        return root, name
+    return model, None
+
+
+def load_backend(model_dir: str, threads: int = 0, adapter: str | None = None):
+    """An export dir (``model.onnx``) runs on onnxruntime, with one of its ``adapters/`` when named; any
+    other HF dir on PyTorch."""
     if (Path(model_dir) / "model.onnx").is_file():
-        return OnnxBackend(model_dir, threads)
+        return OnnxBackend(model_dir, threads, adapter)
+    if adapter is not None:
+        raise ValueError(f"{model_dir}: adapter {adapter!r} needs an lmforge export (model.onnx) beside it")
     return TorchBackend(model_dir, threads)
 
 
@@ -67,12 +79,17 @@ class OnnxBackend(_Scoring):
     """Rows are right-padded, each attending over its own length: a row scores the same in any batch
     (bit for bit, int8 included) and the same as ``serve`` returns for it alone."""
 
-    def __init__(self, model_dir: str, threads: int = 0):
+    def __init__(self, model_dir: str, threads: int = 0, adapter: str | None = None):
         from lmforge.generate.onnx_generator import OnnxGenerator
 
         self.generator = OnnxGenerator(model_dir, intra_op_threads=threads)
         self.tokenizer = self.generator.tokenizer
         self.max_positions = self.generator.model.max_positions
+        self.adapter = adapter  # every row runs it (None: the base)
+        if adapter is not None:
+            if self.generator.model.adapters is None:
+                raise ValueError(f"{model_dir}: an export without LoRA inputs cannot run adapter {adapter!r}")
+            self.generator.model.adapters.load(adapter, Path(model_dir) / "adapters" / adapter)
 
     def generate(self, prompts: list[list[int]], max_tokens: int, stop: list[str], batch_size: int = 8,
                  progress=None) -> list[str]:
@@ -83,7 +100,7 @@ class OnnxBackend(_Scoring):
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         ids = [prompts[i][-(self.max_positions - max_tokens):] for i in order]
         params = SamplingParams(max_tokens=max_tokens, temperature=0, stop=stop)
-        engine = self.generator.engine(ids, params, max_running=batch_size)
+        engine = self.generator.engine(ids, params, max_running=batch_size, adapter=self.adapter)
         texts, done = [""] * len(prompts), 0
         while engine.has_work():
             for out in engine.step():
@@ -96,7 +113,7 @@ class OnnxBackend(_Scoring):
 
     def _logprobs(self, seqs: list[list[int]], keep: int) -> np.ndarray:
         """``[b, keep, V]``: each row's last ``keep`` positions (a shorter row's first ones are zeros)."""
-        logits = self.generator.model.logits(seqs, [max(0, len(s) - keep) for s in seqs])
+        logits = self.generator.model.logits(seqs, [max(0, len(s) - keep) for s in seqs], adapter=self.adapter)
         out = np.zeros((len(seqs), keep, logits[0].shape[-1]))
         for i, rows in enumerate(logits):
             out[i, keep - len(rows):] = log_softmax(rows)

@@ -19,10 +19,14 @@ METRICS = tuple(dict.fromkeys(GENERATION_METRICS + CHOICE_METRICS))
 class TaskSpec:
     """A task of your own: JSONL rows ``{"prompt", "reference"}`` (or ``{"messages"}``) to generate,
     ``{"prompt", "choices", "answer"}`` (or ``{"messages", "choices", "answer"}``) for multiple choice, or
-    ``canary`` with a prepare output (or its ``canaries.jsonl``)."""
+    ``canary`` with a prepare output (or its ``canaries.jsonl``); or a built-in task by name without data,
+    to give it its own ``max_examples``."""
 
-    name: str  # how eval.json and predictions.jsonl name it
-    data: str  # a JSONL file (local or pkg://); for `canary`, a prepare output dir or canaries.jsonl
+    name: str  # how eval.json and predictions.jsonl name it (a built-in task's name when data is null)
+    # a JSONL file (local or pkg://); for `canary`, a prepare output dir or canaries.jsonl; null: the built-in
+    # task of that name
+    data: str | None = None
+    max_examples: int | None = None  # examples of this task; null: eval's max_examples
     # generation: rouge*, bleu, chrf, exact_match, f1, perplexity (of the reference, given the prompt);
     # multiple choice: acc, acc_norm (log-likelihood per character), f1. null: rougeL, or acc and acc_norm
     metrics: list[str] | None = None
@@ -32,6 +36,9 @@ class TaskSpec:
     description: str = ""  # text before the few-shot examples and the prompt
 
     def __post_init__(self):
+        check(self.max_examples is None or self.max_examples >= 1, "max_examples", "must be >= 1")
+        check(self.data is not None or self.name != "canary", "data",
+              "the canary audit reads the secrets a prepare output planted: its dir or its canaries.jsonl")
         for metric in self.metrics or ():
             check(metric in METRICS, "metrics", f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
 
@@ -40,7 +47,8 @@ class TaskSpec:
 class EvalConfig(UsesRay, StageConfig):
     """output: eval.json, predictions.jsonl, report.md."""
 
-    # an export dir (onnxruntime), an HF dir (PyTorch), or an OpenAI-compatible endpoint (http(s)://host/v1)
+    # an export dir (onnxruntime), a LoRA adapter exported beside one (<export>/adapters/<name>: run on that
+    # export as served), an HF dir (PyTorch), or an OpenAI-compatible endpoint (http(s)://host/v1)
     model: str | None = None
     # name -> dir or endpoint: several, side by side, each compared with the first (paired intervals)
     models: dict[str, str] = dataclasses.field(default_factory=dict)

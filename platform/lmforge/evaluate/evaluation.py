@@ -70,17 +70,19 @@ def load_task(spec: str | TaskSpec, cfg: EvalConfig) -> Task:
     """A built-in task's held-out examples (few-shot ones from its train split), or a JSONL task, or the
     canary audit's secrets."""
     fewshot = {"num_fewshot": cfg.num_fewshot, "seed": cfg.seed, "chat": cfg.chat}
-    if isinstance(spec, str):
-        if spec not in TASKS:
+    limit = cfg.max_examples if isinstance(spec, str) or spec.max_examples is None else spec.max_examples
+    if isinstance(spec, str) or spec.data is None:
+        name = spec if isinstance(spec, str) else spec.name
+        if name not in TASKS:
             from lmforge.config import ConfigError
 
-            raise ConfigError(f"tasks: unknown task {spec!r} (built-in: {', '.join(TASKS)}, the group "
+            raise ConfigError(f"tasks: unknown task {name!r} (built-in: {', '.join(TASKS)}, the group "
                               "`standard`, or {name, data, metrics})")
-        d = TASKS[spec]
+        d = TASKS[name]
         every = d.load()
         # shots from the train split, which evaluation never scores (with split=all: from the other examples)
         shots = (take(every, "train") if cfg.split == "test" else every) if cfg.num_fewshot else []
-        return Task(d.name, d.kind, d.metrics, take(every, cfg.split, cfg.max_examples), d.max_tokens, d.stop,
+        return Task(d.name, d.kind, d.metrics, take(every, cfg.split, limit), d.max_tokens, d.stop,
                     description=d.description, target_delimiter=d.target_delimiter, shots=shots, **fewshot)
     if spec.name == "canary":
         data = spec.data if spec.data.endswith(".jsonl") else storage.join(spec.data, "canaries.jsonl")
@@ -92,7 +94,7 @@ def load_task(spec: str | TaskSpec, cfg: EvalConfig) -> Task:
         raise DataError(f"{spec.data}: mixes multiple-choice rows (with \"choices\") and generation rows; "
                         "give them as two tasks")
     kind = kinds.pop()
-    examples = every[: cfg.max_examples] if cfg.max_examples else every
+    examples = every[:limit] if limit else every
     # shots from the rows not scored; with every row scored, from the others (never the example itself)
     shots = (every[len(examples):] or every) if cfg.num_fewshot else []
     metrics = tuple(spec.metrics or DEFAULT_METRICS[kind])
@@ -122,6 +124,9 @@ def _evaluate(model_dir: str, tasks: list[Task], cfg: EvalConfig, rows: list[dic
         log.info("eval: %s: %d requests over %d tasks, through %s", name, len(requests), len(tasks), model_dir)
         ticker = Ticker(log, f"eval: {name}", len(requests), "requests")
         return _scored(tasks, execute(backend, requests, cfg.batch_size, ticker.update), rows, name, cfg, start)
+    from lmforge.evaluate.backends import load_backend, split_adapter
+
+    model_dir, adapter = split_adapter(model_dir)  # an exported adapter runs on its base's export
     # an s3:// model stays a URI for the actors, each of which mirrors it on its own node
     shipped = storage.absolute(model_dir)
     model_dir = storage.local_dir(model_dir)
@@ -132,12 +137,10 @@ def _evaluate(model_dir: str, tasks: list[Task], cfg: EvalConfig, rows: list[dic
         from lmforge.evaluate.ray_eval import execute_on_ray
 
         results = execute_on_ray(shipped, requests, cfg.batch_size, cfg.threads, cfg.actors, cfg.actor_cpus,
-                                  label=f"eval: {name}")
+                                  label=f"eval: {name}", adapter=adapter)
     else:
-        from lmforge.evaluate.backends import load_backend
-
         ticker = Ticker(log, f"eval: {name}", len(requests), "requests")
-        results = execute(load_backend(model_dir, cfg.threads), requests, cfg.batch_size, ticker.update)
+        results = execute(load_backend(model_dir, cfg.threads, adapter), requests, cfg.batch_size, ticker.update)
     return _scored(tasks, results, rows, name, cfg, start)
 
 

@@ -18,11 +18,12 @@ log = logging.getLogger("lmforge.eval")
 
 
 class _ModelActor:
-    def __init__(self, model_dir: str, threads: int, batch_size: int):
+    def __init__(self, model_dir: str, threads: int, batch_size: int, adapter: str | None):
         from lmforge import storage
         from lmforge.evaluate.backends import load_backend
 
-        self.backend, self.batch_size = load_backend(storage.local_dir(model_dir), threads), batch_size
+        self.backend = load_backend(storage.local_dir(model_dir), threads, adapter)
+        self.batch_size = batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from lmforge.evaluate.tasks import execute
@@ -45,7 +46,7 @@ def actor_share(actors: int, actor_cpus: float | None, threads: int) -> tuple[fl
 
 
 def execute_on_ray(model_dir: str, requests: list[dict], batch_size: int, threads: int, actors: int,
-                   actor_cpus: float | None, label: str = "eval") -> dict[str, dict]:
+                   actor_cpus: float | None, label: str = "eval", adapter: str | None = None) -> dict[str, dict]:
     """Every request's result by ``rid``; results stream back as batches finish, with a progress line
     (requests, rate, time left) at most every 10 s."""
     import ray
@@ -54,7 +55,7 @@ def execute_on_ray(model_dir: str, requests: list[dict], batch_size: int, thread
     log.info("%s: %d model actors, %s CPUs and %d threads each", label, actors, actor_cpus, threads)
     ds = ray.data.from_items([{"request": json.dumps(r)} for r in requests])
     scored = ds.map_batches(_ModelActor, fn_constructor_kwargs={"model_dir": model_dir, "threads": threads,
-                                                                "batch_size": batch_size},
+                                                                "batch_size": batch_size, "adapter": adapter},
                             batch_size=max(32, 8 * batch_size), batch_format="pyarrow", concurrency=actors,
                             num_cpus=actor_cpus)
     ticker = Ticker(log, label, len(requests), "requests")

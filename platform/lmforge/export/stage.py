@@ -20,6 +20,13 @@ def run(cfg: Config):
     return onnx_export.run(cfg)
 
 
+def read_paths(cfg: Config) -> dict[str, str]:
+    """Adapters exported beside the model are inputs too: a re-trained one makes the export stale."""
+    from lmforge.generate.adapters import adapter_name
+
+    return {f"adapters.{name}": path for name, path in map(adapter_name, cfg.adapters)}
+
+
 def report(cfg: Config | None, result: dict) -> list[Section]:
     export = read_json(cfg.output, "export.json") if cfg else None
     if export is None:

@@ -34,9 +34,11 @@ class OnnxGenerator:
         self.tokenizer = self.model.tokenizer
         self.max_running = max_running
 
-    def engine(self, prompt_ids: list[list[int]], params: SamplingParams, max_running: int | None = None) -> Engine:
+    def engine(self, prompt_ids: list[list[int]], params: SamplingParams, max_running: int | None = None,
+               adapter: str | None = None) -> Engine:
         """An engine with every prompt queued (request id: its index); max_tokens capped to fit each
-        prompt's context; ``max_running`` slots (default the generator's), as long as the longest needs."""
+        prompt's context; ``max_running`` slots (default the generator's), as long as the longest needs;
+        every prompt with a loaded LoRA ``adapter`` (None: the base)."""
         context = min(max(len(p) for p in prompt_ids) + params.max_tokens, self.model.max_positions)
         slots = min(len(prompt_ids), max_running or self.max_running)
         engine = Engine(self.model, max_running=slots, max_prefill_tokens=2048,
@@ -44,7 +46,8 @@ class OnnxGenerator:
         for i, ids in enumerate(prompt_ids):
             ids = ids[-self.model.max_positions + 1:]
             engine.add(str(i), ids, replace(params, max_tokens=min(params.max_tokens,
-                                                                   self.model.max_positions - len(ids))))
+                                                                   self.model.max_positions - len(ids))),
+                       adapter=adapter)
         return engine
 
     def decode_steps(self, prompt_ids: list[list[int]], params: SamplingParams,
@@ -67,21 +70,23 @@ class OnnxGenerator:
                     out[i].append(tok)
         return out
 
-    def stream(self, prompts: list[str | list[int]], params: SamplingParams) -> Iterator[list[Completion]]:
+    def stream(self, prompts: list[str | list[int]], params: SamplingParams,
+               adapter: str | None = None) -> Iterator[list[Completion]]:
         """Yield the completions so far after every step; ``finish_reason`` is set once a prompt is done.
-        A prompt is text or token ids."""
+        A prompt is text or token ids; ``adapter``: a loaded LoRA adapter's name (None: the base)."""
         ids = [p if isinstance(p, list) else self.tokenizer(p, verbose=False).input_ids for p in prompts]
-        engine = self.engine(ids, params)
+        engine = self.engine(ids, params, adapter=adapter)
         state = [Completion("", None, 0, 0) for _ in prompts]
         while engine.has_work():
             for out in engine.step():
                 _update(state[int(out.request_id)], out)
             yield [replace(c) for c in state]
 
-    def generate(self, prompts: list[str | list[int]], params: SamplingParams) -> list[Completion]:
+    def generate(self, prompts: list[str | list[int]], params: SamplingParams,
+                 adapter: str | None = None) -> list[Completion]:
         """Complete every prompt (one batch); returns one Completion per prompt, in order."""
         result = [Completion("", None, 0, 0) for _ in prompts]
-        for result in self.stream(prompts, params):  # noqa: B007 (the last step's completions are the result)
+        for result in self.stream(prompts, params, adapter):  # noqa: B007 (the last step's completions are the result)
             pass
         return result
 

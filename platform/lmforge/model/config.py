@@ -12,7 +12,7 @@ from lmforge.stages import StageConfig
 class ImportConfig(StageConfig):
     """output: the HF model dir to write."""
 
-    source: str  # an HF model dir or a .gguf file (local path or pkg://package/path)
+    source: str  # an HF model dir or a .gguf file (local path, pkg://package/path or s3://)
 
     def __post_init__(self):
         check(bool(self.source), "source", "must be an HF model dir or a .gguf file")

@@ -26,10 +26,14 @@ log = logging.getLogger(__name__)
 
 
 def load_source(source: str):
-    """(model, tokenizer) from an HF dir or a GGUF file, fp32."""
+    """(model, tokenizer) from an HF dir or a GGUF file (local, pkg:// or s3://), fp32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = storage.resolve_local(source)
+    if storage.is_remote(source):  # this node's copy: one file, or the dir's files
+        path = (storage.local_file(source) if source.endswith(".gguf")
+                else str(storage.download_dir(source, storage.mirror_path(source))))
+    else:
+        path = storage.resolve_local(source)
     if not os.path.exists(path):
         raise FileNotFoundError(f"source: {source} does not exist")
     if path.endswith(".gguf"):

@@ -140,35 +140,41 @@ def run(cfg: ServeConfig) -> None:
 
 def answer_prompts(cfg: ServeConfig, recipe) -> list[dict]:
     """A recipe's ``serve`` stage: start the server, send each of the recipe's prompts (completions) and
-    questions (chat) through the ``openai`` client, print the answers, and shut the server down. Returns
-    each request with its answer, latency and tokens/s (the recipe's report shows them)."""
+    questions (chat) through the ``openai`` client to every model it lists (a model exported with LoRA
+    adapters lists each as ``<model>:<adapter>``), print the answers side by side, and shut the server
+    down. Returns each request with its model, answer, latency and tokens/s (the recipe's report shows them)."""
     from openai import OpenAI
-
-    from lmforge.serve.catalog import served_models
 
     for name in ("httpx", "httpx2"):  # not a line per request between the answers
         logging.getLogger(name).setLevel(logging.WARNING)
     url = start(cfg)
     client = OpenAI(base_url=f"{url}/v1", api_key=cfg.serve.api_keys[0] if cfg.serve.api_keys else "none")
-    model = next(iter(served_models(cfg)))
-    sampling = dict(max_tokens=recipe.max_tokens, temperature=recipe.temperature, top_p=recipe.top_p,
-                    seed=recipe.seed)
     out = []
     try:
-        for prompt in recipe.prompts:
-            start_s = time.perf_counter()
-            resp = client.completions.create(model=model, prompt=prompt, **sampling)
-            out.append(_answered("completion", prompt, resp.choices[0].text, resp.usage, start_s))
-            print(f"\n>>> {prompt}\n{prompt}{resp.choices[0].text}", flush=True)
-        for question in getattr(recipe, "questions", []):
-            start_s = time.perf_counter()
-            resp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
-                                                  **sampling)
-            out.append(_answered("chat", question, resp.choices[0].message.content, resp.usage, start_s))
-            print(f"\n>>> (chat) {question}\n{resp.choices[0].message.content}", flush=True)
+        models = [m.id for m in client.models.list().data]
+        width = max(len(m) for m in models)
+        sampling = dict(max_tokens=recipe.max_tokens, temperature=recipe.temperature, top_p=recipe.top_p,
+                        seed=recipe.seed)
+        for kind, prompt in [("completion", p) for p in recipe.prompts] + [("chat", q) for q in recipe.questions]:
+            print(f"\n>>> {'(chat) ' if kind == 'chat' else ''}{prompt}", flush=True)
+            for model in models:
+                out.append(_ask(client, model, kind, prompt, sampling))
+                shown = (prompt if kind == "completion" else "") + out[-1]["completion"]
+                print(f"  [{model:<{width}}] {' '.join(shown.split())}", flush=True)
     finally:
         stop()
     return out
+
+
+def _ask(client, model: str, kind: str, prompt: str, sampling: dict) -> dict:
+    start_s = time.perf_counter()
+    if kind == "chat":
+        resp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], **sampling)
+        text = resp.choices[0].message.content
+    else:
+        resp = client.completions.create(model=model, prompt=prompt, **sampling)
+        text = resp.choices[0].text
+    return {"model": model, **_answered(kind, prompt, text, resp.usage, start_s)}
 
 
 def _answered(kind: str, prompt: str, text: str, usage, start_s: float) -> dict:

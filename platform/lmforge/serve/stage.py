@@ -31,9 +31,9 @@ def report(cfg: Config | None, result: dict) -> list[Section]:
     answers = result.get("serve")
     if not answers:
         return [absent("Serving", "serve")]
-    rows = [[a["kind"], a["prompt"], a["completion"], fmt(a["seconds"]), a["completion_tokens"],
+    rows = [[a["kind"], a.get("model", ""), a["prompt"], a["completion"], fmt(a["seconds"]), a["completion_tokens"],
              fmt(a["tokens_per_s"])] for a in answers]
     return [Section("Serving", "lmforge serve model=<export output> (then any OpenAI client)", [
         "Requests through the `openai` client to the OpenAI-compatible server (Ray Serve, onnxruntime), one at a "
         "time: latency includes the HTTP round trip. `lmforge bench serve` measures throughput under load."],
-        [(["kind", "prompt", "answer", "seconds", "tokens", "tokens/s"], rows)])]
+        [(["kind", "model", "prompt", "answer", "seconds", "tokens", "tokens/s"], rows)])]

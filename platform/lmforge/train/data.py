@@ -29,6 +29,16 @@ class Rows:
     def __getitem__(self, index) -> Rows:
         return Rows(self.input_ids[index], None if self.loss_mask is None else self.loss_mask[index])
 
+    def trimmed(self) -> Rows:
+        """Without the columns after the last target of any row: fine-tuning rows are right-padded to
+        ``max_seq_len``, and a causal model's loss on the targets never reads what comes after them (a batch of
+        short answers then costs its own length, not the longest allowed)."""
+        if self.loss_mask is None:
+            return self
+        targets = self.loss_mask.any(dim=0).nonzero()
+        end = int(targets[-1]) + 1 if len(targets) else self.input_ids.shape[1]
+        return self if end == self.input_ids.shape[1] else Rows(self.input_ids[:, :end], self.loss_mask[:, :end])
+
     def to(self, device: torch.device) -> Rows:
         mask = None if self.loss_mask is None else self.loss_mask.to(device, non_blocking=True)
         return Rows(self.input_ids.to(device, non_blocking=True), mask)

@@ -83,6 +83,7 @@ def train_step(model, optimizer, micro_batches: list[Rows], cfg: TrainConfig, pa
     optimizer.zero_grad(set_to_none=True)
     total, tokens = 0.0, 0
     for i, batch in enumerate(micro_batches):
+        batch = batch.trimmed()
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync, autocast:
@@ -106,7 +107,7 @@ def evaluate(model, rows: Rows, batch_size: int, max_batches: int, pad_id: int |
     losses = []
     for i in range(0, min(len(rows), batch_size * max_batches), batch_size):
         with autocast:
-            losses.append(loss_on(model, rows[i : i + batch_size].to(device), pad_id).float())
+            losses.append(loss_on(model, rows[i : i + batch_size].trimmed().to(device), pad_id).float())
     model.train(was_training)
     stats = torch.tensor([sum(x.item() for x in losses), len(losses)], dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
