@@ -28,14 +28,14 @@ from tests.conftest import make_tiny_model, require
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
-OUTPUTS = {"prepare": "data", "tune": "tune", "pretrain": "train", "import": "base", "finetune": "finetune",
+OUTPUTS = {"prepare": "data", "tune": "tune", "pretrain": "train", "import": "import", "finetune": "finetune",
            "export": "onnx", "eval": "eval"}
 SHRUNK = ["prepare.text_field=text", "prepare.pack.seq_len=64", "prepare.tokenizer.vocab_size=1024",
           "prepare.canaries.count=2", "pretrain.model.preset=tiny", "pretrain.train.max_steps=20",
           "pretrain.train.eval_every=10", "pretrain.train.log_every=10", "pretrain.train.num_workers=0",
           "pretrain.train.checkpoint_every=5", "tune.num_samples=1",
           "tune.base.train.max_steps=4", "tune.base.train.eval_every=2", "tune.base.train.num_workers=0",
-          "import.source=s3://corpus/model/", "import.output=s3://runs/quick/base",
+          "import.source=s3://corpus/model/",
           "finetune.finetune.max_examples=200", "finetune.finetune.max_seq_len=64",
           "finetune.train.max_steps=10", "finetune.train.eval_every=5", "finetune.train.checkpoint_every=5",
           "finetune.train.log_every=5", "eval.max_examples=4",
@@ -103,7 +103,7 @@ def test_whole_lifecycle_on_s3_with_its_report(lifecycle):
     finetuned = json.loads(boto3.resource("s3").Object("runs", "quick/finetune/summary.json").get()["Body"].read())
     assert finetuned["workers"] == 2 and "quick/finetune/adapter/adapter_model.safetensors" in keys
     ft_config = yaml.safe_load(boto3.resource("s3").Object("runs", "quick/finetune/config.yaml").get()["Body"].read())
-    assert ft_config["model"]["init_from"] == "s3://runs/quick/base" and "quick/base/model.safetensors" in keys
+    assert ft_config["model"]["init_from"] == "s3://runs/quick/import" and "quick/import/model.safetensors" in keys
     # the sweep (its trial training in its own process: Ray Train trials are the killed-sweep test's):
     # Tune's experiment and the trial's checkpoints in the bucket, not on a disk; pretrain trains with its best
     assert any(k.startswith("quick/tune/ray_tune/") and "/checkpoint_" in k for k in keys)

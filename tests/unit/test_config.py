@@ -171,7 +171,7 @@ def test_gpu_recipe_is_the_quickstart_sized_for_gpus():
     trial = gpu["tune"].base["train"]
     assert (trial["use_gpu"], trial["num_workers"], trial["strategy"]) == (True, 2, "ddp")
     assert gpu["prepare"].output.startswith("s3://")
-    assert cpu["finetune"].model.init_from == cpu["import"].output == cpu["export"].model == "runs/smollm2"
+    assert cpu["finetune"].model.init_from == cpu["import"].output == cpu["export"].model == "runs/q/import"
     assert cpu["export"].adapters == ["nq=runs/q/finetune/adapter"] and cpu["export"].quantize == "int8"
     assert cpu["eval"].models == {"base": "runs/q/onnx", "tuned": "runs/q/onnx/adapters/nq",
                                   "scratch": "runs/q/train/model"}
