@@ -353,35 +353,41 @@ def _wait(condition, timeout: float, what: str) -> None:
         time.sleep(0.25)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_load_with_autoscaling_a_killed_replica_and_a_model_update(served, session_cluster):
-    """16 clients for ~25 s: replicas rise to max_replicas, one is SIGKILLed, the model is updated to a new
-    version while the load goes on. Half the clients never retry (every non-2xx and every stream that
-    ends without a finish_reason counts): the only requests allowed to fail are those the dead replica
-    was serving when it died; none of the rolling update's. The other half use the openai client's
-    default retries, as applications do: they lose nothing. Replicas fall back afterwards."""
+    """16 clients for at least ~25 s and until the update is deployed (on a slow host the replacement
+    replica takes longer; the load must outlast it): replicas rise to max_replicas, one is SIGKILLed, the
+    model is updated to a new version while the load goes on. Half the clients never retry (every non-2xx
+    and every stream that ends without a finish_reason counts): the only requests allowed to fail are
+    those the dead replica was serving when it died; none of the rolling update's. The other half use the
+    openai client's default retries, as applications do: they lose nothing. Replicas fall back afterwards."""
     served.default()
     url = served.url
     old_version = _version(url)
     result: dict = {}
+    updated = threading.Event()
 
     def load(name: str, **kw):
-        result[name] = asyncio.run(run_load(url, MODEL, KEY, concurrency=8, duration_s=25, max_tokens=16, **kw))
+        result[name] = asyncio.run(run_load(url, MODEL, KEY, concurrency=8, duration_s=25, max_tokens=16,
+                                            until=updated.is_set, **kw))
 
     threads = [threading.Thread(target=load, args=("bare",), kwargs={"max_retries": 0, "stream": True}),
                threading.Thread(target=load, args=("retrying",), kwargs={"stream": False})]
     for t in threads:
         t.start()
-    _wait(lambda: _replicas() >= 2, 30, "never scaled up to 2 replicas")
-    replicas = _model_replicas(session_cluster)
-    victim, before = replicas[0], {p.pid for p in replicas}
-    victim.send_signal(signal.SIGKILL)
-    killed_at = time.perf_counter()
-    # Serve has seen the death and has a replacement up (a new process, not the dead one) before the update
-    _wait(lambda: _replicas() >= 2 and any(p.pid not in before for p in _model_replicas(session_cluster)), 60,
-          "the killed replica was never replaced")
-    replaced_at = time.perf_counter()
-    served.deploy("v2", served.config("v2"))  # the same name, a new export: replicas roll
+    try:
+        _wait(lambda: _replicas() >= 2, 120, "never scaled up to 2 replicas")
+        replicas = _model_replicas(session_cluster)
+        victim, before = replicas[0], {p.pid for p in replicas}
+        victim.send_signal(signal.SIGKILL)
+        killed_at = time.perf_counter()
+        # Serve has seen the death and has a replacement up (a new process, not the dead one) before the update
+        _wait(lambda: _replicas() >= 2 and any(p.pid not in before for p in _model_replicas(session_cluster)),
+              180, "the killed replica was never replaced")
+        replaced_at = time.perf_counter()
+        served.deploy("v2", served.config("v2"))  # the same name, a new export: replicas roll
+    finally:
+        updated.set()  # the load stops after its 25 s, or now if later
     for t in threads:
         t.join(timeout=120)
     bare, retrying = result["bare"], result["retrying"]
@@ -393,7 +399,7 @@ def test_load_with_autoscaling_a_killed_replica_and_a_model_update(served, sessi
     in_flight_at_kill = [(s, e) for s, e in bare.failures if s <= killed_at <= e]
     assert len(bare.failures) == len(in_flight_at_kill) <= 8, (bare.errors[:5], killed_at, replaced_at,
                                                               bare.failures)
-    _wait(lambda: _replicas() == 1, 60, "never scaled back down once the load stopped")
+    _wait(lambda: _replicas() == 1, 120, "never scaled back down once the load stopped")
 
 
 def _scrape() -> dict[str, float]:

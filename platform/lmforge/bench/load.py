@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 for _name in ("httpx", "httpx2", "openai"):  # one INFO line per request would bury the results
@@ -83,9 +84,10 @@ async def run_load(url: str, model: str | list[str], api_key: str | None = None,
                    duration_s: float = 30, requests: int | None = None, prompt: str = "The history of the city",
                    max_tokens: int = 32,
                    stream: bool = True, extra: dict | None = None, timeout_s: float = 120,
-                   max_retries: int | None = None) -> LoadResult:
+                   max_retries: int | None = None, until: Callable[[], bool] | None = None) -> LoadResult:
     """Drive ``url`` (``http://host:port``) with ``concurrency`` clients; see the module docstring. Several
-    ``model`` names: client ``i`` asks for the ``i``-th, round robin (e.g. mixed LoRA adapters)."""
+    ``model`` names: client ``i`` asks for the ``i``-th, round robin (e.g. mixed LoRA adapters). With
+    ``until``, the load goes on past ``duration_s`` until it returns True (a test's events, on a slow host)."""
     import openai
 
     retries = {} if max_retries is None else {"max_retries": max_retries}  # None: the client's own default
@@ -97,7 +99,8 @@ async def run_load(url: str, model: str | list[str], api_key: str | None = None,
 
     async def worker(name: str) -> None:
         nonlocal sent
-        while time.perf_counter() < deadline and (requests is None or sent < requests):
+        while (time.perf_counter() < deadline or (until is not None and not until())) and \
+                (requests is None or sent < requests):
             sent += 1
             await _one(client, name, prompt, max_tokens, stream, result, extra or {"temperature": 0})
 
