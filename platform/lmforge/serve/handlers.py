@@ -22,6 +22,7 @@ from lmforge.generate.engine import ContextLengthError, EngineFullError
 from lmforge.serve import responses, tools
 from lmforge.serve.config import ServeOptions
 from lmforge.serve.lora import ServedAdapters, not_found
+from lmforge.serve.observer import Observer, Timer
 from lmforge.serve.openai_api import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -37,29 +38,6 @@ from lmforge.serve.request_log import RequestLog, prompt_language
 log = logging.getLogger("ray.serve.lmforge.requests")
 
 Result = tuple[int, dict]  # (HTTP status, JSON body)
-
-
-class Observer:
-    """Hooks for metrics; the default records nothing."""
-
-    def first_token(self, seconds: float) -> None: ...
-    def next_token(self, seconds: float) -> None: ...
-    def finished(self, endpoint: str, prompt_tokens: int, completion_tokens: int, seconds: float) -> None: ...
-
-
-class _Timer:
-    def __init__(self, observer: Observer):
-        self.observer, self.start, self.last = observer, time.perf_counter(), None
-        self.ttft: float | None = None
-
-    def token(self) -> None:
-        now = time.perf_counter()
-        if self.last is None:
-            self.ttft = now - self.start
-            self.observer.first_token(self.ttft)
-        else:
-            self.observer.next_token(now - self.last)
-        self.last = now
 
 
 class ModelEndpoints:
@@ -243,7 +221,7 @@ class ModelEndpoints:
     async def _run_all(self, jobs, request_id: str, adapter: str | None) -> list[responses.Choice]:
         """Run every job at once (with ``adapter``, or the base); their choices, in job order."""
         async def one(index: int, ids: list[int], params) -> responses.Choice:
-            choice, timer = responses.Choice(index), _Timer(self.observer)
+            choice, timer = responses.Choice(index), Timer(self.observer)
             async for out in self.engine.generate(f"{request_id}-{index}", ids, params, adapter):
                 if out.token_ids:
                     timer.token()
@@ -277,7 +255,7 @@ class ModelEndpoints:
                     running -= 1
                     continue
                 if out.token_ids:
-                    timers.setdefault(index, _Timer(self.observer)).token()
+                    timers.setdefault(index, Timer(self.observer)).token()
                 totals[index] = (out.prompt_tokens, out.completion_tokens)
                 if out.finish_reason:
                     reasons[index] = out.finish_reason

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from lmforge.serve.handlers import Observer
+from lmforge.serve.observer import Observer
 
 # Latency buckets (seconds): from a fast decode step to a long prompt on a busy CPU.
 TOKEN_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
