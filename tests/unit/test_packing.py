@@ -38,7 +38,7 @@ def test_finalize_batch_writes_every_output_and_counts_each_record_once(tmp_path
 
     from lmforge.data import outputs
     from lmforge.data.curate import PII_COLUMNS
-    from lmforge.data.tokenizer import train_bpe
+    from lmforge.data.tokenizer import special_ids, train_bpe
 
     texts = [f"Document {i} talks about rivers and 강물 number {i}." for i in range(40)]
     rows = [{"id": f"d{i}", "source": "a.jsonl", "order": 100 + i, "text": t, "reason": "", "raw": b""}
@@ -51,10 +51,11 @@ def test_finalize_batch_writes_every_output_and_counts_each_record_once(tmp_path
                                    "canaries": "canary-1,canary-2" if i in (8, 9) else "",
                                    "language": "en", "language_score": 0.9} for i, r in enumerate(rows)])
     marks = {105: ("near_duplicate", "d6")}
-    tok = train_bpe(texts, 300).to_str()
+    tok = train_bpe(texts, 300)
     for sub in outputs.OUTPUT_DIRS:
         (tmp_path / sub).mkdir()
-    out = outputs.finalize_batch(batch, marks, tok, seq_len=16, val_fraction=0.3, out=str(tmp_path))
+    out = outputs.finalize_batch(batch, marks, tok.to_str(), special_ids(tok), seq_len=16, val_fraction=0.3,
+                                 out=str(tmp_path))
     stats = json.loads(out.column("stats")[0].as_py())
 
     assert stats["reasons"] == {"": 37, "quality:word_count": 1, "quarantine:invalid_json": 1, "near_duplicate": 1}

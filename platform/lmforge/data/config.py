@@ -43,6 +43,10 @@ class QualityConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class TokenizerConfig:
+    # an HF model dir (an `lmforge import` output; "{import}" in a recipe): pack with that model's tokenizer
+    # instead of training one, so `pretrain model.init_from=` that model continues its pretraining on this
+    # corpus (documents end with its eos token); the three keys below are then unused
+    from_model: str | None = None
     vocab_size: int = 8192  # byte-level BPE vocabulary, special tokens included
     min_frequency: int = 2  # a merge needs at least this many occurrences
     sample_chars: int = 50_000_000  # the tokenizer trains on at most this much kept text

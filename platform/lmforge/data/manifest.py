@@ -11,11 +11,12 @@ import json
 from pathlib import Path
 
 from lmforge.data import bias
-from lmforge.data.tokenizer import BOS, EOS, PAD
 
 
-def build(stats: dict, tok, seq_len: int, files: list[str]) -> dict:
-    """The manifest from the summed write-pass counts (:func:`lmforge.data.outputs.sum_stats`)."""
+def build(stats: dict, tok, special_tokens: dict, seq_len: int, files: list[str], tokenizer_from: str | None = None
+          ) -> dict:
+    """The manifest from the summed write-pass counts (:func:`lmforge.data.outputs.sum_stats`);
+    ``tokenizer_from``: the model whose tokenizer packed the rows (None: trained on this corpus)."""
     counts, tokens = stats["reasons"], stats["tokens"]
     quarantine = {r: n for r, n in sorted(counts.items()) if r.startswith("quarantine:")}
     dropped = {r: n for r, n in sorted(counts.items()) if r and not r.startswith("quarantine:")}
@@ -35,7 +36,8 @@ def build(stats: dict, tok, seq_len: int, files: list[str]) -> dict:
         "rows": {s: tokens[s]["rows"] for s in tokens},
         "seq_len": seq_len,
         "vocab_size": tok.get_vocab_size(),
-        "special_tokens": {"pad": tok.token_to_id(PAD), "bos": tok.token_to_id(BOS), "eos": tok.token_to_id(EOS)},
+        "special_tokens": special_tokens,
+        "tokenizer_from": tokenizer_from,
         "inputs": files,
         "tokenizer_sha256": hashlib.sha256(tok.to_str().encode()).hexdigest(),
     }

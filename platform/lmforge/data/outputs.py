@@ -31,11 +31,12 @@ OUTPUT_SCHEMAS = {
 OUTPUT_DIRS = tuple(OUTPUT_SCHEMAS)
 
 
-def finalize_batch(batch: pa.Table, marks: dict, tokenizer_json: str, seq_len: int, val_fraction: float,
-                   out: str) -> pa.Table:
+def finalize_batch(batch: pa.Table, marks: dict, tokenizer_json: str, special_tokens: dict, seq_len: int,
+                   val_fraction: float, out: str) -> pa.Table:
     """Mark the duplicates dedup chose, write this batch's kept documents, rejected rows and packed
-    train/val rows as parquet parts named by the batch's first record, and return its counts as one
-    JSON row. Part names are stable, so a re-run writes the same files."""
+    train/val rows (``special_tokens``: the tokenizer's pad and eos ids) as parquet parts named by the
+    batch's first record, and return its counts as one JSON row. Part names are stable, so a re-run
+    writes the same files."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -48,7 +49,8 @@ def finalize_batch(batch: pa.Table, marks: dict, tokenizer_json: str, seq_len: i
     texts, ids = kept.column("text").to_pylist(), kept.column("id").to_pylist()
     tables = {"documents": kept.select(OUTPUT_SCHEMAS["documents"].names),
               "rejected": rejected.select(OUTPUT_SCHEMAS["rejected"].names),
-              **tokenize_and_pack(texts, ids, tokenizer_json, seq_len, val_fraction)}
+              **tokenize_and_pack(texts, ids, tokenizer_json, seq_len, val_fraction, eos=special_tokens["eos"],
+                                  pad=special_tokens["pad"])}
     filesystem, root = storage.filesystem(out)  # a local dir, or straight to s3:// (no shared disk needed)
     for sub, table in tables.items():
         if table.num_rows:

@@ -48,13 +48,11 @@ def _tokenizer(tokenizer_json: str):
 
 
 def tokenize_and_pack(texts: list[str], ids: list[str], tokenizer_json: str, seq_len: int,
-                      val_fraction: float) -> dict[str, pa.Table]:
-    """Documents -> packed ``input_ids`` rows per split (``train``, ``val``); a row never mixes documents
-    of both splits, and a document's split depends only on its id."""
-    from lmforge.data.tokenizer import EOS, PAD
-
+                      val_fraction: float, eos: int, pad: int) -> dict[str, pa.Table]:
+    """Documents -> packed ``input_ids`` rows per split (``train``, ``val``), ``eos`` after each document,
+    ``pad`` filling the last row; a row never mixes documents of both splits, and a document's split
+    depends only on its id."""
     tok = _tokenizer(tokenizer_json)
-    eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
     # encode_batch_fast skips the character offsets, which packing never uses.
     encodings = tok.encode_batch_fast(texts) if texts else []
     splits = [split_of(i, val_fraction) for i in ids]

@@ -25,10 +25,9 @@ import pyarrow as pa
 
 from lmforge import storage
 from lmforge.cluster.session import ray_session
-from lmforge.data import canaries, dedup_ray, manifest, outputs, report, sources
+from lmforge.data import canaries, dedup_ray, manifest, outputs, report, sources, tokenizer
 from lmforge.data.config import PrepareConfig
 from lmforge.data.curate import CanaryPlan, curate_file
-from lmforge.data.tokenizer import to_hf, train_bpe
 from lmforge.outputs import Output
 from lmforge.progress import RayProgress, Ticker
 from lmforge.tasks.contamination import TestIndex
@@ -70,13 +69,19 @@ def _run_pipeline(cfg: PrepareConfig, files: list[str], out: Path, parts: str) -
     clock.lap("read + curate")
     marks = dedup_ray.find_duplicates(ledger.filter(expr="reason == ''"), cfg.dedup)
     clock.lap("dedup")
-    tok = train_bpe(_sample_texts(ledger, marks, cfg.tokenizer.sample_chars), cfg.tokenizer.vocab_size,
-                    cfg.tokenizer.min_frequency)
-    to_hf(tok, cfg.pack.seq_len).save_pretrained(str(out / "tokenizer"))
-    clock.lap("tokenizer trained")
-    stats = _write_outputs(ledger, ray.put(marks), tok.to_str(), cfg, parts)
+    if cfg.tokenizer.from_model:  # the model's own: its pretraining continues on these rows
+        tok, specials = tokenizer.from_model(storage.local_dir(storage.absolute(cfg.tokenizer.from_model)),
+                                             str(out / "tokenizer"))
+        clock.lap("tokenizer copied")
+    else:
+        tok = tokenizer.train_bpe(_sample_texts(ledger, marks, cfg.tokenizer.sample_chars), cfg.tokenizer.vocab_size,
+                                  cfg.tokenizer.min_frequency)
+        tokenizer.to_hf(tok, cfg.pack.seq_len).save_pretrained(str(out / "tokenizer"))
+        specials = tokenizer.special_ids(tok)
+        clock.lap("tokenizer trained")
+    stats = _write_outputs(ledger, ray.put(marks), tok.to_str(), specials, cfg, parts)
     clock.lap("write + tokenize")
-    result = manifest.build(stats, tok, cfg.pack.seq_len, files)
+    result = manifest.build(stats, tok, specials, cfg.pack.seq_len, files, cfg.tokenizer.from_model)
     if plan is not None:  # recorded outside the corpus, for the privacy audit
         for canary in plan.canaries:
             canary.documents = stats["canaries"].get(canary.id, [])
@@ -179,12 +184,12 @@ def _sample_texts(ledger, marks: dict, max_chars: int):
                 yield text
 
 
-def _write_outputs(ledger, marks_ref, tokenizer_json: str, cfg: PrepareConfig, out: str) -> dict:
+def _write_outputs(ledger, marks_ref, tokenizer_json: str, specials: dict, cfg: PrepareConfig, out: str) -> dict:
     """One Ray Data pass over the ledger writes every output (documents/, rejected/, train/, val/) and
     returns the summed per-batch statistics; the driver never holds the corpus."""
     outputs.make_dirs(out)
-    fn_kwargs = dict(marks_ref=marks_ref, tokenizer_json=tokenizer_json, seq_len=cfg.pack.seq_len,
-                     val_fraction=cfg.pack.val_fraction, out=str(out))
+    fn_kwargs = dict(marks_ref=marks_ref, tokenizer_json=tokenizer_json, special_tokens=specials,
+                     seq_len=cfg.pack.seq_len, val_fraction=cfg.pack.val_fraction, out=str(out))
     stats = ledger.map_batches(_finalize, batch_size=cfg.pack.batch_size, batch_format="pyarrow",
                                fn_kwargs=fn_kwargs).take_all()
     outputs.write_empty_parts(out)

@@ -84,6 +84,7 @@ def render(manifest: dict) -> str:
     lines += _pii_examples(manifest.get("pii_examples", {}))
     lines += ["", "## Tokens", "", "| split | rows | tokens |", "| --- | ---: | ---: |"]
     lines += [f"| {s} | {manifest['rows'][s]} | {tokens[s]} |" for s in tokens]
-    lines += ["", f"seq_len {manifest['seq_len']}, vocab_size {manifest['vocab_size']}", "",
+    source = f"the tokenizer of {m}" if (m := manifest.get("tokenizer_from")) else "a BPE tokenizer trained on it"
+    lines += ["", f"seq_len {manifest['seq_len']}, vocab_size {manifest['vocab_size']} ({source})", "",
               "## Document lengths", "", "![document lengths](doc_lengths.png)", ""]
     return "\n".join(lines)

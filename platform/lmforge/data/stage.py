@@ -8,14 +8,20 @@ from lmforge import storage
 from lmforge.data.config import PrepareConfig as Config
 from lmforge.report import Section, absent, read, read_json, rerun
 
-SUMMARY = ("corpus files -> cleaned, deduplicated, PII-redacted documents, a BPE tokenizer and packed "
-           "train/val shards (Ray Data)")
+SUMMARY = ("corpus files -> cleaned, deduplicated, PII-redacted documents, a BPE tokenizer (or a model's own) "
+           "and packed train/val shards (Ray Data)")
 
 
 def run(cfg: Config):
     from lmforge.data import prepare
 
     return prepare.run(cfg)
+
+
+def read_paths(cfg: Config) -> dict[str, str]:
+    """The model whose tokenizer packs the rows (``tokenizer.from_model``): a re-imported model makes the
+    run stale."""
+    return {"tokenizer.from_model": cfg.tokenizer.from_model} if cfg.tokenizer.from_model else {}
 
 
 def raw_inputs(cfg: Config) -> dict[str, str | None]:

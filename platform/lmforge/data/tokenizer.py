@@ -48,3 +48,27 @@ def to_hf(tok: Tokenizer, model_max_length: int):
         padding_side="left",  # generation pads prompts on the left
         clean_up_tokenization_spaces=False,
     )
+
+
+def special_ids(tok: Tokenizer) -> dict[str, int | None]:
+    """The pad, bos and eos ids of a tokenizer :func:`train_bpe` trained."""
+    return {"pad": tok.token_to_id(PAD), "bos": tok.token_to_id(BOS), "eos": tok.token_to_id(EOS)}
+
+
+def from_model(model_dir: str, out: str) -> tuple[Tokenizer, dict[str, int | None]]:
+    """An HF model dir's own tokenizer, saved to ``out`` as it is (chat template included), and the ids
+    packing uses: documents end with its eos token; pad is its pad token unless that is eos (as in many
+    chat models, SmolLM2's among them), for the loss ignores every pad position and would never learn where
+    a document ends: then another special token that text does not encode to, eos only when it has none."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(model_dir)
+    if not hf.is_fast or hf.eos_token_id is None:
+        raise ValueError(f"tokenizer.from_model: {model_dir}'s tokenizer is not a fast tokenizer with an eos "
+                         "token (packing needs a tokenizer.json and a token to end each document)")
+    hf.save_pretrained(out)
+    eos, bos = hf.eos_token_id, hf.bos_token_id
+    spare = sorted(i for i, t in hf.added_tokens_decoder.items() if t.special and i not in (eos, bos))
+    pad = hf.pad_token_id if hf.pad_token_id not in (None, eos) else (spare[0] if spare else eos)
+    return hf.backend_tokenizer, {"pad": pad, "bos": bos, "eos": eos}
+

@@ -45,11 +45,13 @@ def run(cfg: Config):
 
 def check_inputs(cfg: Config) -> None:
     """The teacher is a model, and a given student reads the teacher's tokens, before anything is written."""
-    from lmforge.distill import student
+    from lmforge.model import vocabulary
 
     teacher = _model_dir(cfg.teacher, "teacher")
     if cfg.student.init_from:
-        student.same_vocabulary(teacher, _model_dir(cfg.student.init_from, "student.init_from"))
+        student = _model_dir(cfg.student.init_from, "student.init_from")
+        vocabulary.check_same(teacher, student, key="student.init_from", role="teacher",
+                              why="distillation compares distributions over the same token ids")
 
 
 def training_context(cfg: Config, partial: Path, root: str, reuse: bool = False) -> dict:

@@ -18,20 +18,6 @@ import torch
 CALIBRATION_ROWS = 32  # training rows whose activations rank the MLP neurons
 
 
-def same_vocabulary(teacher: str, student: str) -> None:
-    """Refuse a student whose tokenizer is not the teacher's (the KL compares distributions over the same
-    token ids), naming both vocabularies."""
-    from transformers import AutoTokenizer
-
-    t, s = AutoTokenizer.from_pretrained(teacher), AutoTokenizer.from_pretrained(student)
-    tv, sv = t.get_vocab(), s.get_vocab()
-    if tv != sv:
-        differ = sorted(set(tv.items()) ^ set(sv.items()), key=lambda x: x[1])[:3]
-        raise ValueError(f"student.init_from: {student}'s tokenizer ({len(sv)} tokens) is not the teacher's "
-                         f"({teacher}, {len(tv)} tokens); they differ at {differ}: distillation compares "
-                         "distributions over the same token ids")
-
-
 def resized_copy(teacher: str, out: Path, layers: int | None = None, intermediate_size: int | None = None,
                  calibration: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> dict:
     """The teacher with ``layers`` of its blocks and/or ``intermediate_size`` MLP neurons per block (ranked

@@ -31,10 +31,18 @@ def run(cfg: Config):
 
 
 def check_inputs(cfg: Config) -> None:
-    """A wrong data dir fails here, with a clear message, before anything starts."""
+    """A wrong data dir fails here, with a clear message, before anything starts; so does continuing a
+    model (``model.init_from``) on rows of another tokenizer, which would train without an error on ids
+    that mean other tokens to it."""
     from lmforge.data import manifest as prepared
+    from lmforge.model import vocabulary
 
     prepared.read(cfg.data)
+    if cfg.model.init_from:
+        vocabulary.check_same(storage.local_dir(storage.join(storage.absolute(cfg.data), "tokenizer")),
+                              storage.local_dir(storage.absolute(cfg.model.init_from)), key="model.init_from",
+                              role="data", why="the rows are token ids of the data's tokenizer; prepare the corpus "
+                              f"with tokenizer.from_model={cfg.model.init_from} to continue this model's pretraining")
 
 
 def training_context(cfg: Config, partial, root: str, reuse: bool = False) -> dict:
