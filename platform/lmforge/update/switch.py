@@ -1,7 +1,10 @@
 """Putting a version on the live deployment: Serve's rolling update of the running app (``lmforge serve``
-again with a new export under the same name: new replicas start, old ones drain, requests keep being
-answered), then waiting until ``/v1/models`` reports the new version. Ray's own guarantees make a crash
-during it leave either version serving, never none: the old replicas stop only once new ones are up."""
+again with a new export under the same name), then waiting until ``/v1/models`` reports the new version.
+Serve replaces a fifth of the replicas at a time (at least one): an old replica finishes its requests and
+stops, a new one starts in its place. With one replica, requests that arrive between the two wait in
+Serve's router for the new one instead of failing. The rollout is the Serve controller's, not this
+process's: a crash here leaves it going on to the new version (or, if never started, the old version
+serving), never nothing deployed."""
 
 from __future__ import annotations
 
