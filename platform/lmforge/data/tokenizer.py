@@ -71,4 +71,3 @@ def from_model(model_dir: str, out: str) -> tuple[Tokenizer, dict[str, int | Non
     spare = sorted(i for i, t in hf.added_tokens_decoder.items() if t.special and i not in (eos, bos))
     pad = hf.pad_token_id if hf.pad_token_id not in (None, eos) else (spare[0] if spare else eos)
     return hf.backend_tokenizer, {"pad": pad, "bos": bos, "eos": eos}
-
